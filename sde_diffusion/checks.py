@@ -1,0 +1,101 @@
+"""Shared input checks and broadcasting helpers.
+
+Every check raises a ``ValueError`` or ``TypeError`` whose one-line message names the argument,
+what was wrong and what is allowed.  Checks that need the value of a tensor (NaN, range) would
+force a host synchronisation on CUDA; they run on CPU tensors only, so solver loops on a GPU
+never stall on them.  Entry points (``solvers.sample``, ``log_likelihood``) check once up front.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Union
+
+import torch
+
+Time = Union[float, int, torch.Tensor]
+
+
+def positive(name: str, value: float) -> float:
+    """Require a finite ``value > 0``."""
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}.")
+    return float(value)
+
+
+def positive_int(name: str, value: int) -> int:
+    """Require an integer ``value >= 1``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+    return value
+
+
+def one_of(name: str, value: str, allowed) -> str:
+    """Require ``value`` to be one of ``allowed``."""
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(map(str, allowed))}.")
+    return value
+
+
+def _inspect_values(x: torch.Tensor) -> bool:
+    """Value checks run where they cost no device synchronisation."""
+    return x.device.type == "cpu"
+
+
+def float_tensor(name: str, x, *, finite: bool = True) -> torch.Tensor:
+    """Require a floating-point tensor with at least one (batch) dimension and, on CPU, no NaN/Inf."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}.")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor (float32 or float64), got {x.dtype}.")
+    if x.ndim < 1:
+        raise ValueError(f"{name} must have a batch dimension, shape (N, ...), got a scalar.")
+    if finite and _inspect_values(x) and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or Inf; all values must be finite.")
+    return x
+
+
+def time(t: Time, T: float, *, batch: int | None = None, like: torch.Tensor | None = None,
+         name: str = "t") -> torch.Tensor:
+    """Return ``t`` as a tensor in [0, T]: shape (N,) when ``batch`` is given, else as passed.
+
+    A Python float becomes a tensor on ``like``'s device and dtype (default dtype otherwise).
+    """
+    if isinstance(t, torch.Tensor):
+        if not t.is_floating_point():
+            t = t.to(like.dtype if like is not None else torch.get_default_dtype())
+        elif like is not None and (t.dtype != like.dtype or t.device != like.device):
+            t = t.to(device=like.device, dtype=like.dtype)
+        if batch is not None:
+            if t.ndim == 0:
+                t = t.expand(batch)
+            elif t.shape != (batch,):
+                raise ValueError(f"{name} must be a float or a tensor of shape ({batch},) matching "
+                                 f"the batch of x, got shape {tuple(t.shape)}.")
+        if _inspect_values(t):
+            bad = ~torch.isfinite(t) | (t < 0) | (t > T)
+            if bool(bad.any()):
+                raise ValueError(f"{name} must lie in [0, T] = [0, {T:g}], got values in "
+                                 f"[{float(t.min()):g}, {float(t.max()):g}].")
+        return t
+    if isinstance(t, bool) or not isinstance(t, (int, float)):
+        raise TypeError(f"{name} must be a float or a torch.Tensor, got {type(t).__name__}.")
+    if not math.isfinite(t) or t < 0 or t > T:
+        raise ValueError(f"{name} must lie in [0, T] = [0, {T:g}], got {t!r}.")
+    kwargs = {"dtype": like.dtype, "device": like.device} if like is not None else {}
+    out = torch.tensor(float(t), **kwargs)
+    return out.expand(batch) if batch is not None else out
+
+
+def bcast(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Reshape a per-sample coefficient of shape (N,) (or a scalar) to broadcast against ``x``."""
+    return c.reshape(c.shape + (1,) * (x.ndim - c.ndim)) if c.ndim else c
+
+
+def same_shape(name: str, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Require ``out`` (e.g. a score) to have exactly the shape of ``x``."""
+    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"{name} must return a tensor shaped like x {tuple(x.shape)}, got {shape}.")
+    return out

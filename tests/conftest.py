@@ -1,0 +1,41 @@
+"""Shared fixtures: ``--device`` / ``--dtype`` select where the device-agnostic tests run."""
+
+import pytest
+import torch
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu", help="torch device for the tests (cpu, cuda, cuda:1, ...)")
+    parser.addoption("--dtype", default="float32", choices=["float32", "float64"],
+                     help="default floating dtype for device-agnostic tests")
+
+
+@pytest.fixture(scope="session")
+def device(request) -> torch.device:
+    dev = torch.device(request.config.getoption("--device"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        pytest.skip("CUDA requested with --device but not available")
+    return dev
+
+
+@pytest.fixture(scope="session")
+def dtype(request) -> torch.dtype:
+    return getattr(torch, request.config.getoption("--dtype"))
+
+
+@pytest.fixture
+def cuda_device():
+    """A CUDA device, or a clean skip where there is none (CI has none)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    return torch.device("cuda")
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_defaults():
+    """Tests may change the default dtype or seed; restore both afterwards."""
+    default = torch.get_default_dtype()
+    state = torch.random.get_rng_state()
+    yield
+    torch.set_default_dtype(default)
+    torch.random.set_rng_state(state)
