@@ -4,14 +4,44 @@ Discrete data has ``levels`` values k = 0..L-1 per dimension. Level k owns the b
 [lo + k w, lo + (k + 1) w) of ``data_range`` = (lo, hi), with bin width w = (hi - lo) / L, and is
 represented by x = lo + (k + u) w: u = 1/2 (the bin centre) for training and sampling, u ~ U[0, 1)
 for uniform dequantization in the likelihood. The same map serves both, so bits/dim are those of
-the discrete data (see ``likelihood.bits_per_dim``).
+the discrete data (see ``likelihood.bits_per_dim``). Every dataset lives in ``DATA_RANGE`` = (-1, 1).
+
+Datasets (``load_dataset(name, split=, path=, n=, seed=)``; ``available_datasets()``):
+  ring, moons, swissroll, checkerboard   2-D toys, continuous, generated from a torch generator seeded
+                                         2 * seed + (0 train, 1 test), so train and test differ;
+                                         n defaults to 20,000 (train) / 5,000 (test). ``ring`` samples
+                                         exactly ``analytic.ring2d()``, the analytic ground truth.
+  digits    scikit-learn's 1,797 8x8 digits, 17 levels, labels 0..9, shape (1, 8, 8). Fixed split
+            forever: ``numpy.random.RandomState(0).permutation(1797)``, first 300 indices (sorted) are
+            test, the other 1,497 train.
+  npy       ``path`` to .npy (x) or .npz (key 'x' or its only array; optional 'y', 'levels'). Layout
+            rules in ``readers.image_layout``. Integer arrays are discrete levels 0..levels-1
+            (levels = the file's 'levels', else 256); float arrays are continuous data used as-is and
+            must be finite with |x| <= MAX_ABS.
+  png       ``path`` to a folder of PNGs (grey or RGB, one size), labels from class subfolders; 256 levels.
+  mnist     ``path`` to a folder with train-/t10k-images-idx3-ubyte and -labels-idx1-ubyte (or .gz).
+  cifar10   ``path`` to cifar-10-batches-py (or its parent): data_batch_1..5 (train), test_batch.
+npy and png have no split of their own: a fixed 10% test split, the first N // 10 indices of
+``RandomState(0).permutation(N)``. ``n`` keeps a seeded random subset (``RandomState(seed)``) of a split
+of real data, in stored order; for toys it is the number of samples generated.
+A new dataset is one loader ``(split, path, n, seed) -> Dataset`` decorated with ``@register(name)``.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
 import torch
 
-from . import checks
+from . import analytic, checks, readers
+
+DATA_RANGE = (-1.0, 1.0)
+MAX_ABS = 10.0
+SPLITS = ("train", "test")
 
 
 def _check_range(levels: int, data_range: tuple[float, float]) -> tuple[float, float]:
@@ -48,3 +78,253 @@ def continuous_to_levels(x: torch.Tensor, levels: int = 256,
     lo, _ = _check_range(levels, data_range)
     k = torch.floor((x - lo) / bin_width(levels, data_range))
     return k.clamp(0, levels - 1).long()
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Samples ``x`` (float32, N x shape, in ``DATA_RANGE`` for discrete data), optional long labels
+    ``y`` (N,), ``levels`` per value for discrete data (None for continuous data) and a ``name``."""
+
+    x: torch.Tensor
+    y: torch.Tensor | None = None
+    levels: int | None = None
+    name: str = "data"
+
+    def __post_init__(self):
+        checks.float_tensor("Dataset.x", self.x)
+        if self.x.ndim not in (2, 4) or len(self.x) == 0:
+            raise ValueError(f"Dataset.x must have shape (N, D) or (N, C, H, W) with N >= 1, "
+                             f"got {tuple(self.x.shape)}.")
+        if self.y is not None and (self.y.dtype != torch.long or self.y.shape != (len(self.x),)):
+            raise ValueError(f"Dataset.y must be a long tensor of shape ({len(self.x)},), "
+                             f"got {self.y.dtype} {tuple(self.y.shape)}.")
+        if self.levels is not None and (checks.positive_int("levels", self.levels) < 2):
+            raise ValueError(f"levels must be an integer >= 2 or None, got {self.levels}.")
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Per-sample shape, e.g. (2,) or (1, 8, 8)."""
+        return tuple(self.x.shape[1:])
+
+    @property
+    def dim(self) -> int:
+        """Values per sample, D = prod(shape): the denominator of bits/dim."""
+        return math.prod(self.shape)
+
+    @property
+    def num_classes(self) -> int | None:
+        """max(y) + 1, or None without labels."""
+        return None if self.y is None else int(self.y.max()) + 1
+
+    def discrete(self) -> torch.Tensor:
+        """The integer levels k (long, shaped like x) of discrete data: ``continuous_to_levels(x)``."""
+        if self.levels is None:
+            raise ValueError(f"dataset {self.name!r} is continuous (levels=None); discrete() needs "
+                             "discrete data such as digits or images.")
+        return continuous_to_levels(self.x, self.levels, DATA_RANGE)
+
+
+Loader = Callable[[str, "Path | None", "int | None", int], Dataset]
+DATASETS: dict[str, Loader] = {}
+_NEEDS_PATH: set[str] = set()
+
+
+def register(name: str, *, needs_path: bool = False):
+    """Decorator adding a loader ``(split, path, n, seed) -> Dataset`` to ``DATASETS``."""
+    def add(loader: Loader) -> Loader:
+        DATASETS[name] = loader
+        if needs_path:
+            _NEEDS_PATH.add(name)
+        return loader
+    return add
+
+
+def available_datasets() -> list[str]:
+    return sorted(DATASETS)
+
+
+def load_dataset(name: str, *, split: str = "train", path: str | Path | None = None,
+                 n: int | None = None, seed: int = 0) -> Dataset:
+    """Load dataset ``name`` (see the module docstring) on CPU, ``split`` "train" or "test"."""
+    checks.one_of("dataset", name, available_datasets())
+    checks.one_of("split", split, SPLITS)
+    if n is not None:
+        checks.positive_int("n", n)
+    if name in _NEEDS_PATH and path is None:
+        raise ValueError(f"dataset {name!r} reads users' files: pass path=<file or folder>.")
+    if name not in _NEEDS_PATH and path is not None:
+        raise ValueError(f"dataset {name!r} is built in and takes no path, got path={path!r}.")
+    if path is not None and not Path(path).exists():
+        raise ValueError(f"dataset {name!r}: path {path} does not exist.")
+    ds = DATASETS[name](split, None if path is None else Path(path), n, seed)
+    return ds if n is None else _take(ds, n, seed)
+
+
+def _take(ds: Dataset, n: int, seed: int) -> Dataset:
+    """A seeded random subset of n samples, kept in stored order."""
+    if n > len(ds):
+        raise ValueError(f"n={n} exceeds the {len(ds)} samples of dataset {ds.name!r}.")
+    if n == len(ds):
+        return ds
+    idx = torch.from_numpy(np.sort(np.random.RandomState(seed).permutation(len(ds))[:n]))
+    return Dataset(ds.x[idx], None if ds.y is None else ds.y[idx], ds.levels, ds.name)
+
+
+def fixed_split(count: int, split: str, n_test: int) -> np.ndarray:
+    """Sorted indices of ``split``: test = the first n_test of RandomState(0).permutation(count)."""
+    perm = np.random.RandomState(0).permutation(count)
+    return np.sort(perm[:n_test] if split == "test" else perm[n_test:])
+
+
+def from_arrays(x: np.ndarray, y: np.ndarray | None, levels: int | None, name: str, source: Path) -> Dataset:
+    """A Dataset from canonical arrays: integer x are levels 0..levels-1 mapped to bin centres,
+    float x are continuous values taken as-is (finite, |x| <= MAX_ABS)."""
+    if x.dtype.kind in "ui":
+        levels = 256 if levels is None else levels
+        if x.size and (x.min() < 0 or x.max() > levels - 1):
+            raise ValueError(f"{source}: expected integer levels 0..{levels - 1}, got values in "
+                             f"[{x.min()}, {x.max()}] (store 'levels' in the .npz for other ranges).")
+        xt = levels_to_continuous(torch.from_numpy(x.astype(np.int64)), levels, DATA_RANGE)
+    elif x.dtype.kind == "f":
+        if not np.isfinite(x).all() or np.abs(x).max(initial=0) > MAX_ABS:
+            raise ValueError(f"{source}: float data is used as-is and must be finite with |x| <= "
+                             f"{MAX_ABS:g}; rescale it to about [-1, 1] or store integer levels.")
+        xt, levels = torch.from_numpy(x.astype(np.float32)), None
+    else:
+        raise ValueError(f"{source}: expected an integer or float array, got dtype {x.dtype}.")
+    yt = None if y is None else torch.from_numpy(readers.read_labels(y, len(x), source))
+    return Dataset(xt.contiguous(), yt, levels, name)
+
+
+# -- built-in toys ------------------------------------------------------------------------------
+TOY_SIZES = (20_000, 5_000)  # default n for train, test
+
+
+def _toy(name: str):
+    """Register a 2-D toy ``sample(n, generator) -> (n, 2) float64`` as a continuous dataset."""
+    def wrap(sample: Callable[[int, torch.Generator], torch.Tensor]):
+        @register(name)
+        def load(split: str, path, n: int | None, seed: int) -> Dataset:
+            n = TOY_SIZES[SPLITS.index(split)] if n is None else n
+            gen = torch.Generator().manual_seed(2 * seed + SPLITS.index(split))
+            return Dataset(sample(n, gen).float(), None, None, name)
+        return sample
+    return wrap
+
+
+@_toy("ring")
+def ring(n: int, gen: torch.Generator) -> torch.Tensor:
+    """analytic.ring2d(): 8 equal modes N(mu_k, 0.05^2 I), |mu_k| = 1."""
+    return analytic.ring2d().sample(n, gen, dtype=torch.float64)
+
+
+@_toy("moons")
+def moons(n: int, gen: torch.Generator) -> torch.Tensor:
+    """Two interleaved half circles of radius 2/3 (theta ~ U(0, pi)), centred at the origin,
+    plus N(0, 0.05^2 I) noise: upper (cos, sin) - c, lower (1 - cos, 1/2 - sin) - c, c = (1/2, 1/4)."""
+    theta = torch.rand(n, generator=gen, dtype=torch.float64) * math.pi
+    lower = torch.rand(n, generator=gen, dtype=torch.float64) < 0.5
+    upper_xy = torch.stack([theta.cos(), theta.sin()], 1)
+    lower_xy = torch.stack([1 - theta.cos(), 0.5 - theta.sin()], 1)
+    xy = torch.where(lower[:, None], lower_xy, upper_xy) - torch.tensor([0.5, 0.25], dtype=torch.float64)
+    return xy / 1.5 + 0.05 * torch.randn(n, 2, generator=gen, dtype=torch.float64)
+
+
+@_toy("swissroll")
+def swissroll(n: int, gen: torch.Generator) -> torch.Tensor:
+    """r (cos t, sin t) with t ~ U(1.5 pi, 4.5 pi), r = t / (4.5 pi) in [1/3, 1], plus N(0, 0.02^2 I)."""
+    t = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=gen, dtype=torch.float64))
+    xy = t[:, None] / (4.5 * math.pi) * torch.stack([t.cos(), t.sin()], 1)
+    return xy + 0.02 * torch.randn(n, 2, generator=gen, dtype=torch.float64)
+
+
+@_toy("checkerboard")
+def checkerboard(n: int, gen: torch.Generator) -> torch.Tensor:
+    """Uniform on the 8 cells (i, j) with i + j even of a 4 x 4 board of 0.5-wide cells on [-1, 1]^2."""
+    cell = torch.randint(8, (n,), generator=gen)
+    i, j = cell // 2, 2 * (cell % 2) + (cell // 2) % 2
+    corner = torch.stack([i, j], 1).double() * 0.5 - 1
+    return corner + 0.5 * torch.rand(n, 2, generator=gen, dtype=torch.float64)
+
+
+# -- real data --------------------------------------------------------------------------------
+DIGITS_TEST = 300
+
+
+@register("digits")
+def _digits(split: str, path, n, seed) -> Dataset:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    idx = fixed_split(len(bunch.images), split, DIGITS_TEST)
+    return from_arrays(bunch.images[idx, None].astype(np.int64), bunch.target[idx], 17, "digits",
+                       Path("sklearn.datasets.load_digits"))
+
+
+def _tenth(x: np.ndarray, y: np.ndarray | None, levels, split: str, name: str, source: Path) -> Dataset:
+    """The fixed 10% test split of data that has none."""
+    if split == "test" and len(x) < 10:
+        raise ValueError(f"{source}: a test split needs at least 10 samples, got {len(x)}.")
+    idx = fixed_split(len(x), split, len(x) // 10)
+    return from_arrays(x[idx], None if y is None else np.asarray(y)[idx], levels, name, source)
+
+
+@register("npy", needs_path=True)
+def _npy(split: str, path: Path, n, seed) -> Dataset:
+    x, y, levels = readers.read_array(path)
+    return _tenth(readers.image_layout(x, path), y, levels, split, "npy", path)
+
+
+@register("png", needs_path=True)
+def _png(split: str, path: Path, n, seed) -> Dataset:
+    if not path.is_dir():
+        raise ValueError(f"{path}: expected a folder of .png images, got a file.")
+    x, y, _ = readers.read_png_folder(path)
+    return _tenth(x, y, 256, split, "png", path)
+
+
+@register("mnist", needs_path=True)
+def _mnist(split: str, path: Path, n, seed) -> Dataset:
+    stem = "train" if split == "train" else "t10k"
+    images = readers.find_file(path, [f"{stem}-images-idx3-ubyte", f"{stem}-images.idx3-ubyte"])
+    labels = readers.find_file(path, [f"{stem}-labels-idx1-ubyte", f"{stem}-labels.idx1-ubyte"])
+    x, y = readers.read_idx(images, 3), readers.read_idx(labels, 1)
+    if len(y) != len(x):
+        raise ValueError(f"{labels}: expected {len(x)} labels (one per image), got {len(y)}.")
+    return from_arrays(x[:, None], y, 256, "mnist", images)
+
+
+@register("cifar10", needs_path=True)
+def _cifar10(split: str, path: Path, n, seed) -> Dataset:
+    root = path / "cifar-10-batches-py" if (path / "cifar-10-batches-py").is_dir() else path
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    parts = [readers.read_cifar_batch(readers.find_file(root, [name])) for name in names]
+    return from_arrays(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                       256, "cifar10", root)
+
+
+# -- minibatches ------------------------------------------------------------------------------
+def batches(ds: Dataset, batch_size: int, *, generator: torch.Generator | None = None,
+            device: torch.device | str | None = None, start: int = 0
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Endless (x, y) minibatches on ``device`` (y None without labels). The index stream is
+    consecutive random permutations of 0..N-1 (epochs without replacement, batches may span two
+    epochs), each ``torch.randperm(N, generator=generator)``: the sequence is a pure function of the
+    generator's state when called. ``start`` skips that many batches (to resume training exactly)."""
+    checks.positive_int("batch_size", batch_size)
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise ValueError(f"start must be an integer >= 0, got {start!r}.")
+    x = ds.x.to(device)
+    y = None if ds.y is None else ds.y.to(x.device)
+    count, gen_device = len(ds), (generator.device if generator is not None else "cpu")
+    for _ in range(start * batch_size // count):  # whole skipped epochs advance the generator
+        torch.randperm(count, generator=generator, device=gen_device)
+    pending = torch.randperm(count, generator=generator, device=gen_device)[start * batch_size % count:]
+    while True:
+        while len(pending) < batch_size:
+            pending = torch.cat([pending, torch.randperm(count, generator=generator, device=gen_device)])
+        idx, pending = pending[:batch_size].to(x.device), pending[batch_size:]
+        yield x[idx], (None if y is None else y[idx])
