@@ -2,6 +2,8 @@
 
 from .analytic import GaussianMixture, grid2d, random_mixture, ring2d
 from .data import Dataset, available_datasets, batches, load_dataset
+from .losses import ddpm_loss, dsm_loss
+from .models import MLPScore, ScoreModel, UNet, build_model
 from .reverse import ReverseSDE
 from .schedule import DDPMSchedule
 from .sde import SDE, CosineVPSDE, SubVPSDE, VESDE, VPSDE, get_sde
@@ -11,5 +13,6 @@ __version__ = "0.1.0"
 __all__ = [
     "SDE", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", "get_sde", "ReverseSDE",
     "DDPMSchedule", "GaussianMixture", "ring2d", "grid2d", "random_mixture",
-    "Dataset", "load_dataset", "available_datasets", "batches", "__version__",
+    "Dataset", "load_dataset", "available_datasets", "batches",
+    "MLPScore", "UNet", "ScoreModel", "build_model", "dsm_loss", "ddpm_loss", "__version__",
 ]

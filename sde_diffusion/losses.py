@@ -1,0 +1,127 @@
+"""Training objectives: denoising score matching in continuous time and DDPM's L_simple.
+
+Normalisation (one convention for both losses): the squared error of each sample is averaged over
+its D dimensions, then over the batch (``reduction="mean"``) or returned per sample (``"none"``).
+Multiply by D/2 for the sum-over-dimensions form with the 1/2 of Song et al. (2021), eq. 7.
+
+DSM (Song et al. 2021, eq. 7): with x_t = m x_0 + s z, grad log p(x_t | x_0) = -z / s, so
+    lambda(t) ||s_theta(x_t, t) + z / s||^2 = lambda(t) / s^2 ||eps_theta(x_t, t) - z||^2,
+with eps_theta = -s s_theta. For lambda = s^2 ("sigma2") this is exactly the eps-prediction MSE.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from . import checks
+from .models.score_model import ScoreModel
+from .schedule import DDPMSchedule
+from .sde import SDE
+
+WEIGHTINGS = ("sigma2", "likelihood", "none")
+_BISECTIONS = 64  # halves [eps, T] to below float64 resolution
+
+
+def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
+    checks.one_of("reduction", reduction, ("mean", "none"))
+    return per_sample.mean() if reduction == "mean" else per_sample
+
+
+def _log_snr_inv(sde: SDE, t: torch.Tensor) -> torch.Tensor:
+    """r(t) = log(s(t)^2 / m(t)^2). Since d(s^2/m^2)/dt = g^2 / m^2, r'(t) = g(t)^2 / s(t)^2 > 0."""
+    m, s = sde.marginal(t)
+    return 2 * (s.log() - m.log())
+
+
+def sample_importance_time(sde: SDE, n: int, eps: float, *, generator=None, device=None,
+                           dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """t ~ q(t) = g(t)^2 / (s(t)^2 Z) on [eps, T], and Z = r(T) - r(eps).
+
+    q's CDF is (r(t) - r(eps)) / Z exactly (r as in ``_log_snr_inv``, for every linear SDE), so
+    t = r^{-1}(r(eps) + u Z), u ~ U(0, 1), inverted by bisection (r is increasing).
+    """
+    u = torch.rand(n, generator=generator, device=device, dtype=dtype)
+    ends = torch.tensor([eps, sde.T], device=u.device, dtype=u.dtype)
+    r_eps, r_T = _log_snr_inv(sde, ends).unbind()
+    target = r_eps + u * (r_T - r_eps)
+    lo, hi = torch.full_like(u, eps), torch.full_like(u, sde.T)
+    for _ in range(_BISECTIONS):
+        mid = (lo + hi) / 2
+        below = _log_snr_inv(sde, mid) < target
+        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+    return (lo + hi) / 2, r_T - r_eps
+
+
+def dsm_loss(model: ScoreModel, x0: torch.Tensor, *, weighting: str = "sigma2", eps: float = 1e-5,
+             importance_sampling: bool = False, t: torch.Tensor | None = None,
+             noise: torch.Tensor | None = None, y: torch.Tensor | None = None,
+             generator: torch.Generator | None = None, reduction: str = "mean") -> torch.Tensor:
+    """E_{t ~ U(eps, T)} E_z [lambda(t) mean_d (s_theta(x_t, t) + z / s(t))^2]  (see module doc).
+
+    ``weighting``: ``sigma2`` (lambda = s^2, the eps-MSE), ``likelihood`` (lambda = g^2, Song et al.
+    2021a "Maximum likelihood training") or ``none`` (lambda = 1). With ``importance_sampling``
+    (likelihood only) t ~ q(t) = g^2 / (s^2 Z) and each term is divided by (T - eps) q(t), which
+    leaves the expectation unchanged and gives Z / (T - eps) ||eps_theta - z||^2 / D per sample.
+    ``t`` (N,) and ``noise`` (shaped like x0) may be given to fix the draws; ``generator`` draws the rest.
+    """
+    if not isinstance(model, ScoreModel):
+        raise TypeError(f"model must be a ScoreModel, got {type(model).__name__}.")
+    checks.float_tensor("x0", x0)
+    checks.one_of("weighting", weighting, WEIGHTINGS)
+    sde, n = model.sde, x0.shape[0]
+    if not (isinstance(eps, (int, float)) and 0 < eps < sde.T):
+        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T:g}), got {eps!r}.")
+    if importance_sampling and weighting != "likelihood":
+        raise ValueError(f"importance_sampling needs weighting='likelihood', got {weighting!r}.")
+    if importance_sampling and t is not None:
+        raise ValueError("t cannot be given with importance_sampling (t is drawn from q(t)).")
+    draw = {"generator": generator, "device": x0.device, "dtype": x0.dtype}
+    if importance_sampling:
+        t, Z = sample_importance_time(sde, n, eps, **draw)
+        weight = Z / (sde.T - eps)
+    else:
+        t = eps + (sde.T - eps) * torch.rand(n, **draw) if t is None \
+            else checks.time(t, sde.T, batch=n, like=x0)
+        _, s = sde.marginal(t)
+        weight = {"sigma2": torch.ones_like(s), "likelihood": sde.diffusion(t).square() / s.square(),
+                  "none": 1 / s.square()}[weighting]
+    z = torch.randn(x0.shape, **draw) if noise is None else checks.same_shape("noise", noise, x0)
+    m, s = sde.marginal(t)
+    xt = checks.bcast(m, x0) * x0 + checks.bcast(s, x0) * z
+    err = (model.eps(xt, t, y) - z).square().reshape(n, -1).mean(1)
+    return _reduce(weight * err, reduction)
+
+
+def ddpm_loss(model: ScoreModel | Callable, schedule: DDPMSchedule, x0: torch.Tensor, *,
+              i: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+              y: torch.Tensor | None = None, generator: torch.Generator | None = None,
+              reduction: str = "mean") -> torch.Tensor:
+    """L_simple of DDPM Algorithm 1 (Ho et al. 2020): i ~ U{1..T}, z ~ N(0, I),
+    mean_d (z - eps_theta(sqrt(abar_i) x_0 + sqrt(1 - abar_i) z, t = i / T))^2.
+
+    ``model`` is an eps_fn(x, t[, y]) or a ScoreModel, whose prediction is converted to eps with
+    the chain's (sqrt(abar_i), sqrt(1 - abar_i)) (the identity for an eps-model).
+    """
+    if not isinstance(schedule, DDPMSchedule):
+        raise TypeError(f"schedule must be a DDPMSchedule, got {type(schedule).__name__}.")
+    if not callable(model):
+        raise TypeError(f"model must be a ScoreModel or an eps_fn(x, t[, y]), got {type(model).__name__}.")
+    checks.float_tensor("x0", x0)
+    n = x0.shape[0]
+    if i is None:
+        i = torch.randint(1, schedule.T + 1, (n,), generator=generator, device=x0.device)
+    elif not isinstance(i, torch.Tensor) or i.shape != (n,) or i.is_floating_point():
+        raise ValueError(f"i must be an integer tensor of shape ({n},) with steps in 1..{schedule.T}.")
+    z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype) if noise is None \
+        else checks.same_shape("noise", noise, x0)
+    xi = schedule.q_sample(x0, i, z)
+    t = schedule.time(i.to(x0.dtype))
+    if isinstance(model, ScoreModel):  # convert with the chain's own marginal, not the SDE limit's
+        abar = schedule.alphas_cumprod.to(x0.device)[i - 1].to(x0.dtype)
+        eps = model.predict(xi, t, y, kind="eps", marginal=(abar.sqrt(), (1 - abar).sqrt()))
+    else:
+        eps = checks.same_shape("eps_fn", model(xi, t) if y is None else model(xi, t, y), x0)
+    err = (eps - z).square().reshape(n, -1).mean(1)
+    return _reduce(err, reduction)

@@ -1,0 +1,11 @@
+"""Score networks: SDE-agnostic backbones and ``ScoreModel``, where score, eps and x0 convert."""
+
+from .embeddings import FourierEmbedding, LabelEmbedding, SinusoidalEmbedding, time_embedding
+from .mlp import MLPScore
+from .score_model import NETS, PARAMETERIZATIONS, ScoreModel, build_model, convert, from_eps, to_eps
+from .unet import UNet
+
+__all__ = [
+    "MLPScore", "UNet", "ScoreModel", "build_model", "convert", "to_eps", "from_eps", "NETS",
+    "PARAMETERIZATIONS", "FourierEmbedding", "SinusoidalEmbedding", "LabelEmbedding", "time_embedding",
+]

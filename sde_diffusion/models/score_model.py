@@ -1,0 +1,152 @@
+"""``ScoreModel``: a backbone read as a score, a noise prediction or a denoiser under an SDE.
+
+The one place where the three parameterisations convert. With x_t = m(t) x_0 + s(t) z,
+(m, s) = ``sde.marginal(t)`` and z ~ N(0, I) (Song et al. 2021; Ho et al. 2020):
+    score = -eps / s,      eps = -s score,      x0 = (x - s eps) / m = (x + s^2 score) / m,
+    eps = (x - m x0) / s.
+For the exact score, x0 is Tweedie's E[x_0 | x_t] and eps is E[z | x_t]. At t = 0 (s = 0) the
+score of an eps- or x0-model and the eps of an x0-model are undefined (division by s = 0).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .. import checks
+from ..checks import Time, bcast
+from ..sde import SDE, ScoreFn
+from .mlp import MLPScore
+from .unet import UNet
+
+PARAMETERIZATIONS = ("eps", "score", "x0")
+
+
+def to_eps(value: torch.Tensor, kind: str, x: torch.Tensor, m: torch.Tensor,
+           s: torch.Tensor) -> torch.Tensor:
+    """eps from a ``kind`` in {eps, score, x0} prediction at x; m, s per sample (N,) or scalars."""
+    checks.one_of("parameterization", kind, PARAMETERIZATIONS)
+    if kind == "eps":
+        return value
+    if kind == "score":
+        return -bcast(s, x) * value
+    return (x - bcast(m, x) * value) / bcast(s, x)
+
+
+def from_eps(eps: torch.Tensor, kind: str, x: torch.Tensor, m: torch.Tensor,
+             s: torch.Tensor) -> torch.Tensor:
+    """The ``kind`` in {eps, score, x0} prediction from eps at x: eps, -eps / s or (x - s eps) / m."""
+    checks.one_of("parameterization", kind, PARAMETERIZATIONS)
+    if kind == "eps":
+        return eps
+    if kind == "score":
+        return -eps / bcast(s, x)
+    return (x - bcast(s, x) * eps) / bcast(m, x)
+
+
+def convert(value: torch.Tensor, source: str, target: str, x: torch.Tensor, m: torch.Tensor,
+            s: torch.Tensor) -> torch.Tensor:
+    """Convert a ``source`` prediction at x into a ``target`` one (each of eps, score, x0).
+
+    score <-> x0 goes directly: score = -(x - m x0) / s^2, x0 = (x + s^2 score) / m.
+    """
+    checks.one_of("parameterization", source, PARAMETERIZATIONS)
+    checks.one_of("parameterization", target, PARAMETERIZATIONS)
+    if (source, target) == ("score", "x0"):
+        return (x + bcast(s.square(), x) * value) / bcast(m, x)
+    if (source, target) == ("x0", "score"):
+        return -(x - bcast(m, x) * value) / bcast(s.square(), x)
+    return value if source == target else from_eps(to_eps(value, source, x, m, s), target, x, m, s)
+
+
+class ScoreModel(nn.Module):
+    """A backbone ``net(x, t[, y])`` predicting ``parameterization`` under ``sde``.
+
+    ``forward`` is the score, so a ScoreModel is a score_fn for every sampler and the likelihood.
+    ``net`` is an nn.Module (or any callable of that signature, e.g. an analytic oracle).
+    With ``input_scaling`` the net sees x / sqrt(m^2 + s^2) (unit-variance data then gives a
+    unit-variance input at every t: the identity for VP, essential for VE with large sigma_max).
+    """
+
+    def __init__(self, net: Callable, sde: SDE, parameterization: str = "eps", *,
+                 input_scaling: bool = False):
+        super().__init__()
+        if not callable(net):
+            raise TypeError(f"net must be an nn.Module or a callable net(x, t[, y]), got {type(net).__name__}.")
+        if not isinstance(sde, SDE):
+            raise TypeError(f"sde must be an SDE (e.g. VPSDE()), got {type(sde).__name__}.")
+        self.net, self.sde = net, sde
+        self.parameterization = checks.one_of("parameterization", parameterization, PARAMETERIZATIONS)
+        self.input_scaling = bool(input_scaling)
+
+    @property
+    def num_classes(self) -> int | None:
+        """The number of classes of a conditional net (the null label is this index), else None."""
+        return getattr(self.net, "num_classes", None)
+
+    def predict(self, x: torch.Tensor, t: Time, y: torch.Tensor | None = None, *,
+                kind: str | None = None, marginal: tuple | None = None) -> torch.Tensor:
+        """The ``kind`` prediction (default: the net's own parameterization) at (x, t).
+
+        ``marginal`` = (m, s), each (N,), replaces ``sde.marginal(t)``: for a discrete DDPM chain,
+        (sqrt(abar_i), sqrt(1 - abar_i)) at t = i / T_steps in (0, 1].
+        """
+        checks.float_tensor("x", x)
+        if marginal is None:
+            t = checks.time(t, self.sde.T, batch=x.shape[0], like=x)
+            m, s = self.sde.marginal(t)
+        else:
+            t = checks.time(t, max(self.sde.T, 1.0), batch=x.shape[0], like=x)
+            m, s = marginal
+        inp = x / bcast((m.square() + s.square()).sqrt(), x) if self.input_scaling else x
+        out = checks.same_shape("net", self.net(inp, t) if y is None else self.net(inp, t, y), x)
+        return convert(out, self.parameterization, kind or self.parameterization, x, m, s)
+
+    def score(self, x: torch.Tensor, t: Time, y: torch.Tensor | None = None) -> torch.Tensor:
+        """grad_x log p_t(x [| y]) = -eps / s(t)."""
+        return self.predict(x, t, y, kind="score")
+
+    def eps(self, x: torch.Tensor, t: Time, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The noise prediction eps = -s(t) score."""
+        return self.predict(x, t, y, kind="eps")
+
+    def x0(self, x: torch.Tensor, t: Time, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The denoised estimate E[x_0 | x_t = x] = (x + s^2 score) / m."""
+        return self.predict(x, t, y, kind="x0")
+
+    def forward(self, x: torch.Tensor, t: Time, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.score(x, t, y)
+
+    def conditional(self, y: torch.Tensor, guidance: float = 0.0) -> ScoreFn:
+        """The score_fn (x, t) -> (1 + w) score(x, t, y) - w score(x, t, null) of classifier-free
+        guidance (Ho & Salimans 2022) with w = ``guidance``; w = 0 is the plain conditional score."""
+        if self.num_classes is None:
+            raise ValueError("conditional() needs a net built with num_classes.")
+        if not isinstance(guidance, (int, float)) or guidance < 0:
+            raise ValueError(f"guidance must be a number >= 0, got {guidance!r}.")
+        if guidance == 0:
+            return lambda x, t: self.score(x, t, y)
+
+        def guided(x, t):
+            null = torch.full_like(y, self.num_classes)
+            return (1 + guidance) * self.score(x, t, y) - guidance * self.score(x, t, null)
+        return guided
+
+
+NETS = {"mlp": MLPScore, "unet": UNet}
+
+
+def build_model(kind: str, sde: SDE, *, parameterization: str = "eps", input_scaling: bool = False,
+                **net_kwargs) -> ScoreModel:
+    """``ScoreModel(NETS[kind](**net_kwargs), sde, parameterization)`` with ``kind`` in {mlp, unet};
+    an unknown keyword fails naming it and the allowed ones."""
+    cls = NETS[checks.one_of("model kind", kind, NETS)]
+    allowed = [p for p in inspect.signature(cls).parameters]
+    unknown = sorted(set(net_kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for model {kind!r}; allowed: "
+                         f"{', '.join(allowed + ['parameterization', 'input_scaling'])}.")
+    return ScoreModel(cls(**net_kwargs), sde, parameterization, input_scaling=input_scaling)
