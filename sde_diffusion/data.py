@@ -4,7 +4,8 @@ Discrete data has ``levels`` values k = 0..L-1 per dimension. Level k owns the b
 [lo + k w, lo + (k + 1) w) of ``data_range`` = (lo, hi), with bin width w = (hi - lo) / L, and is
 represented by x = lo + (k + u) w: u = 1/2 (the bin centre) for training and sampling, u ~ U[0, 1)
 for uniform dequantization in the likelihood. The same map serves both, so bits/dim are those of
-the discrete data (see ``likelihood.bits_per_dim``). Every dataset lives in ``DATA_RANGE`` = (-1, 1).
+the discrete data (see ``likelihood.bits_per_dim``). Discrete datasets use ``DATA_RANGE`` = (-1, 1);
+continuous ones are scaled to roughly that range.
 
 Datasets (``load_dataset(name, split=, path=, n=, seed=)``; ``available_datasets()``):
   ring, moons, swissroll, checkerboard   2-D toys, continuous, generated from a torch generator seeded
@@ -268,8 +269,9 @@ def _tenth(x: np.ndarray, y: np.ndarray | None, levels, split: str, name: str, s
     """The fixed 10% test split of data that has none."""
     if split == "test" and len(x) < 10:
         raise ValueError(f"{source}: a test split needs at least 10 samples, got {len(x)}.")
+    y = None if y is None else readers.read_labels(y, len(x), source)
     idx = fixed_split(len(x), split, len(x) // 10)
-    return from_arrays(x[idx], None if y is None else np.asarray(y)[idx], levels, name, source)
+    return from_arrays(x[idx], None if y is None else y[idx], levels, name, source)
 
 
 @register("npy", needs_path=True)
