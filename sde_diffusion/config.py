@@ -1,0 +1,317 @@
+"""Run configuration: a typed schema (dataclasses), YAML files that compose, ``key.path=value`` overrides.
+
+A YAML file may name ``base:`` files (a path or a list, relative to itself); they are merged first,
+then the file's own keys on top (mappings merge recursively). Every value is checked against the
+schema when loaded: an unknown key or a wrong type raises a ValueError naming the key path, e.g.
+``train.lr: expected float, got 'abc'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from .schedule import DDPMSchedule
+from .sde import SDE, SDES, get_sde
+
+SDE_NAMES = (*SDES, "ddpm")  # "ddpm": the discrete DDPMSchedule, whose continuous limit is a VP-SDE
+
+
+@dataclass
+class DataConfig:
+    name: str = "ring"            # a dataset of data.load_dataset (built-in name or file format)
+    path: Optional[str] = None    # users' files
+    n: Optional[int] = None       # number of training samples (toys) or a cap on them
+    seed: int = 0                 # the data's own seed (toy sampling), independent of training
+
+
+@dataclass
+class SDEConfig:
+    name: str = "vp"                                        # vp | subvp | ve | cosine | ddpm
+    params: dict = field(default_factory=dict)             # SDE (or DDPMSchedule) arguments
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "mlp"                                       # mlp | unet
+    parameterization: str = "eps"                           # eps | score | x0
+    params: dict = field(default_factory=dict)             # backbone arguments
+
+
+@dataclass
+class LossConfig:
+    kind: str = "dsm"                 # dsm (continuous t) | ddpm (L_simple on the schedule)
+    weighting: str = "sigma2"         # sigma2 | likelihood | none
+    eps: float = 1e-5                 # t ~ U(eps, T)
+    importance_sampling: bool = False
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 10_000
+    batch_size: int = 128
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup: int = 100                 # linear learning-rate warm-up over this many steps
+    grad_clip: float = 1.0            # max global gradient norm; 0 disables clipping
+    ema_decay: float = 0.999
+    seed: int = 0
+    log_every: int = 100
+    sample_every: int = 0             # 0: only at the end
+    ckpt_every: int = 1_000
+    keep: int = 2                     # checkpoints kept on disk
+    bf16: bool = False                # bf16 autocast (CUDA only)
+
+
+@dataclass
+class SampleConfig:
+    method: str = "euler_maruyama"
+    steps: int = 500
+    n: int = 64
+    eps: float = 1e-3
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    sde: SDEConfig = field(default_factory=SDEConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+# Sections whose changes a resumed run accepts; everything else must match the checkpoint exactly.
+RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.sample_every", "train.ckpt_every",
+                     "train.keep", "sample")
+
+
+# -- typed construction -----------------------------------------------------------------------
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """``value`` as type ``tp`` or a ValueError naming ``path``. Numeric strings such as "1e-3"
+    (which YAML 1.1 reads as text) are accepted for numbers."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _coerce(value, args[0], path)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ValueError(f"{path}: expected a mapping of names to values, got {value!r}.")
+        return {k: _number(v) if isinstance(v, str) else v for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, str):
+            value = _number(value)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, str):
+            value = _number(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ValueError(f"{path}: expected {tp.__name__}, got {value!r}.")
+
+
+def _number(s: str) -> Any:
+    """A number for numeric text ("1e-3", "64"), else the text unchanged."""
+    try:
+        return int(s)
+    except ValueError:
+        pass
+    try:
+        v = float(s)
+    except ValueError:
+        return s
+    return v if math.isfinite(v) else s
+
+
+def _build(cls: type, data: Any, path: str = "") -> Any:
+    where = f"{path}: " if path else ""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}expected a mapping, got {data!r}.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            raise ValueError(f"{path + '.' if path else ''}{key}: unknown key; allowed: "
+                             f"{', '.join(fields)}.")
+    return cls(**{k: _coerce(v, hints[k], f"{path + '.' if path else ''}{k}") for k, v in data.items()})
+
+
+def _one_of(path: str, value: str, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{path}: unknown value {value!r}; allowed: {', '.join(allowed)}.")
+
+
+def _validate(cfg: Config) -> Config:
+    """Value checks that need more than the types, each naming its key."""
+    _one_of("sde.name", cfg.sde.name, SDE_NAMES)
+    _check_model(cfg.model)
+    _one_of("loss.kind", cfg.loss.kind, ("dsm", "ddpm"))
+    _one_of("loss.weighting", cfg.loss.weighting, ("sigma2", "likelihood", "none"))
+    if cfg.loss.kind == "ddpm" and cfg.sde.name != "ddpm":
+        raise ValueError(f"loss.kind: 'ddpm' needs sde.name 'ddpm' (a discrete schedule), "
+                         f"got sde.name {cfg.sde.name!r}.")
+    for key in ("steps", "batch_size", "log_every", "ckpt_every", "keep"):
+        if getattr(cfg.train, key) < 1:
+            raise ValueError(f"train.{key}: must be an integer >= 1, got {getattr(cfg.train, key)}.")
+    for key in ("warmup", "sample_every", "seed"):
+        if getattr(cfg.train, key) < 0:
+            raise ValueError(f"train.{key}: must be an integer >= 0, got {getattr(cfg.train, key)}.")
+    for sec, key in (("train", "lr"), ("loss", "eps"), ("sample", "eps")):
+        v = getattr(getattr(cfg, sec), key)
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"{sec}.{key}: must be a finite number > 0, got {v}.")
+    for key in ("weight_decay", "grad_clip"):
+        if not (math.isfinite(getattr(cfg.train, key)) and getattr(cfg.train, key) >= 0):
+            raise ValueError(f"train.{key}: must be a finite number >= 0, got {getattr(cfg.train, key)}.")
+    if not 0 <= cfg.train.ema_decay < 1:
+        raise ValueError(f"train.ema_decay: must lie in [0, 1), got {cfg.train.ema_decay}.")
+    for key in ("steps", "n"):
+        if getattr(cfg.sample, key) < 1:
+            raise ValueError(f"sample.{key}: must be an integer >= 1, got {getattr(cfg.sample, key)}.")
+    if cfg.data.n is not None and cfg.data.n < 1:
+        raise ValueError(f"data.n: must be an integer >= 1 or null, got {cfg.data.n}.")
+    build_sde(cfg)  # the SDE's own checks, reported under sde.params
+    return cfg
+
+
+def _params(path: str, cls: type, params: dict) -> dict:
+    """Check a params mapping against the init fields of dataclass ``cls``, naming unknown keys."""
+    allowed = [f.name for f in dataclasses.fields(cls) if f.init]
+    for key in params:
+        if key not in allowed:
+            raise ValueError(f"{path}.{key}: unknown key for {cls.__name__}; allowed: {', '.join(allowed)}.")
+    return params
+
+
+def _check_model(model: ModelConfig) -> None:
+    """model.kind and the keys of model.params against the backbone's signature."""
+    import inspect
+
+    from .models.score_model import NETS, PARAMETERIZATIONS
+
+    _one_of("model.kind", model.kind, NETS)
+    _one_of("model.parameterization", model.parameterization, PARAMETERIZATIONS)
+    allowed = [p for p in inspect.signature(NETS[model.kind]).parameters if p not in ("dim", "in_channels")]
+    for key in model.params:
+        if key not in allowed + ["input_scaling"]:
+            raise ValueError(f"model.params.{key}: unknown key for model {model.kind!r}; allowed: "
+                             f"{', '.join(allowed + ['input_scaling'])}.")
+
+
+def build_sde(cfg: Config) -> SDE:
+    """The forward SDE of the run; for ``ddpm`` the VP-SDE limit of its schedule."""
+    schedule = build_schedule(cfg)
+    if schedule is not None:
+        return schedule.to_sde()
+    params = _params("sde.params", SDES[cfg.sde.name], cfg.sde.params)
+    try:
+        return get_sde(cfg.sde.name, **params)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"sde.params: {e}") from None
+
+
+def build_schedule(cfg: Config) -> DDPMSchedule | None:
+    """The discrete DDPM schedule when ``sde.name`` is ``ddpm``, else None."""
+    if cfg.sde.name != "ddpm":
+        return None
+    params = _params("sde.params", DDPMSchedule, cfg.sde.params)
+    try:
+        return DDPMSchedule(**params)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"sde.params: {e}") from None
+
+
+# -- files, composition, overrides ---------------------------------------------------------------
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
+    """The raw mapping of a YAML file with its ``base`` files merged underneath."""
+    path = Path(path)
+    if path.resolve() in _seen:
+        raise ValueError(f"{path}: circular 'base' chain.")
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist.")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]}).") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level.")
+    bases = raw.pop("base", [])
+    merged: dict = {}
+    for b in [bases] if isinstance(bases, str) else bases:
+        merged = _merge(merged, read_yaml(path.parent / b, _seen + (path.resolve(),)))
+    return _merge(merged, raw)
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``key.path=value`` strings (values parsed as YAML) to a raw mapping."""
+    raw = json.loads(json.dumps(raw))
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key or any(not p for p in key.split(".")):
+            raise ValueError(f"override {item!r} must look like key.path=value.")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        node = raw
+        *parents, last = key.split(".")
+        for i, p in enumerate(parents):
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {'.'.join(parents[:i + 1])} is not a section.")
+        node[last] = value
+    return raw
+
+
+def from_dict(raw: dict) -> Config:
+    """A validated Config from a plain mapping (e.g. a checkpoint's config.json)."""
+    return _validate(_build(Config, raw))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Read ``path`` (with its bases), apply overrides, check every key and type."""
+    raw = read_yaml(path) if path is not None else {}
+    return from_dict(apply_overrides(raw, list(overrides)))
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def differences(a: Config, b: Config) -> list[str]:
+    """``"key.path: a vs b"`` for each value differing between two configs (params compared whole)."""
+    da, db = to_dict(a), to_dict(b)
+    out = []
+    for sec in da:
+        for key in da[sec]:
+            if da[sec][key] != db[sec][key]:
+                out.append(f"{sec}.{key}: {da[sec][key]!r} vs {db[sec][key]!r}")
+    return out
