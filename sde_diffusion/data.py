@@ -99,7 +99,8 @@ class Dataset:
         if self.y is not None and (self.y.dtype != torch.long or self.y.shape != (len(self.x),)):
             raise ValueError(f"Dataset.y must be a long tensor of shape ({len(self.x)},), "
                              f"got {self.y.dtype} {tuple(self.y.shape)}.")
-        if self.levels is not None and (checks.positive_int("levels", self.levels) < 2):
+        if self.levels is not None and (isinstance(self.levels, bool) or not isinstance(self.levels, int)
+                                        or self.levels < 2):
             raise ValueError(f"levels must be an integer >= 2 or None, got {self.levels}.")
 
     def __len__(self) -> int:
@@ -188,7 +189,8 @@ def from_arrays(x: np.ndarray, y: np.ndarray | None, levels: int | None, name: s
         if x.size and (x.min() < 0 or x.max() > levels - 1):
             raise ValueError(f"{source}: expected integer levels 0..{levels - 1}, got values in "
                              f"[{x.min()}, {x.max()}] (store 'levels' in the .npz for other ranges).")
-        xt = levels_to_continuous(torch.from_numpy(x.astype(np.int64)), levels, DATA_RANGE)
+        k = x.astype(np.uint8 if levels <= 256 else np.int64)  # 8-bit images stay small until scaled
+        xt = levels_to_continuous(torch.from_numpy(k), levels, DATA_RANGE)
     elif x.dtype.kind == "f":
         if not np.isfinite(x).all() or np.abs(x).max(initial=0) > MAX_ABS:
             raise ValueError(f"{source}: float data is used as-is and must be finite with |x| <= "

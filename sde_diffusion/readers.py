@@ -7,6 +7,7 @@ turns these arrays into ``Dataset`` objects; nothing here knows about scaling or
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import io
 import pickle
@@ -23,9 +24,7 @@ def image_layout(a: np.ndarray, path: Path) -> np.ndarray:
     """Canonical layout. 1-D (N,) -> (N, 1) scalars; 2-D (N, D) vectors as-is; 3-D (N, H, W) grey
     images -> (N, 1, H, W); 4-D (N, H, W, C) with C in {1, 3} and dim 1 not in {1, 3} is channels-last
     and is transposed; every other 4-D array is read as (N, C, H, W)."""
-    if a.ndim == 1:
-        return a[:, None]
-    if a.ndim == 3:
+    if a.ndim in (1, 3):
         return a[:, None]
     if a.ndim == 4 and a.shape[3] in (1, 3) and a.shape[1] not in (1, 3):
         return a.transpose(0, 3, 1, 2)
@@ -138,7 +137,7 @@ def find_file(root: Path, names: list[str]) -> Path:
 
 
 _NP_CORE = np._core if hasattr(np, "_core") else np.core  # numpy >= 2 renamed numpy.core
-_SAFE_GLOBALS = {("_codecs", "encode"): __import__("codecs").encode,
+_SAFE_GLOBALS = {("_codecs", "encode"): codecs.encode,
                  ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
 for _mod in ("numpy.core", "numpy._core"):
     _SAFE_GLOBALS[(f"{_mod}.multiarray", "_reconstruct")] = _NP_CORE.multiarray._reconstruct
