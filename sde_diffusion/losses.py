@@ -114,6 +114,7 @@ def ddpm_loss(model: ScoreModel | Callable, schedule: DDPMSchedule, x0: torch.Te
         i = torch.randint(1, schedule.T + 1, (n,), generator=generator, device=x0.device)
     elif not isinstance(i, torch.Tensor) or i.shape != (n,) or i.is_floating_point():
         raise ValueError(f"i must be an integer tensor of shape ({n},) with steps in 1..{schedule.T}.")
+    i = i.to(x0.device)
     z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype) if noise is None \
         else checks.same_shape("noise", noise, x0)
     xi = schedule.q_sample(x0, i, z)

@@ -108,8 +108,8 @@ class UNet(nn.Module):
             raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}.")
         self.num_classes = num_classes
         emb, n = 4 * base_channels, blocks_per_level
-        self.time_embed = nn.Sequential(time_embedding(embedding, base_channels), nn.Linear(base_channels, emb),
-                                        nn.SiLU(), nn.Linear(emb, emb))
+        self.time_embed = nn.Sequential(time_embedding(embedding, emb), nn.Linear(emb, emb), nn.SiLU(),
+                                        nn.Linear(emb, emb))
         self.label_embed = LabelEmbedding(num_classes, emb) if num_classes is not None else None
         chans = [base_channels * m for m in channel_mults]
         attn = [math.ceil(image_size / 2**i) in tuple(attention_resolutions) for i in range(len(chans))]
