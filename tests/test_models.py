@@ -41,7 +41,8 @@ def test_every_parameterization_recovers_the_exact_score(sde):
     gm, x, t, m, s = _inputs(sde)
     score = gm.score_at(x, t, sde)
     eps, x0 = -s * score, (x + s**2 * score) / m
-    oracles = {"eps": gm.eps(sde), "score": gm.score(sde), "x0": lambda x, t: (x + s**2 * gm.score_at(x, t, sde)) / m}
+    oracles = {"eps": gm.eps(sde), "score": gm.score(sde),
+               "x0": lambda x, t: (x + s**2 * gm.score_at(x, t, sde)) / m}
     for kind, net in oracles.items():
         model = ScoreModel(net, sde, kind)
         torch.testing.assert_close(model.score(x, t), score, **TOL)

@@ -75,7 +75,8 @@ class ScoreModel(nn.Module):
                  input_scaling: bool = False):
         super().__init__()
         if not callable(net):
-            raise TypeError(f"net must be an nn.Module or a callable net(x, t[, y]), got {type(net).__name__}.")
+            raise TypeError(f"net must be an nn.Module or a callable net(x, t[, y]), "
+                            f"got {type(net).__name__}.")
         if not isinstance(sde, SDE):
             raise TypeError(f"sde must be an SDE (e.g. VPSDE()), got {type(sde).__name__}.")
         self.net, self.sde = net, sde

@@ -121,7 +121,8 @@ class UNet(nn.Module):
         self.up = nn.ModuleList(_Level([c_prev + c] + [2 * c] * (n - 1), c, emb, dropout, a, attention_heads)
                                 for c_prev, c, a in zip(chans[-1:] + chans[::-1], chans[::-1], attn[::-1]))
         self.upsample = nn.ModuleList(nn.Conv2d(c, c, 3, padding=1) for c in chans[:0:-1])
-        self.out = nn.Sequential(_norm(chans[0]), nn.SiLU(), _zero(nn.Conv2d(chans[0], in_channels, 3, padding=1)))
+        self.out = nn.Sequential(_norm(chans[0]), nn.SiLU(),
+                                 _zero(nn.Conv2d(chans[0], in_channels, 3, padding=1)))
 
     def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
         size = self.image_size
