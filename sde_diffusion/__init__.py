@@ -2,11 +2,13 @@
 
 from .analytic import GaussianMixture, grid2d, random_mixture, ring2d
 from .data import Dataset, available_datasets, batches, load_dataset
+from .likelihood import LikelihoodResult, bits_per_dim, log_likelihood
 from .losses import ddpm_loss, dsm_loss
 from .models import MLPScore, ScoreModel, UNet, build_model
 from .reverse import ReverseSDE
 from .schedule import DDPMSchedule
 from .sde import SDE, CosineVPSDE, SubVPSDE, VESDE, VPSDE, get_sde
+from .vlb import ddpm_vlb_bits_per_dim
 
 __version__ = "0.1.0"
 
@@ -14,5 +16,6 @@ __all__ = [
     "SDE", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", "get_sde", "ReverseSDE",
     "DDPMSchedule", "GaussianMixture", "ring2d", "grid2d", "random_mixture",
     "Dataset", "load_dataset", "available_datasets", "batches",
-    "MLPScore", "UNet", "ScoreModel", "build_model", "dsm_loss", "ddpm_loss", "__version__",
+    "MLPScore", "UNet", "ScoreModel", "build_model", "dsm_loss", "ddpm_loss",
+    "log_likelihood", "LikelihoodResult", "bits_per_dim", "ddpm_vlb_bits_per_dim", "__version__",
 ]
