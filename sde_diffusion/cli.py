@@ -7,10 +7,15 @@ import sys
 from typing import Callable
 
 from . import __version__
+from .commands import nll, sample, train
 
 # name -> (help, add_arguments(parser), run(args) -> exit code)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
-                          Callable[[argparse.Namespace], int]]] = {}
+                          Callable[[argparse.Namespace], int]]] = {
+    "train": (train.HELP, train.add_arguments, train.run),
+    "sample": (sample.HELP, sample.add_arguments, sample.run),
+    "nll": (nll.HELP, nll.add_arguments, nll.run),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,12 +33,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a subcommand; bad input (ValueError/TypeError) exits with code 2 and a one-line message."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "run", None) is None:
         parser.print_help()
         return 0
-    return args.run(args)
+    try:
+        return args.run(args)
+    except (ValueError, TypeError) as e:
+        message = " ".join(str(e).split())
+        print(f"sde-diffusion {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
