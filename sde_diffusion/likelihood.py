@@ -144,8 +144,11 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, divergence: 
     bar.close()
     x_T, delta = xs[-1], deltas[-1]
     prior = sde.prior_log_prob(x_T)
-    stderr = delta.std(0) / math.sqrt(probes) if v is not None else torch.zeros_like(prior)
     mean = delta.mean(0)
+    if v is None or probes == 1:
+        stderr = torch.full_like(mean, 0.0 if v is None else math.nan)
+    else:
+        stderr = delta.std(0) / math.sqrt(probes)
     return LikelihoodResult(prior + mean, prior, mean, stderr, x_T, nfe)
 
 
