@@ -1,0 +1,74 @@
+"""Interchangeable samplers for score-based diffusion: ``sample(score_fn, sde, shape, method=...)``.
+
+Every method starts from x_T ~ prior (or a given ``x_T``), runs on a time grid from T down to
+``eps`` and, with ``denoise``, ends with one Tweedie step at t = eps:
+    x_0 = E[x_0 | x_t] = (x_t + s(t)^2 score(x_t, t)) / m(t),
+the posterior mean of x_0 under x_t = m x_0 + s z. (x + s^2 score alone is E[m x_0 | x_t]; dividing
+by m(t) is what makes it an estimate of x_0 when m != 1, as for VP at t = eps.) It is counted in nfe.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from sde_diffusion import checks
+from sde_diffusion.sde import SDE, ScoreFn
+
+from . import ancestral, predictor_corrector, probability_flow, stochastic, torchsde_adapter  # noqa: F401  (registers)
+from . import dpm_solver  # noqa: F401  (registers)
+from .base import METHODS, Context, CountingScore, SampleResult, get
+from .timesteps import time_grid
+
+__all__ = ["sample", "available", "SampleResult", "METHODS"]
+
+
+def available() -> list[str]:
+    """The names of all registered sampling methods."""
+    return list(METHODS)
+
+
+def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], method: str = "euler_maruyama",
+           steps: int = 1000, *, eps: float = 1e-3, denoise: bool = True,
+           generator: torch.Generator | None = None, device: torch.device | str | None = None,
+           dtype: torch.dtype = torch.float32, progress: bool = False, return_trajectory: bool = False,
+           x_T: torch.Tensor | None = None, **options) -> SampleResult:
+    """Draw samples of ``shape`` (N, ...) by ``method`` (see ``available()``) with ``steps`` steps.
+
+    ``options`` are the method's own (each method's docstring lists them; anything else is a
+    ValueError listing what is allowed). ``x_T`` starts from a given prior sample instead of drawing
+    one. Noise comes from ``generator`` on its device; same generator state, same samples.
+    """
+    spec = get(method)
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be an sde_diffusion.SDE, got {type(sde).__name__}.")
+    checks.positive_int("steps", steps)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype (float32 or float64), got {dtype!r}.")
+    opts = spec.bind(sde, steps, options)
+    grid64 = time_grid(sde, steps, eps, opts.pop("grid", "uniform"), opts.pop("rho", 7.0))
+    counter = CountingScore(score_fn)
+    if device is None:
+        device = generator.device if generator is not None else (x_T.device if x_T is not None else "cpu")
+    if x_T is None:
+        x = sde.prior_sample(shape, generator=generator, device=device, dtype=dtype)
+    else:
+        x = checks.float_tensor("x_T", x_T)
+        if tuple(x.shape) != tuple(shape):
+            raise ValueError(f"x_T must have shape {tuple(shape)}, got {tuple(x.shape)}.")
+        x = x.to(device=device, dtype=dtype)
+    ctx = Context(sde, counter, grid64, grid64.to(device=device, dtype=dtype), generator, progress,
+                  [] if return_trajectory else None, desc=method)
+    ctx.record(x)
+    x = spec.fn(ctx, x, **opts)
+    if denoise and not ctx.at_data:
+        x = tweedie(ctx, x)
+    traj = torch.stack(ctx.trajectory) if return_trajectory else None
+    return SampleResult(x, counter.nfe, traj)
+
+
+def tweedie(ctx: Context, x: torch.Tensor) -> torch.Tensor:
+    """x_0 = (x + s(t)^2 score(x, t)) / m(t) at t = eps, the last grid time."""
+    m, s = (ctx.cast(c[-1]) for c in ctx.marginals())
+    return (x + s.square() * ctx.score_at(x, ctx.grid[-1])) / m

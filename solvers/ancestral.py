@@ -1,0 +1,104 @@
+"""Discrete-time reverse chains: ancestral sampling, the reverse-diffusion predictor and DDIM.
+
+Notation per step from t = t_i to s = t_{i+1} < t: (m_t, s_t) the marginal coefficients, a = m_t/m_s,
+G^2 = s_t^2 - a^2 s_s^2 the variance of the exact forward transition x_t = a x_s + G z (``discretize``).
+Each ``*_step(ctx, ...)`` builds its coefficient tables once and returns ``step(x, i, t, s) -> x``,
+shared by the sampler of the same name and the PC predictors.
+"""
+
+from __future__ import annotations
+
+import torch
+from sde_diffusion import checks
+from sde_diffusion.schedule import DDPMSchedule
+from sde_diffusion.sde import SDE
+
+from .base import Context, Option, choice, grid_options, register, unit_interval
+
+
+def _schedule(name: str, value):
+    if value is not None and not isinstance(value, DDPMSchedule):
+        raise ValueError(f"{name} must be a DDPMSchedule or None, got {type(value).__name__}.")
+    return value
+
+
+def _check_schedule(sde: SDE, steps: int, opts: dict) -> None:
+    sched = opts["schedule"]
+    if sched is not None and steps != sched.T:
+        raise ValueError(f"with schedule=DDPMSchedule(T={sched.T}) steps must equal T = {sched.T}, got {steps}.")
+    if sched is not None and sde.prior_std != 1:
+        raise ValueError(f"schedule= needs an SDE with prior N(0, I) (prior_std 1), got {sde.prior_std:g}.")
+
+
+def _ancestral_tables(ctx: Context, variance: str, schedule: DDPMSchedule | None):
+    """(c1, c2, s_t, sigma) per step, float64; the step is x <- c1 (x - c2 eps) + sigma z, eps = -s_t score."""
+    if schedule is not None:  # DDPM Algorithm 2: steps i = T..1 at t = i/T, ending at x_0
+        ctx.grid64 = torch.arange(schedule.T, -1, -1, dtype=torch.float64) / schedule.T
+        ctx.grid, ctx.at_data = ctx.cast(ctx.grid64), True
+        alpha, abar = schedule.alphas.flip(0), schedule.alphas_cumprod.flip(0)
+        var = (schedule.betas if variance == "beta" else schedule.posterior_variance).flip(0)
+        return 1 / alpha.sqrt(), (1 - alpha) / (1 - abar).sqrt(), (1 - abar).sqrt(), var.sqrt()
+    m, s = ctx.marginals()
+    a = m[:-1] / m[1:]
+    G2 = s[:-1].square() - (a * s[1:]).square()
+    var = G2 if variance == "beta" else G2 * s[1:].square() / s[:-1].square()
+    return 1 / a, G2 / s[:-1], s[:-1], var.sqrt()
+
+
+def ancestral_step(ctx: Context, variance: str = "beta_tilde", schedule: DDPMSchedule | None = None):
+    c1, c2, st, sigma = (ctx.cast(c) for c in _ancestral_tables(ctx, variance, schedule))
+    last = ctx.steps - 1 if schedule is not None else None  # Algorithm 2: z = 0 at i = 1
+
+    def step(x, i, t, s):
+        eps = -st[i] * ctx.score_at(x, t)
+        if i == last:
+            return c1[i] * (x - c2[i] * eps)
+        z = ctx.noise(x)
+        return c1[i] * (x - c2[i] * eps) + sigma[i] * z
+    return step
+
+
+@register("ancestral", "sde", 1, {"variance": Option("beta_tilde", choice("beta", "beta_tilde")),
+                                 "schedule": Option(None, _schedule)}, check=_check_schedule)
+def ancestral(ctx: Context, x: torch.Tensor, variance: str, schedule: DDPMSchedule | None) -> torch.Tensor:
+    """Ancestral sampling from p(x_s | x_t) = q(x_s | x_t, x0_hat) with Tweedie's x0_hat:
+        x_s = (x_t + G^2 score) / a + sigma z = 1/sqrt(alpha) (x_t - beta/sqrt(1 - abar) eps) + sigma z,
+    sigma^2 = G^2 (``beta``) or the posterior variance G^2 s_s^2 / s_t^2 (``beta_tilde``, default; for VE
+    this is SMLD's ancestral rule, Song et al. 2021 eq. 47). With ``schedule`` it is DDPM Algorithm 2
+    (Ho et al. 2020): steps = T, eps = -sqrt(1 - abar_i) score at t = i/T, z = 0 at i = 1, and no
+    extra denoising step (the chain ends at x_0)."""
+    return ctx.run(x, ancestral_step(ctx, variance, schedule))
+
+
+def reverse_diffusion_step(ctx: Context):
+    rsde = ctx.sde.reverse(ctx.score)
+
+    def step(x, i, t, s):
+        rev_f, G = rsde.discretize(x, t, t - s)
+        return x - rev_f + checks.bcast(G, x) * ctx.noise(x)
+    return step
+
+
+@register("reverse_diffusion", "sde", 1)
+def reverse_diffusion(ctx: Context, x: torch.Tensor) -> torch.Tensor:
+    """The reverse-diffusion predictor (Song et al. 2021, eq. 46) from the forward ``discretize``:
+        x_s = x_t - f_i + G_i^2 score(x_t, t) + G_i z,   f_i = (a - 1) x_t."""
+    return ctx.run(x, reverse_diffusion_step(ctx))
+
+
+@register("ddim", "ode", 1, {"eta": Option(0.0, unit_interval), **grid_options()}, vp_only=True)
+def ddim(ctx: Context, x: torch.Tensor, eta: float) -> torch.Tensor:
+    """DDIM (Song, Meng & Ermon 2021, eq. 12) with x0_hat = (x_t + s_t^2 score)/m_t, eps_hat = -s_t score:
+        x_s = m_s x0_hat + sqrt(s_s^2 - sigma^2) eps_hat + sigma z,  sigma = eta sqrt(G^2 s_s^2 / s_t^2),
+    i.e. x_s = A x_t + B score + sigma z. eta = 0 is deterministic; eta = 1 is ancestral (beta_tilde)."""
+    m, s = ctx.marginals()
+    a = m[:-1] / m[1:]
+    sigma = eta * ((s[:-1].square() - (a * s[1:]).square()) * s[1:].square() / s[:-1].square()).sqrt()
+    A = m[1:] / m[:-1]
+    B = A * s[:-1].square() - (s[1:].square() - sigma.square()).clamp_min(0).sqrt() * s[:-1]
+    A, B, sigma = ctx.cast(A), ctx.cast(B), ctx.cast(sigma)
+
+    def step(x, i, t, s):
+        x = A[i] * x + B[i] * ctx.score_at(x, t)
+        return x + sigma[i] * ctx.noise(x) if eta > 0 else x
+    return ctx.run(x, step)

@@ -1,0 +1,175 @@
+"""What every sampler shares: the result type, the counting score wrapper, the registry with
+declared capabilities and options, and the per-call context with the loop helper.
+
+A sampler is one function ``fn(ctx, x, **options) -> x`` registered with ``@register``; it runs
+from x_T at ctx.grid[0] = T to ctx.grid[-1] = eps and returns x at eps (``sample`` then denoises).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+from tqdm.auto import tqdm
+
+from sde_diffusion import checks
+from sde_diffusion.sde import SDE, ScoreFn
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """Samples ``x`` (shape ``shape``), the exact number ``nfe`` of score evaluations, and the
+    ``trajectory`` (K+1, *shape) of states at the grid times T..eps when asked, else None."""
+
+    x: torch.Tensor
+    nfe: int
+    trajectory: torch.Tensor | None = None
+
+
+class CountingScore:
+    """score(x, t) with t of shape (N,); counts every call in ``nfe`` (a Python int, no sync), so
+    adaptive solvers, correctors and the denoising step are all counted in this one place."""
+
+    def __init__(self, score_fn: ScoreFn):
+        if not callable(score_fn):
+            raise TypeError(f"score_fn must be callable (x, t) -> score, got {type(score_fn).__name__}.")
+        self.score_fn, self.nfe = score_fn, 0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.nfe += 1
+        return checks.same_shape("score_fn", self.score_fn(x, t), x)
+
+
+# -- options and capabilities -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Option:
+    """A method option: its default and a check ``(name, value) -> value`` raising ValueError."""
+
+    default: Any
+    check: Callable[[str, Any], Any] | None = None
+
+
+def choice(*allowed: str) -> Callable[[str, Any], Any]:
+    return lambda name, value: checks.one_of(name, value, allowed)
+
+
+def unit_interval(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}.")
+    return float(value)
+
+
+def grid_options(default: str = "uniform") -> dict[str, Option]:
+    """The time-grid options of deterministic samplers (see ``timesteps``)."""
+    from .timesteps import GRIDS
+    return {"grid": Option(default, choice(*GRIDS)), "rho": Option(7.0, checks.positive)}
+
+
+def vp_type(sde: SDE) -> bool:
+    """True when the mean decays, m(T) < 1 (VP, sub-VP, cosine VP), so x_T carries no data mean."""
+    return bool(sde.marginal(float(sde.T))[0] < 1)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered sampler and its declared capabilities, checked once before any compute."""
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    kind: str                                  # "sde" (stochastic) or "ode" (deterministic)
+    order: int | None                          # nominal order in the step size, None if adaptive
+    options: Mapping[str, Option] = field(default_factory=dict)
+    vp_only: bool = False                      # needs a VP-type SDE (``vp_type``)
+    check: Callable[[SDE, int, dict], None] | None = None  # cross-option checks
+
+    def bind(self, sde: SDE, steps: int, options: dict) -> dict:
+        """Defaults filled in, each option checked; ValueError for unknown options or an SDE the
+        method does not support."""
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            allowed = ", ".join(self.options) or "none"
+            raise ValueError(f"method {self.name!r} takes no option {unknown[0]!r}; allowed: {allowed}.")
+        if self.vp_only and not vp_type(sde):
+            raise ValueError(f"method {self.name!r} needs a VP-type SDE (mean decaying, m(T) < 1: "
+                             f"VP, sub-VP, cosine VP); got {type(sde).__name__}.")
+        bound = {}
+        for name, opt in self.options.items():
+            value = options.get(name, opt.default)
+            bound[name] = opt.check(name, value) if opt.check is not None and name in options else value
+        if self.check is not None:
+            self.check(sde, steps, bound)
+        return bound
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str, kind: str, order: int | None, options: Mapping[str, Option] | None = None,
+             vp_only: bool = False, check: Callable[[SDE, int, dict], None] | None = None):
+    """Decorator registering ``fn(ctx, x, **options) -> x`` as sampler ``name``."""
+    checks.one_of("kind", kind, ("sde", "ode"))
+
+    def wrap(fn):
+        METHODS[name] = Method(name, fn, kind, order, dict(options or {}), vp_only, check)
+        return fn
+    return wrap
+
+
+def get(name: str) -> Method:
+    return METHODS[checks.one_of("sampling method", name, METHODS)]
+
+
+# -- the per-call context and loop helper -------------------------------------------------------
+@dataclass
+class Context:
+    """What a sampler needs for one call: the SDE, the counted score, the time grid (float64 on the
+    CPU for coefficient tables, and in the sample dtype on the device), noise and the loop helper."""
+
+    sde: SDE
+    score: CountingScore
+    grid64: torch.Tensor
+    grid: torch.Tensor
+    generator: torch.Generator | None
+    progress: bool = False
+    trajectory: list | None = None
+    desc: str = "sampling"
+    at_data: bool = False  # set by a sampler whose last step lands on x_0 itself: no Tweedie step
+
+    @property
+    def steps(self) -> int:
+        return self.grid.shape[0] - 1
+
+    def cast(self, table: torch.Tensor) -> torch.Tensor:
+        """A float64 coefficient table moved to the grid's device and dtype (once, before the loop)."""
+        return table.to(device=self.grid.device, dtype=self.grid.dtype)
+
+    def marginals(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(m(t_i), s(t_i)) on the grid, float64 on the CPU."""
+        return self.sde.marginal(self.grid64)
+
+    def score_at(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The counted score at a scalar time t (0-dim tensor), broadcast to the batch."""
+        return self.score(x, t.expand(x.shape[0]))
+
+    def noise(self, x: torch.Tensor) -> torch.Tensor:
+        """z ~ N(0, I) shaped like x, drawn on x's device from the call's generator."""
+        return torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
+
+    def loop(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """Yield (i, t_i, t_{i+1}) for i = 0..K-1 (0-dim device tensors; no host sync), with tqdm."""
+        for i in tqdm(range(self.steps), desc=self.desc, disable=not self.progress, leave=False):
+            yield i, self.grid[i], self.grid[i + 1]
+
+    def run(self, x: torch.Tensor, step: Callable[..., torch.Tensor]) -> torch.Tensor:
+        """The shared loop: x <- step(x, i, t_i, t_{i+1}) for every grid step, recording each state."""
+        for i, t, s in self.loop():
+            x = self.record(step(x, i, t, s))
+        return x
+
+    def record(self, x: torch.Tensor) -> torch.Tensor:
+        """Called with the state after each step: keeps the trajectory when asked. (This is where a
+        device-side finite flag can be accumulated and checked once after the loop.)"""
+        if self.trajectory is not None:
+            self.trajectory.append(x)
+        return x

@@ -1,0 +1,51 @@
+"""Deterministic samplers of the probability-flow ODE  dx/dt = f(t) x - g(t)^2 score(x, t) / 2."""
+
+from __future__ import annotations
+
+import torch
+from torchdiffeq import odeint
+
+from sde_diffusion import checks
+
+from .base import Context, Option, choice, grid_options, register
+
+ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+FIXED = ("euler", "midpoint", "heun2", "heun3", "rk4")
+
+
+@register("ode", "ode", None, {"solver": Option("dopri5", choice(*ADAPTIVE, *FIXED)),
+                              "rtol": Option(1e-5, checks.positive), "atol": Option(1e-5, checks.positive),
+                              **grid_options()})
+def ode(ctx: Context, x: torch.Tensor, solver: str, rtol: float, atol: float) -> torch.Tensor:
+    """The PF-ODE from T to eps by ``torchdiffeq.odeint``: fixed-step ``solver`` (euler, midpoint,
+    heun2, heun3, rk4) steps along the time grid; adaptive ones (dopri5, ...) choose their own steps
+    to ``rtol``/``atol`` (default 1e-5 each, as in Song et al. 2021) and ignore ``steps`` except as
+    the output times of ``return_trajectory``."""
+    flow = ctx.sde.reverse(ctx.score, probability_flow=True)
+    times = ctx.grid if solver in FIXED or ctx.trajectory is not None else ctx.grid[[0, -1]]
+    tol = {} if solver in FIXED else {"rtol": rtol, "atol": atol}
+    lo, hi = float(ctx.grid64[-1]), float(ctx.grid64[0])  # adaptive step selection may probe beyond
+    xs = odeint(lambda t, y: flow.drift(y, t.clamp(lo, hi)), x, times, method=solver, **tol)
+    if ctx.trajectory is not None:
+        ctx.trajectory.extend(xs[1:])
+    return xs[-1]
+
+
+@register("heun", "ode", 2, grid_options("edm"))
+def heun(ctx: Context, x: torch.Tensor) -> torch.Tensor:
+    """Karras et al. (2022) Algorithm 1 in their preferred variables y = x/m(t), sigma = s(t)/m(t),
+    where the PF-ODE reads  dy/dsigma = -sigma m score(m y, t) =: d(y, sigma)  for every SDE here:
+        y' = y + h d(y, sigma_i),  y <- y + h (d(y, sigma_i) + d(y', sigma_{i+1})) / 2,  h = sigma_{i+1} - sigma_i,
+    on the EDM grid (rho = 7) by default; 2 score evaluations per step (sigma(eps) > 0 throughout)."""
+    m64, s64 = ctx.marginals()
+    m, sig = ctx.cast(m64), ctx.cast(s64 / m64)
+    c = ctx.cast(-s64)  # -sigma m = -s
+
+    def d(y, i):
+        return c[i] * ctx.score_at(m[i] * y, ctx.grid[i])
+
+    def step(x, i, t, s):
+        y, h = x / m[i], sig[i + 1] - sig[i]
+        d0 = d(y, i)
+        return m[i + 1] * (y + 0.5 * h * (d0 + d(y + h * d0, i + 1)))
+    return ctx.run(x, step)

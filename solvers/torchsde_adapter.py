@@ -1,0 +1,54 @@
+"""The reverse-time SDE through ``torchsde.sdeint``.
+
+torchsde integrates forwards in time on (N, D) states, so with u = T - t and y = x flattened:
+    dy = -[f(t) x - g(t)^2 score(x, t)] du + g(t) dW_u,   u from 0 to T - eps,
+with diagonal noise g(t) 1. The noise is additive (g independent of x), so Ito and Stratonovich
+agree and every method below solves the same SDE. The Brownian path is a ``BrownianInterval``
+seeded from ``generator``: same generator state, same path, at any query order.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchsde
+from einops import rearrange
+
+from .base import Context, Option, choice, register
+
+SOLVERS = {"euler": "ito", "milstein": "ito", "srk": "ito", "reversible_heun": "stratonovich"}
+
+
+class _Reversed:
+    """The reverse SDE in u = T - t on flattened states, in torchsde's (f, g) interface."""
+
+    noise_type = "diagonal"
+
+    def __init__(self, ctx: Context, shape: torch.Size, sde_type: str):
+        self.rsde, self.T, self.shape, self.sde_type = ctx.sde.reverse(ctx.score), ctx.sde.T, shape, sde_type
+
+    def f(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x = y.reshape(self.shape)
+        return -rearrange(self.rsde.drift(x, self.T - u), "n ... -> n (...)")
+
+    def g(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.rsde.diffusion(self.T - u).to(y.dtype).expand_as(y)
+
+
+@register("sde", "sde", None, {"solver": Option("euler", choice(*SOLVERS))})
+def sde(ctx: Context, x: torch.Tensor, solver: str) -> torch.Tensor:
+    """``torchsde.sdeint`` with ``solver`` in {euler, milstein, srk, reversible_heun} and fixed
+    dt = (T - eps)/steps on the uniform grid (srk uses the space-time Levy area)."""
+    u = ctx.sde.T - ctx.grid  # ascending from 0 to T - eps
+    times = u if ctx.trajectory is not None else u[[0, -1]]
+    y0 = rearrange(x, "n ... -> n (...)")
+    seed = int(torch.randint(2**62, (), generator=ctx.generator,
+                             device=ctx.generator.device if ctx.generator is not None else "cpu"))
+    bm = torchsde.BrownianInterval(t0=u[0], t1=u[-1], size=y0.shape, dtype=y0.dtype, device=y0.device,
+                                   entropy=seed, levy_area_approximation="space-time" if solver == "srk" else "none")
+    dt = float(ctx.grid64[0] - ctx.grid64[-1]) / ctx.steps
+    ys = torchsde.sdeint(_Reversed(ctx, x.shape, SOLVERS[solver]), y0, times, bm=bm, method=solver, dt=dt,
+                         options={"grad_free": True} if solver == "milstein" else None)
+    xs = ys.reshape(ys.shape[0], *x.shape)
+    if ctx.trajectory is not None:
+        ctx.trajectory.extend(xs[1:])
+    return xs[-1]

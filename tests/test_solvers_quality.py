@@ -1,0 +1,88 @@
+"""Every sampler x every SDE reaches the noise floor of the sliced 2-Wasserstein distance.
+
+Tolerance. SW2 between N samples and N fresh true samples fluctuates from seed to seed even for a
+perfect sampler; measured over 40 seeds (see ``REL_SD``) one realisation has relative standard
+deviation 0.23 on ring2d (N = 2000) and 0.05 on the 64-D mixture (N = 500). A sampler with
+discretisation bias b (in SW2 units) scores about sqrt(floor^2 + b^2). We allow b up to half the
+floor and 5 standard deviations of the ratio SW2 / floor (floor = mean of ``PAIRS`` true pairs):
+    factor = sqrt(1 + 0.5^2) + 5 rel_sd sqrt(1 + 1/PAIRS)   (2.35 on ring2d, 1.40 on the 64-D mixture).
+Step counts are "generous": chosen from the benchmark so each method's bias is well below the floor.
+"""
+
+import math
+
+import pytest
+import torch
+
+from sde_diffusion import CosineVPSDE, SubVPSDE, VESDE, VPSDE, random_mixture, ring2d
+from sde_diffusion.metrics import sliced_w2
+from solvers import METHODS, sample
+
+PAIRS = 8
+DATA = {"ring2d": (ring2d, 2000, 0.23), "gmm64": (lambda: random_mixture(dim=64), 500, 0.05)}
+SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "cosine": CosineVPSDE}
+# (method, options, steps on ring2d, steps on gmm64)
+CASES = [
+    ("ancestral", {}, 500, 200),
+    ("reverse_diffusion", {}, 500, 200),
+    ("euler_maruyama", {}, 500, 200),
+    ("pc", {}, 250, 100),
+    ("pc", {"predictor": "none", "corrector_steps": 1}, 1000, None),  # annealed Langevin (NCSN)
+    ("sde", {"solver": "euler"}, 500, 100),
+    ("sde", {"solver": "milstein"}, 200, None),
+    ("sde", {"solver": "srk"}, 20, None),
+    ("ode", {"solver": "dopri5"}, 1, 1),
+    ("ode", {"solver": "rk4"}, 25, None),
+    ("ddim", {}, 200, 100),
+    ("heun", {}, 30, 30),
+    ("dpm_solver", {"order": 2}, 20, 20),
+    ("dpm_solver", {"order": 3, "multistep": False}, 10, 10),
+]
+
+
+def factor(rel_sd: float) -> float:
+    return math.sqrt(1 + 0.5**2) + 5 * rel_sd * math.sqrt(1 + 1 / PAIRS)
+
+
+@pytest.fixture(scope="module")
+def truth():
+    """Per data set: (mixture, N, reference samples, mean noise floor over PAIRS pairs)."""
+    out = {}
+    for name, (make, n, rel_sd) in DATA.items():
+        gm, g = make(), torch.Generator().manual_seed(1)
+        ref = gm.sample(n, g)
+        floor = torch.stack([sliced_w2(gm.sample(n, g), gm.sample(n, g), generator=torch.Generator().manual_seed(0))
+                             for _ in range(PAIRS)]).mean()
+        out[name] = (gm, n, ref, floor, rel_sd)
+    return out
+
+
+def _params():
+    for data in DATA:
+        for sde in SDES:
+            if sde == "cosine" and data != "ring2d":
+                continue  # cosine VP shares VP's code paths; the 64-D run is the costly one
+            for method, opts, s_ring, s_gmm in CASES:
+                steps = s_ring if data == "ring2d" else s_gmm
+                if steps is None or (METHODS[method].vp_only and sde == "ve"):
+                    continue
+                tag = "-".join(f"{v}" for v in opts.values())
+                yield pytest.param(data, sde, method, opts, steps, id=f"{data}-{sde}-{method}{'-' + tag if tag else ''}")
+
+
+@pytest.mark.parametrize("data, sde_name, method, opts, steps", list(_params()))
+def test_sliced_w2_near_noise_floor(truth, data, sde_name, method, opts, steps):
+    gm, n, ref, floor, rel_sd = truth[data]
+    sde = SDES[sde_name]()
+    res = sample(gm.score(sde), sde, (n, gm.dim), method, steps, generator=torch.Generator().manual_seed(3), **opts)
+    sw = sliced_w2(res.x, ref, generator=torch.Generator().manual_seed(0))
+    assert sw / floor < factor(rel_sd), f"SW2 {float(sw):.4f} vs floor {float(floor):.4f}"
+
+
+def test_ve_prior_mismatch_is_below_floor(truth):
+    """The VE prior N(0, sigma_max^2) ignores the data (var <= 1 + 0.05^2 vs sigma_max^2 = 2500):
+    a relative variance error of 4e-4, far below what the floor resolves; checked implicitly above,
+    here made explicit: the exact p_T std differs from sigma_max by < 1e-3 relative."""
+    sde = VESDE()
+    m, s = sde.marginal(sde.T)
+    assert abs(math.sqrt(float(s) ** 2 + 1.0) / sde.prior_std - 1) < 1e-3
