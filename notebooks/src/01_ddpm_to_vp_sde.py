@@ -18,10 +18,12 @@
 # %%
 # %matplotlib inline
 import math
+import warnings
 
 import matplotlib.pyplot as plt
 import torch
 
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto without ipywidgets
 from sde_diffusion import VESDE, VPSDE, CosineVPSDE, DDPMSchedule, SubVPSDE, ring2d
 
 torch.manual_seed(0)
