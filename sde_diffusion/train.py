@@ -40,8 +40,12 @@ from .viz import save_samples
 METRICS = ("step", "loss", "lr")
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or Inf; the message names the step and the last good checkpoint."""
+class TrainingError(RuntimeError):
+    """Training stopped on a fault (the message names the step and the last good checkpoint)."""
+
+
+class TrainingDiverged(TrainingError):
+    """The loss became NaN or Inf."""
 
 
 @dataclass
@@ -214,8 +218,12 @@ def train(cfg: Config | None, out: str | Path, *, resume: bool = False,
         pending = torch.stack(losses) if losses else torch.zeros(0, device=device)
         state = {"optimizer": opt.state_dict(), "ema_n_averaged": ema.n_averaged, "rng": rng,
                  "pending_losses": pending}
-        return save_checkpoint(out, step=step, model=model, ema=ema.module, state=state, config=cfg,
-                               meta=meta, keep=tc.keep)
+        try:
+            return save_checkpoint(out, step=step, model=model, ema=ema.module, state=state, config=cfg,
+                                   meta=meta, keep=tc.keep)
+        except OSError as e:
+            raise TrainingError(f"could not write the checkpoint of step {step} ({e.strerror or e}); "
+                                f"training stopped. Last good checkpoint: {latest(out)}.") from e
 
     def sample_png() -> None:
         x = draw_samples(ema.module, cfg, ds.shape, device=device, seed=tc.seed + 2).x

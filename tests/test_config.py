@@ -46,7 +46,7 @@ def test_overrides_set_nested_keys_with_types():
     assert cfg.train.lr == 1e-3 and isinstance(cfg.train.lr, float)
     assert cfg.train.steps == 7 and cfg.train.bf16 is True
     assert build_sde(cfg) == VESDE(sigma_max=3.0)
-    assert cfg.model.params["hidden"] == 16 and cfg.model.params["blocks"] == 3  # merged, not replaced
+    assert cfg.model.params["hidden"] == 16 and cfg.model.params["blocks"] == 2  # merged, not replaced
 
 
 def test_numeric_text_is_read_as_a_number():

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train import TrainingDiverged, train
+    from ..train import TrainingError, train
 
     if args.config is None and not args.resume:
         raise ValueError("--config is required (unless --resume continues a run in --out).")
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     dev = device(args.device)
     try:
         result = train(cfg, out, resume=args.resume, device=dev, progress=not args.no_progress)
-    except TrainingDiverged as e:
+    except TrainingError as e:
         print(f"sde-diffusion train: {e}", file=sys.stderr)
         return 1
     how = f"interrupted at step {result.step}" if result.interrupted else f"finished {result.step} steps"
