@@ -43,7 +43,9 @@ def time_grid(sde: SDE, steps: int, eps: float, kind: str = "uniform", rho: floa
         raise ValueError(f"eps must lie in (0, T) = (0, {sde.T:g}), got {eps!r}.")
     u = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
     if kind == "uniform":
-        return sde.T + u * (eps - sde.T)
+        t = sde.T + u * (eps - sde.T)
+        t[0], t[-1] = sde.T, eps  # exact ends, free of rounding
+        return t
     ends = sigma(sde, torch.tensor([sde.T, eps], dtype=torch.float64))
     if kind == "edm":
         hi, lo = ends ** (1 / rho)
