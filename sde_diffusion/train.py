@@ -115,19 +115,26 @@ def _check_finite(losses: list[torch.Tensor], step: int, out: Path) -> None:
                                f"{last if last is not None else 'none (none was saved yet)'}.")
 
 
-def _write_metrics(path: Path, rows: list[dict], keep_until: int | None = None) -> None:
-    """Append rows to the CSV (header first); with ``keep_until``, first drop rows after that step."""
-    if keep_until is not None and path.exists():
-        with open(path, newline="") as f:
-            kept = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until]
-        text = ",".join(METRICS) + "\n" + "".join(",".join(r[k] for k in METRICS) + "\n" for r in kept)
-        atomic_write_text(path, text)
+def _write_metrics(path: Path, rows: list[dict]) -> None:
+    """Append rows to the metrics CSV, writing the header first."""
     new = not path.exists()
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=METRICS)
         if new:
             writer.writeheader()
         writer.writerows(rows)
+
+
+def _rewind_metrics(path: Path, step: int, log_every: int) -> None:
+    """Drop the rows a resumed run will write again: those after ``step``, and a final partial-interval
+    row at ``step`` itself (its losses are still pending in the checkpoint)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f)
+                if int(r["step"]) < step or (int(r["step"]) == step and step % log_every == 0)]
+    atomic_write_text(path, ",".join(METRICS) + "\n" + "".join(",".join(r[k] for k in METRICS) + "\n"
+                                                               for r in rows))
 
 
 def draw_samples(model: ScoreModel, cfg: Config, shape: tuple[int, ...], *, device, seed: int,
@@ -194,7 +201,8 @@ def train(cfg: Config | None, out: str | Path, *, resume: bool = False,
         if device.type == "cuda" and state["rng"].get("cuda"):
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         step, losses = state["step"], list(state["pending_losses"].to(device))
-    _write_metrics(out / "metrics.csv", [], keep_until=step)
+    if step < tc.steps:
+        _rewind_metrics(out / "metrics.csv", step, tc.log_every)
     atomic_write_text(out / "config.json", json.dumps(to_dict(cfg), indent=2))
     data = batches(ds, tc.batch_size, generator=torch.Generator().manual_seed(tc.seed), device=device,
                    start=step)
@@ -247,12 +255,13 @@ def train(cfg: Config | None, out: str | Path, *, resume: bool = False,
             step += 1
             losses.append(loss.detach().float())
             bar.update(1)
-            if step % tc.log_every == 0 or step == tc.steps:
+            if step % tc.log_every == 0 or step == tc.steps:  # the last row may cover a partial interval
                 _check_finite(losses, step, out)
                 mean = float(torch.stack(losses).mean())
                 _write_metrics(out / "metrics.csv", [{"step": step, "loss": f"{mean:.6g}", "lr": f"{lr:.6g}"}])
                 bar.set_postfix(loss=f"{mean:.4f}")
-                losses = []
+                if step % tc.log_every == 0:
+                    losses = []
             if step % tc.ckpt_every == 0:
                 save()
                 saved_at = step
