@@ -23,9 +23,9 @@ def save_samples(x: torch.Tensor, path: str | Path, *, levels: int | None = None
     if x.ndim == 2 and x.shape[1] == 2:
         fig, ax = plt.subplots(figsize=(5, 5))
         if reference is not None:
-            r = reference.detach().float().cpu()
+            r = reference.detach().float().cpu().numpy()
             ax.scatter(r[:, 0], r[:, 1], s=2, c="lightgray", label="data")
-        ax.scatter(x[:, 0], x[:, 1], s=2, c="tab:blue", label="samples")
+        ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=2, c="tab:blue", label="samples")
         ax.set_aspect("equal")
         ax.legend(loc="upper right", markerscale=4)
     elif x.ndim == 4:
@@ -40,7 +40,7 @@ def save_samples(x: torch.Tensor, path: str | Path, *, levels: int | None = None
             r, q = divmod(i, cols)
             grid[:, 1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = img[i]
         fig, ax = plt.subplots(figsize=(min(12, 0.4 * cols * w / 8 + 1),) * 2)
-        ax.imshow(grid[0] if c == 1 else grid.permute(1, 2, 0), cmap="gray" if c == 1 else None,
+        ax.imshow((grid[0] if c == 1 else grid.permute(1, 2, 0)).numpy(), cmap="gray" if c == 1 else None,
                   vmin=0, vmax=1, interpolation="nearest")
         ax.axis("off")
     else:
