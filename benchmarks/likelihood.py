@@ -102,6 +102,22 @@ def _fmt(r):
             f"{r['solver_err_max']:.1e} | {r['total_err_mean']:.1e} | {r['nfe']} | {r['wall_s']:.2f} |")
 
 
+def summary(rows) -> str:
+    """Wall-time ratio scipy reference / log_likelihood, in total and per NFE, same divergence."""
+    lines = ["\nspeed-up of log_likelihood over the scipy reference (wall; wall per NFE):\n",
+             "| SDE | dtype | rtol=atol | exact | exact per NFE | hutchinson-1 | hutchinson-1 per NFE |",
+             "|---|---|---|---|---|---|---|"]
+    index = {(r["sde"], r["dtype"], float(r["tol"]), r["method"]): (float(r["wall_s"]), float(r["nfe"]))
+             for r in rows}
+    for sde, dtype, tol in dict.fromkeys((r["sde"], r["dtype"], float(r["tol"])) for r in rows):
+        cells = []
+        for m in ("exact", "hutchinson-1"):
+            (w0, n0), (w1, n1) = (index.get((sde, dtype, tol, k), (math.nan, 1.0)) for k in (m, f"scipy-{m}"))
+            cells += [f"{w1 / w0:.2f}x", f"{(w1 / n1) / (w0 / n0):.2f}x"]
+        lines.append(f"| {sde} | {dtype} | {tol:.0e} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -119,13 +135,7 @@ def main():
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    print("\nspeed-up of log_likelihood over the scipy reference (same divergence, wall time):\n")
-    print("| SDE | dtype | rtol=atol | exact | hutchinson-1 |\n|---|---|---|---|---|")
-    index = {(r["sde"], r["dtype"], r["tol"], r["method"]): r["wall_s"] for r in rows}
-    for sde, dtype, tol in dict.fromkeys((r["sde"], r["dtype"], r["tol"]) for r in rows):
-        ratios = [index.get((sde, dtype, tol, f"scipy-{m}"), math.nan) / index.get((sde, dtype, tol, m), math.nan)
-                  for m in ("exact", "hutchinson-1")]
-        print(f"| {sde} | {dtype} | {tol:.0e} | " + " | ".join(f"{v:.2f}x" for v in ratios) + " |")
+    print(summary(rows))
     print(f"\nwrote {out}")
 
 
