@@ -16,8 +16,8 @@ import torch
 from sde_diffusion import checks
 from sde_diffusion.sde import SDE, ScoreFn
 
-from . import ancestral, predictor_corrector, probability_flow, stochastic, torchsde_adapter  # noqa: F401  (registers)
-from . import dpm_solver  # noqa: F401  (registers)
+# importing each family module registers its samplers
+from . import ancestral, dpm_solver, predictor_corrector, probability_flow, stochastic, torchsde_adapter  # noqa: F401
 from .base import METHODS, Context, CountingScore, SampleResult, get
 from .timesteps import time_grid
 

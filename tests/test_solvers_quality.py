@@ -66,8 +66,8 @@ def _params():
                 steps = s_ring if data == "ring2d" else s_gmm
                 if steps is None or (METHODS[method].vp_only and sde == "ve"):
                     continue
-                tag = "-".join(f"{v}" for v in opts.values())
-                yield pytest.param(data, sde, method, opts, steps, id=f"{data}-{sde}-{method}{'-' + tag if tag else ''}")
+                name = "-".join([data, sde, method, *map(str, opts.values())])
+                yield pytest.param(data, sde, method, opts, steps, id=name)
 
 
 @pytest.mark.parametrize("data, sde_name, method, opts, steps", list(_params()))

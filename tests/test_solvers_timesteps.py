@@ -36,8 +36,9 @@ def test_edm_rho_option():
     torch.testing.assert_close(v[1:] - v[:-1], (v[1:] - v[:-1]).mean().expand(10), rtol=1e-9, atol=0)
 
 
-@pytest.mark.parametrize("args, match", [((0, 1e-3, "uniform"), "steps"), ((5, 0.0, "uniform"), "eps must lie"),
-                                         ((5, 1.5, "uniform"), "eps must lie"), ((5, 1e-3, "karras"), "allowed: uniform")])
+@pytest.mark.parametrize("args, match", [
+    ((0, 1e-3, "uniform"), "steps"), ((5, 0.0, "uniform"), "eps must lie"),
+    ((5, 1.5, "uniform"), "eps must lie"), ((5, 1e-3, "karras"), "allowed: uniform")])
 def test_bad_grids(args, match):
     with pytest.raises(ValueError, match=match):
         time_grid(VPSDE(), *args)
