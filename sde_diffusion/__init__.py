@@ -1,6 +1,8 @@
 """sde-diffusion: score-based generative modelling in continuous time."""
 
 from .analytic import GaussianMixture, grid2d, random_mixture, ring2d
+from .checkpoint import load_checkpoint
+from .config import Config, load_config
 from .data import Dataset, available_datasets, batches, load_dataset
 from .likelihood import LikelihoodResult, bits_per_dim, log_likelihood
 from .losses import ddpm_loss, dsm_loss
@@ -8,6 +10,7 @@ from .models import MLPScore, ScoreModel, UNet, build_model
 from .reverse import ReverseSDE
 from .schedule import DDPMSchedule
 from .sde import SDE, CosineVPSDE, SubVPSDE, VESDE, VPSDE, get_sde
+from .train import TrainResult, train
 from .vlb import ddpm_vlb_bits_per_dim
 
 __version__ = "0.1.0"
@@ -17,5 +20,6 @@ __all__ = [
     "DDPMSchedule", "GaussianMixture", "ring2d", "grid2d", "random_mixture",
     "Dataset", "load_dataset", "available_datasets", "batches",
     "MLPScore", "UNet", "ScoreModel", "build_model", "dsm_loss", "ddpm_loss",
-    "log_likelihood", "LikelihoodResult", "bits_per_dim", "ddpm_vlb_bits_per_dim", "__version__",
+    "log_likelihood", "LikelihoodResult", "bits_per_dim", "ddpm_vlb_bits_per_dim",
+    "Config", "load_config", "train", "TrainResult", "load_checkpoint", "__version__",
 ]
