@@ -10,7 +10,6 @@ from .models import MLPScore, ScoreModel, UNet, build_model
 from .reverse import ReverseSDE
 from .schedule import DDPMSchedule
 from .sde import SDE, CosineVPSDE, SubVPSDE, VESDE, VPSDE, get_sde
-from .train import TrainResult, train
 from .vlb import ddpm_vlb_bits_per_dim
 
 __version__ = "0.1.0"
@@ -21,5 +20,5 @@ __all__ = [
     "Dataset", "load_dataset", "available_datasets", "batches",
     "MLPScore", "UNet", "ScoreModel", "build_model", "dsm_loss", "ddpm_loss",
     "log_likelihood", "LikelihoodResult", "bits_per_dim", "ddpm_vlb_bits_per_dim",
-    "Config", "load_config", "train", "TrainResult", "load_checkpoint", "__version__",
+    "Config", "load_config", "load_checkpoint", "__version__",
 ]
