@@ -21,11 +21,17 @@ def ode(ctx: Context, x: torch.Tensor, solver: str, rtol: float, atol: float) ->
     heun2, heun3, rk4) steps along the time grid; adaptive ones (dopri5, ...) choose their own steps
     to ``rtol``/``atol`` (default 1e-5 each, as in Song et al. 2021) and ignore ``steps`` except as
     the output times of ``return_trajectory``."""
-    flow = ctx.sde.reverse(ctx.score, probability_flow=True)
+    sde = ctx.sde
     times = ctx.grid if solver in FIXED or ctx.trajectory is not None else ctx.grid[[0, -1]]
     tol = {} if solver in FIXED else {"rtol": rtol, "atol": atol}
     lo, hi = float(ctx.grid64[-1]), float(ctx.grid64[0])  # adaptive step selection may probe beyond
-    xs = odeint(lambda t, y: flow.drift(y, t.clamp(lo, hi)), x, times, method=solver, **tol)
+
+    def drift(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The PF-ODE drift of ``SDE.reverse(score, probability_flow=True)``, f(t) y - g(t)^2 score / 2,
+        with the scalar coefficients taken at the scalar t (no per-sample time tensors per call)."""
+        t = t.clamp(lo, hi)
+        return sde.drift_coef(t) * y - 0.5 * sde.diffusion(t).square() * ctx.score_at(y, t)
+    xs = odeint(drift, x, times, method=solver, **tol)
     if ctx.trajectory is not None:
         ctx.trajectory.extend(xs[1:])
     return xs[-1]

@@ -43,9 +43,9 @@ def sde(ctx: Context, x: torch.Tensor, solver: str) -> torch.Tensor:
     y0 = rearrange(x, "n ... -> n (...)")
     seed = int(torch.randint(2**62, (), generator=ctx.generator,
                              device=ctx.generator.device if ctx.generator is not None else "cpu"))
-    bm = torchsde.BrownianInterval(t0=u[0], t1=u[-1], size=y0.shape, dtype=y0.dtype, device=y0.device,
-                                   entropy=seed, levy_area_approximation="space-time" if solver == "srk" else "none")
     dt = float(ctx.grid64[0] - ctx.grid64[-1]) / ctx.steps
+    bm = torchsde.BrownianInterval(t0=u[0], t1=u[-1], size=y0.shape, dtype=y0.dtype, device=y0.device, dt=dt,
+                                   entropy=seed, levy_area_approximation="space-time" if solver == "srk" else "none")
     ys = torchsde.sdeint(_Reversed(ctx, x.shape, SOLVERS[solver]), y0, times, bm=bm, method=solver, dt=dt,
                          options={"grad_free": True} if solver == "milstein" else None)
     xs = ys.reshape(ys.shape[0], *x.shape)
