@@ -1,0 +1,69 @@
+"""The trained digits model the package ships for ``sde-diffusion demo``, and how it is reproduced.
+
+``assets/digits_vp/`` holds the EMA weights (``ema.safetensors``), the run's ``config.json`` and
+``meta.json`` (data shape, levels, training step, the weights' SHA-256, the command that made it):
+an inference-only export of a normal training run, without optimizer state. Reproduce it with
+    sde-diffusion train --config configs/digits_vp.yaml --out runs/digits_vp
+    python -m sde_diffusion.shipped runs/digits_vp
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from .checkpoint import _sha256, load_weights, model_kwargs, read_config, read_manifest, resolve
+
+SHIPPED = Path(__file__).resolve().parent / "assets" / "digits_vp"
+COMMAND = "sde-diffusion train --config configs/digits_vp.yaml --out runs/digits_vp"
+
+
+def export(run_dir: str | Path, dest: str | Path = SHIPPED, command: str = COMMAND) -> Path:
+    """Copy a run's latest EMA weights and config to ``dest``, with meta.json."""
+    ckpt = resolve(run_dir)
+    manifest = read_manifest(ckpt)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("ema.safetensors", "config.json"):
+        shutil.copyfile(ckpt / name, dest / name)
+    meta = {"event_shape": manifest["event_shape"], "levels": manifest["levels"], "step": manifest["step"],
+            "dataset": manifest.get("dataset"), "sha256": _sha256(dest / "ema.safetensors"), "command": command}
+    (dest / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return dest
+
+
+def load_shipped(path: str | Path = SHIPPED, device: torch.device | str = "cpu"):
+    """(ScoreModel in eval mode without gradients, Config, meta) of an export, its weights verified."""
+    from .config import build_sde
+    from .models import build_model
+
+    path = Path(path)
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError):
+        raise ValueError(f"{str(path)!r} is not an exported model (meta.json missing or unreadable); "
+                         f"see `python -m sde_diffusion.shipped --help`.") from None
+    if _sha256(path / "ema.safetensors") != meta["sha256"]:
+        raise ValueError(f"{str(path)!r}: ema.safetensors does not match meta.json's SHA-256.")
+    cfg = read_config(path)
+    model = build_model(cfg.model.kind, build_sde(cfg), **model_kwargs(cfg, meta))
+    load_weights(model, path, ema=True)
+    return model.to(device).eval().requires_grad_(False), cfg, meta
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Export a training run's EMA weights as the demo's shipped model.")
+    p.add_argument("run_dir", help="run directory (or checkpoint folder) of `sde-diffusion train`")
+    p.add_argument("--dest", default=str(SHIPPED))
+    a = p.parse_args(argv)
+    dest = export(a.run_dir, a.dest)
+    size = sum(f.stat().st_size for f in dest.iterdir())
+    print(f"wrote {dest} ({size / 1e6:.2f} MB)")
+
+
+if __name__ == "__main__":
+    main()
