@@ -7,7 +7,7 @@ import sys
 from typing import Callable
 
 from . import __version__
-from .commands import nll, sample, train
+from .commands import compare, demo, nll, sample, train
 
 # name -> (help, add_arguments(parser), run(args) -> exit code)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
     "train": (train.HELP, train.add_arguments, train.run),
     "sample": (sample.HELP, sample.add_arguments, sample.run),
     "nll": (nll.HELP, nll.add_arguments, nll.run),
+    "compare": (compare.HELP, compare.add_arguments, compare.run),
+    "demo": (demo.HELP, demo.add_arguments, demo.run),
 }
 
 
