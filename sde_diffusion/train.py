@@ -16,11 +16,13 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import os
 import shutil
 import signal
 import sys
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,9 +161,12 @@ def _build(cfg: Config, meta: dict, device: torch.device) -> ScoreModel:
 
 
 def train(cfg: Config | None, out: str | Path, *, resume: bool = False,
-          device: str | torch.device = "cpu", progress: bool = True) -> TrainResult:
+          device: str | torch.device = "cpu", progress: bool = True,
+          max_seconds: float | None = None) -> TrainResult:
     """Train under ``cfg`` into run directory ``out`` (or continue its latest checkpoint with
-    ``resume``; ``cfg`` None then means the checkpoint's own config)."""
+    ``resume``; ``cfg`` None then means the checkpoint's own config). ``max_seconds`` ends the run
+    early (with a checkpoint) after that much wall time: for time-boxed benchmarks only, since the
+    step count then depends on the machine's speed."""
     out, device = Path(out), torch.device(device)
     prepare_out_dir(out)
     ckpt = latest(out)
@@ -240,8 +245,9 @@ def train(cfg: Config | None, out: str | Path, *, resume: bool = False,
 
     saved_at = step if resume else None
     bar = tqdm(total=tc.steps, initial=step, desc="train", disable=not progress, dynamic_ncols=True)
+    deadline = time.monotonic() + max_seconds if max_seconds is not None else math.inf
     with _StopOnSignal() as stop:
-        while step < tc.steps and not stop.requested:
+        while step < tc.steps and not stop.requested and time.monotonic() < deadline:
             lr = tc.lr * min(1.0, (step + 1) / tc.warmup) if tc.warmup else tc.lr
             for group in opt.param_groups:
                 group["lr"] = lr

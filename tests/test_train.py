@@ -218,3 +218,11 @@ def test_one_minute_toy_model_matches_the_ring(tmp_path):
         s = gm.score_at(xt.double(), t, model.sde)
         rel = ((s_hat - s).square().sum(1).mean() / s.square().sum(1).mean()).sqrt()
         assert float(rel) < bound, (t, float(rel))
+
+
+def test_time_box_stops_early_with_a_checkpoint(tmp_path):
+    result = train(tiny_config("train.steps=8"), tmp_path, progress=False, max_seconds=0.0)
+    assert result.step == 0 and not result.interrupted
+    assert read_state(latest(tmp_path))["step"] == 0
+    resumed = train(tiny_config("train.steps=8"), tmp_path, resume=True, progress=False)
+    assert resumed.step == 8
