@@ -117,17 +117,18 @@ def plot(rows: list[dict], path: Path) -> None:
 
     keys = list(dict.fromkeys((r["data"], r["sde"]) for r in rows))
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.8), squeeze=False)
+    colors, handles = plt.get_cmap("tab20").colors, {}
     for ax, key in zip(axes[0], keys):
-        for label in VARIANTS:
+        for k, label in enumerate(VARIANTS):
             rs = sorted((r for r in rows if (r["data"], r["sde"]) == key and r["sampler"] == label and
                          math.isfinite(r["ratio"])), key=lambda r: r["nfe"])
             if rs:
-                ax.plot([r["nfe"] for r in rs], [r["ratio"] for r in rs], marker=".", label=label,
-                        linestyle="-" if rs[0]["kind"] == "sde" else "--")
+                style = {"color": colors[(2 * k) % 20 + (2 * k) // 20], "ls": "-" if rs[0]["kind"] == "sde" else "--"}
+                handles[label], = ax.plot([r["nfe"] for r in rs], [r["ratio"] for r in rs], marker=".", **style)
         ax.axhline(1.1, color="grey", lw=0.8, ls=":")
         ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel="SW2 / noise floor", title=f"{key[0]} / {key[1]}")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=6, fontsize=8)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=120)
 
 
