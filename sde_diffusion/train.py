@@ -264,7 +264,8 @@ def train(cfg: Config | None, out: str | Path, *, resume: bool = False,
             if step % tc.log_every == 0 or step == tc.steps:  # the last row may cover a partial interval
                 _check_finite(losses, step, out)
                 mean = float(torch.stack(losses).mean())
-                _write_metrics(out / "metrics.csv", [{"step": step, "loss": f"{mean:.6g}", "lr": f"{lr:.6g}"}])
+                row = {"step": step, "loss": f"{mean:.6g}", "lr": f"{lr:.6g}"}
+                _write_metrics(out / "metrics.csv", [row])
                 bar.set_postfix(loss=f"{mean:.4f}")
                 if step % tc.log_every == 0:
                     losses = []

@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", help="sampler (see solvers.available(); default: the config's sample.method)")
     p.add_argument("--steps", type=int, help="number of steps (default: the config's sample.steps)")
     p.add_argument("--n", type=int, help="number of samples (default: the config's sample.n)")
-    p.add_argument("--out", help="output path without extension (default: <checkpoint>/samples/<method>_<steps>)")
+    p.add_argument("--out", help="output path without extension "
+                                 "(default: <checkpoint>/samples/<method>_<steps>)")
     add_common(p, "sampling seed (default 0): same seed, same samples")
 
 

@@ -1,0 +1,120 @@
+"""Benchmark (not a test): train configs/digits_vp.yaml on CPU, then report test-set bits/dim.
+
+Rows (all in the dequantized bits/dim of the 17-level digits, bin width w = 2/17 on [-1, 1]):
+  * probability-flow ODE: ``likelihood.bits_per_dim`` (uniform dequantization, one draw per digit,
+    Hutchinson divergence, dopri5), mean +- standard error over the test digits;
+  * DDPM bound (Ho et al. 2020, eq. 5) on the DDPM chain whose limit is the run's VP-SDE
+    (T = 1000, beta_i = beta(i/T)/T), on the first ``--n-vlb`` test digits (VP and DDPM configs);
+  * a full-covariance Gaussian fitted to the training digits dequantized: mean mu = E[x], covariance
+    Cov(x) + w^2/12 I (x plus independent U(0, w) noise), evaluated on the same dequantized test
+    points: bpd = -(log N(x; mu, Sigma) + D log w) / (D ln 2). The model must beat it clearly.
+Writes <out>/benchmark.csv, <out>/benchmark_samples.png and prints a markdown table.
+
+    python benchmarks/train_digits.py --threads 2 --out runs/bench_digits
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from sde_diffusion.commands.nll import nll_per_sample
+from sde_diffusion.config import build_schedule, load_config
+from sde_diffusion.data import DATA_RANGE, bin_width, load_dataset
+from sde_diffusion.schedule import DDPMSchedule
+from sde_diffusion.sde import VPSDE
+from sde_diffusion.train import draw_samples, train
+from sde_diffusion.viz import save_samples
+from sde_diffusion.vlb import ddpm_vlb_bits_per_dim
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def gaussian_bpd(train_x: torch.Tensor, test_k: torch.Tensor, levels: int,
+                 gen: torch.Generator) -> torch.Tensor:
+    """Per-digit bits/dim of the dequantized full-covariance Gaussian fit (see the module doc)."""
+    w = bin_width(levels, DATA_RANGE)
+    x = train_x.flatten(1).double()
+    d = x.shape[1]
+    cov = torch.cov(x.T) + w * w / 12 * torch.eye(d, dtype=torch.float64)
+    gauss = torch.distributions.MultivariateNormal(x.mean(0), covariance_matrix=cov)
+    u = torch.rand(test_k.shape, generator=gen, dtype=torch.float64)
+    xt = (DATA_RANGE[0] + (test_k.double() + u) * w).flatten(1)
+    return -(gauss.log_prob(xt) + d * math.log(w)) / (d * math.log(2))
+
+
+def vlb_schedule(cfg, sde) -> DDPMSchedule | None:
+    """The DDPM chain whose continuous limit is the run's SDE, where there is one."""
+    schedule = build_schedule(cfg)
+    if schedule is None and isinstance(sde, VPSDE):
+        schedule = DDPMSchedule(T=1000, beta_1=sde.beta_min / 1000, beta_T=sde.beta_max / 1000)
+    return schedule
+
+
+def mean_se(v: torch.Tensor) -> tuple[float, float]:
+    return float(v.mean()), float(v.std() / math.sqrt(len(v)))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=str(ROOT / "configs" / "digits_vp.yaml"))
+    p.add_argument("overrides", nargs="*", help="config overrides key.path=value")
+    p.add_argument("--out", default=str(ROOT / "runs" / "bench_digits"))
+    p.add_argument("--resume", action="store_true", help="continue (or only evaluate) the run in --out")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--minutes", type=float, default=10.0,
+                   help="wall-time budget for training (stops early, with a checkpoint, past it)")
+    p.add_argument("--n-vlb", type=int, default=50, help="test digits for the DDPM bound (1000 steps each)")
+    p.add_argument("--rtol", type=float, default=1e-5)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    out, cfg = Path(args.out), load_config(args.config, args.overrides)
+
+    t0 = time.perf_counter()
+    result = train(cfg, out, resume=args.resume, device="cpu", max_seconds=60 * args.minutes)
+    train_s = time.perf_counter() - t0
+    if result.interrupted:
+        print(f"interrupted at step {result.step}; rerun with --resume to continue.")
+        return
+    model, sde = result.model.requires_grad_(False), result.model.sde
+    ds_train, ds_test = (load_dataset(cfg.data.name, split=s, path=cfg.data.path) for s in ("train", "test"))
+    k, levels = ds_test.discrete(), ds_test.levels
+    rows = []
+
+    t0 = time.perf_counter()
+    bpd = nll_per_sample(model, ds_test.x, levels, generator=torch.Generator().manual_seed(0), batch_size=100,
+                         divergence="hutchinson", rtol=args.rtol, atol=args.rtol)
+    rows.append(("probability-flow ODE (Hutchinson, dopri5, rtol=atol=%g)" % args.rtol, *mean_se(bpd),
+                 len(bpd), time.perf_counter() - t0))
+    schedule = vlb_schedule(cfg, sde)
+    if schedule is not None:
+        t0 = time.perf_counter()
+        vlb = ddpm_vlb_bits_per_dim(model.eps, schedule, k[:args.n_vlb], levels=levels, data_range=DATA_RANGE,
+                                    generator=torch.Generator().manual_seed(0), max_batch=4096)
+        rows.append((f"DDPM bound (T={schedule.T}, {schedule.kind} betas)", *mean_se(vlb), len(vlb),
+                     time.perf_counter() - t0))
+    gauss = gaussian_bpd(ds_train.x, k, levels, torch.Generator().manual_seed(0))
+    rows.append(("full-covariance Gaussian fit (baseline)", *mean_se(gauss), len(gauss), 0.0))
+
+    x = draw_samples(model, cfg, ds_test.shape, device="cpu", seed=0, n=64).x
+    png = save_samples(x, out / "benchmark_samples.png", levels=levels,
+                       title=f"{cfg.sample.method}, {cfg.sample.steps} steps")
+    with open(out / "benchmark.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("estimate", "bits_per_dim", "stderr", "n", "seconds"), *rows])
+
+    params = sum(q.numel() for q in model.parameters())
+    print(f"\nTrained {result.step} of {cfg.train.steps} steps of {Path(args.config).name} in "
+          f"{train_s / 60:.1f} min on {args.threads} CPU threads ({params:,} parameters).\n")
+    print("| test-set estimate | bits/dim | +- s.e. | digits | seconds |\n|---|---|---|---|---|")
+    for name, m, se, n, sec in rows:
+        print(f"| {name} | {m:.3f} | {se:.3f} | {n} | {sec:.0f} |")
+    print(f"\nSamples: {png}")
+
+
+if __name__ == "__main__":
+    main()
