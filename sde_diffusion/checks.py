@@ -38,6 +38,13 @@ def one_of(name: str, value: str, allowed) -> str:
     return value
 
 
+def generator(name: str, value) -> torch.Generator | None:
+    """Require a ``torch.Generator`` or None."""
+    if value is not None and not isinstance(value, torch.Generator):
+        raise TypeError(f"{name} must be a torch.Generator or None, got {type(value).__name__}.")
+    return value
+
+
 def _inspect_values(x: torch.Tensor) -> bool:
     """Value checks run where they cost no device synchronisation."""
     return x.device.type == "cpu"

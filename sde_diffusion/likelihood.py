@@ -63,6 +63,9 @@ def _score_and_quadratic_forms(score_fn: ScoreFn, x: torch.Tensor, t: torch.Tens
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         s = checks.same_shape("score_fn", score_fn(x, t), x)
+        if not s.requires_grad:
+            raise ValueError("score_fn returned a tensor without a graph to x (detached, or computed under "
+                             "torch.no_grad); log_likelihood needs a score differentiable in x for its divergence.")
         if probes is None:
             flat, d = s.flatten(1), x[0].numel()
             rows = (torch.autograd.grad(flat[:, i].sum(), x, retain_graph=i < d - 1,
@@ -84,7 +87,8 @@ def _draw_probes(noise: str, count: int, x: torch.Tensor,
     return torch.randint(0, 2, shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1
 
 
-def _check_likelihood_args(score_fn, sde, x, divergence, probes, noise, method, rtol, atol, eps):
+def _check_likelihood_args(score_fn, sde, x, divergence, probes, noise, method, rtol, atol, eps,
+                           generator):
     if not callable(score_fn):
         raise TypeError(f"score_fn must be a callable (x, t) -> score, got {type(score_fn).__name__}.")
     if not isinstance(sde, SDE):
@@ -101,6 +105,7 @@ def _check_likelihood_args(score_fn, sde, x, divergence, probes, noise, method, 
                          "with divergence='exact'.")
     checks.positive("rtol", rtol)
     checks.positive("atol", atol)
+    checks.generator("generator", generator)
     if not isinstance(eps, (int, float)) or not 0 < eps < sde.T:
         raise ValueError(f"eps must be a float in (0, T) = (0, {sde.T:g}), got {eps!r}.")
 
@@ -125,27 +130,39 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, divergence: 
     Integration: torchdiffeq ``method`` (adaptive) with rtol/atol enforced per sample (see
     ``per_sample_norm``), the last step landing exactly on T. ``nfe`` counts calls of score_fn.
     """
-    _check_likelihood_args(score_fn, sde, x, divergence, probes, noise, method, rtol, atol, eps)
+    _check_likelihood_args(score_fn, sde, x, divergence, probes, noise, method, rtol, atol, eps, generator)
     n, dim = x.shape[0], x[0].numel()
     v = None if divergence == "exact" else _draw_probes(noise, probes, x, generator)
     nfe, bar = 0, tqdm(desc="log-likelihood ODE", unit="nfe", disable=not progress)
+    seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (t, probe(s), probe(q)) per call
 
     def rhs(t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
         nonlocal nfe
         xt = state[0]
-        tt = checks.time(t.to(xt.dtype), sde.T, batch=n, like=xt)
+        # torchdiffeq's initial-step heuristic may probe far beyond T (e.g. a zero drift gives
+        # h0 = 0.01 |y| / |f| huge); that probe only sizes the first step, so clamp t into [eps, T]
+        tt = checks.time(t.to(xt.dtype).clamp(eps, sde.T), sde.T, batch=n, like=xt)
         coef, g2 = sde.drift_coef(tt), sde.diffusion(tt).square()
         s, q = _score_and_quadratic_forms(score_fn, xt, tt, v)
+        seen.append((tt[0], (s * 0).sum(), (q * 0).sum()))  # NaN iff s or q is not finite; no sync
         nfe += 1
         bar.update(1)
         return bcast(coef, xt) * xt - 0.5 * bcast(g2, xt) * s, coef * dim - 0.5 * g2 * q
 
     times = torch.tensor([eps, sde.T], dtype=x.dtype, device=x.device)
     delta0 = x.new_zeros((1 if v is None else probes, n))
-    with torch.no_grad():
-        xs, deltas = odeint(rhs, (x, delta0), times, rtol=rtol, atol=atol, method=method,
-                            options=dict(norm=per_sample_norm, step_t=[sde.T]))
-    bar.close()
+    try:
+        with torch.no_grad():
+            xs, deltas = odeint(rhs, (x, delta0), times, rtol=rtol, atol=atol, method=method,
+                                options=dict(norm=per_sample_norm, step_t=[sde.T]))
+    except (AssertionError, ValueError) as e:  # NaN steers torchdiffeq's step control astray
+        _check_finite(seen)
+        if isinstance(e, ValueError):
+            raise
+        raise ValueError(f"the ODE solver {method} stalled ({e}) at rtol={rtol:g}, atol={atol:g}; the "
+                         "probability-flow drift is too stiff or too large here: loosen rtol/atol.") from e
+    finally:
+        bar.close()
     x_T, delta = xs[-1], deltas[-1]
     prior = sde.prior_log_prob(x_T)
     mean = delta.mean(0)
@@ -153,7 +170,30 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, divergence: 
         stderr = torch.full_like(mean, 0.0 if v is None else math.nan)
     else:
         stderr = delta.std(0) / math.sqrt(probes)
+    _check_finite(seen, prior + mean)
     return LikelihoodResult(prior + mean, prior, mean, stderr, x_T, nfe)
+
+
+def _check_finite(seen: list, log_prob: torch.Tensor | None = None) -> None:
+    """One host sync: a ValueError naming the first time at which the score or its divergence was
+    NaN/Inf (``seen``: (t, probe of s, probe of q) per evaluation), or saying that the integration
+    overflowed with both finite. A probe sum(y * 0) is NaN exactly when y holds a NaN or Inf."""
+    flat = [p for _, ps, pq in seen for p in (ps, pq)]
+    if log_prob is not None:
+        flat.append((log_prob * 0).sum())
+    ok = torch.stack(flat).isfinite().tolist() if flat else []
+    if all(ok):
+        return
+    # the earliest along the flow from eps up: the smallest t (torchdiffeq's first-step probe may
+    # evaluate out of order, at T); the score is named before its divergence at the same time
+    bad = min((float(seen[i // 2][0]), i % 2) for i, good in enumerate(ok[:2 * len(seen)]) if not good) \
+        if not all(ok[:2 * len(seen)]) else None
+    if bad is None:
+        cause = "the score and its divergence stayed finite but the integrated state overflowed"
+    else:
+        what = "the divergence of the score (the trace of ds/dx)" if bad[1] else "the score function"
+        cause = f"{what} returned non-finite values at t = {bad[0]:.4g}"
+    raise ValueError(f"log_likelihood produced NaN/Inf: {cause}.")
 
 
 def _dequantize(k: torch.Tensor, u: torch.Tensor | float, levels: int,
@@ -195,6 +235,12 @@ def bits_per_dim(score_fn: ScoreFn, sde: SDE, x_discrete: torch.Tensor, *, level
                         f"got {getattr(x_discrete, 'dtype', type(x_discrete).__name__)}.")
     checks.one_of("dequantization", dequantization, ("uniform", "none"))
     checks.positive_int("n_dequant", n_dequant)
+    checks.positive_int("levels", levels)
+    checks.generator("generator", generator)
+    if x_discrete.device.type == "cpu" and x_discrete.numel() and \
+            bool(((x_discrete < 0) | (x_discrete > levels - 1)).any()):
+        raise ValueError(f"x_discrete must hold levels 0..{levels - 1} (levels={levels}), got values in "
+                         f"[{int(x_discrete.min())}, {int(x_discrete.max())}].")
     if dequantization == "none" and n_dequant != 1:
         raise ValueError(f"n_dequant must be 1 with dequantization='none', got {n_dequant}.")
     k = x_discrete.repeat((n_dequant,) + (1,) * (x_discrete.ndim - 1))

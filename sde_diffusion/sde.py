@@ -9,6 +9,7 @@ A new SDE is one frozen dataclass below implementing ``_drift_coef``, ``_diffusi
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -260,4 +261,8 @@ SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "cosine": CosineVPSDE}
 
 def get_sde(name: str, **params) -> SDE:
     """Build an SDE by name: one of ``vp``, ``subvp``, ``ve``, ``cosine``."""
-    return SDES[checks.one_of("SDE", name, SDES)](**params)
+    cls = SDES[checks.one_of("SDE", name, SDES)]
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    for key in params:
+        checks.one_of(f"{cls.__name__} parameter", key, allowed)
+    return cls(**params)

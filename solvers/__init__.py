@@ -44,6 +44,7 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], method: str = "eul
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be an sde_diffusion.SDE, got {type(sde).__name__}.")
     checks.positive_int("steps", steps)
+    checks.generator("generator", generator)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype (float32 or float64), got {dtype!r}.")
     opts = spec.bind(sde, steps, options)
@@ -61,9 +62,14 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], method: str = "eul
     ctx = Context(sde, counter, grid64, grid64.to(device=device, dtype=dtype), generator, progress,
                   [] if return_trajectory else None, desc=method)
     ctx.record(x)
-    x = spec.fn(ctx, x, **opts)
+    try:
+        x = spec.fn(ctx, x, **opts)
+    except Exception:  # e.g. torchdiffeq's step-size control on NaN: name the NaN if there was one
+        ctx.check_finite(x)
+        raise
     if denoise and not ctx.at_data:
         x = tweedie(ctx, x)
+    ctx.check_finite(x)
     traj = torch.stack(ctx.trajectory) if return_trajectory else None
     return SampleResult(x, counter.nfe, traj)
 

@@ -27,18 +27,29 @@ class SampleResult:
     trajectory: torch.Tensor | None = None
 
 
+def finite_probe(x: torch.Tensor) -> torch.Tensor:
+    """sum(x * 0): 0 if x is finite, NaN if it holds a NaN or Inf (x * 0 is NaN exactly there; the
+    sum of zeros cannot overflow). One fused reduction on x's device, no host sync: much cheaper on
+    CPU than isfinite(x).all(); samplers keep one per state and per score call, checked once."""
+    return (x * 0).sum()
+
+
 class CountingScore:
     """score(x, t) with t of shape (N,); counts every call in ``nfe`` (a Python int, no sync), so
-    adaptive solvers, correctors and the denoising step are all counted in this one place."""
+    adaptive solvers, correctors and the denoising step are all counted in this one place. It also
+    keeps ``probes``: (t, finite_probe(score)) per call, for ``Context.check_finite``."""
 
     def __init__(self, score_fn: ScoreFn):
         if not callable(score_fn):
             raise TypeError(f"score_fn must be callable (x, t) -> score, got {type(score_fn).__name__}.")
         self.score_fn, self.nfe = score_fn, 0
+        self.probes: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
-        return checks.same_shape("score_fn", self.score_fn(x, t), x)
+        out = checks.same_shape("score_fn", self.score_fn(x, t), x)
+        self.probes.append((t.reshape(-1)[0], finite_probe(out)))
+        return out
 
 
 # -- options and capabilities -----------------------------------------------------------------
@@ -135,6 +146,8 @@ class Context:
     trajectory: list | None = None
     desc: str = "sampling"
     at_data: bool = False  # set by a sampler whose last step lands on x_0 itself: no Tweedie step
+    stepped: bool = False  # states are recorded at every grid time (set by ``loop``, ``record_outputs``)
+    probes: list = field(default_factory=list)  # (grid index k, finite_probe(x at t_k)) per state
 
     @property
     def steps(self) -> int:
@@ -158,6 +171,7 @@ class Context:
 
     def loop(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """Yield (i, t_i, t_{i+1}) for i = 0..K-1 (0-dim device tensors; no host sync), with tqdm."""
+        self.stepped = True
         for i in tqdm(range(self.steps), desc=self.desc, disable=not self.progress, leave=False):
             yield i, self.grid[i], self.grid[i + 1]
 
@@ -167,9 +181,41 @@ class Context:
             x = self.record(step(x, i, t, s))
         return x
 
-    def record(self, x: torch.Tensor) -> torch.Tensor:
-        """Called with the state after each step: keeps the trajectory when asked. (This is where a
-        device-side finite flag can be accumulated and checked once after the loop.)"""
+    def record(self, x: torch.Tensor, k: int | None = None) -> torch.Tensor:
+        """Called with the state at grid time t_k (default: the next one) after each step: keeps
+        the trajectory when asked and a finiteness probe of x (no host sync)."""
+        self.probes.append((len(self.probes) if k is None else k, finite_probe(x)))
         if self.trajectory is not None:
             self.trajectory.append(x)
         return x
+
+    def record_outputs(self, xs: torch.Tensor) -> torch.Tensor:
+        """For an integrator's states xs at its output times (every grid time, or only T and eps):
+        record them and return the last."""
+        self.stepped = len(xs) == self.steps + 1
+        ks = range(1, self.steps + 1) if self.stepped else [self.steps]
+        for k, x in zip(ks, xs[1:]):
+            self.record(x, k)
+        return xs[-1]
+
+    def check_finite(self, x: torch.Tensor) -> None:
+        """One host sync after sampling: a ValueError naming the step and time where NaN/Inf first
+        appeared in the state or the score, or in the final ``x``."""
+        probes = [p for _, p in self.probes] + [p for _, p in self.score.probes] + [finite_probe(x)]
+        ok = torch.stack(probes).isfinite().tolist()
+        if all(ok):
+            return
+        n = len(self.probes)
+        state = next((k for (k, _), good in zip(self.probes, ok) if not good), None)
+        # the earliest non-finite score along the run from T down: the largest such t (an adaptive
+        # solver's first-step probe may evaluate out of order, at eps)
+        bad = [t for (t, _), good in zip(self.score.probes, ok[n:]) if not good]
+        score = float(torch.stack(bad).max()) if bad else None
+        if state is not None:
+            where = f"step {state} of {self.steps}" if self.stepped else "the solver's output"
+            where = f" at {where} (t = {self.grid64[state]:.4g})"
+        else:
+            where = "" if score is not None else f" in the final denoising step (t = {self.grid64[-1]:.4g})"
+        cause = (f"the score function returned non-finite values at t = {score:.4g}" if score is not None
+                 else "the score stayed finite but the state overflowed; use more steps or a smaller step size")
+        raise ValueError(f"sampling produced NaN/Inf{where}: {cause}.")

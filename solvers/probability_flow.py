@@ -31,10 +31,12 @@ def ode(ctx: Context, x: torch.Tensor, solver: str, rtol: float, atol: float) ->
         with the scalar coefficients taken at the scalar t (no per-sample time tensors per call)."""
         t = t.clamp(lo, hi)
         return sde.drift_coef(t) * y - 0.5 * sde.diffusion(t).square() * ctx.score_at(y, t)
-    xs = odeint(drift, x, times, method=solver, **tol)
-    if ctx.trajectory is not None:
-        ctx.trajectory.extend(xs[1:])
-    return xs[-1]
+    try:
+        xs = odeint(drift, x, times, method=solver, **tol)
+    except AssertionError as e:  # torchdiffeq's "underflow in dt": the step-size control gave up
+        raise ValueError(f"the ODE solver {solver} stalled ({e}) at rtol={rtol:g}, atol={atol:g}; the drift is "
+                         "too stiff or too large here: loosen rtol/atol or use a fixed-step solver (rk4).") from e
+    return ctx.record_outputs(xs)
 
 
 @register("heun", "ode", 2, grid_options("edm"))

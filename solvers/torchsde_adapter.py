@@ -49,6 +49,4 @@ def sde(ctx: Context, x: torch.Tensor, solver: str) -> torch.Tensor:
     ys = torchsde.sdeint(_Reversed(ctx, x.shape, SOLVERS[solver]), y0, times, bm=bm, method=solver, dt=dt,
                          options={"grad_free": True} if solver == "milstein" else None)
     xs = ys.reshape(ys.shape[0], *x.shape)
-    if ctx.trajectory is not None:
-        ctx.trajectory.extend(xs[1:])
-    return xs[-1]
+    return ctx.record_outputs(xs)
