@@ -176,7 +176,7 @@ def _never(x, t):
     (VPSDE(), "pc", {"predictor": "none", "corrector": "none"}, "predictor or a corrector"),
     (VPSDE(), "pc", {"snr": -1.0}, "snr must be a finite number > 0"),
     (VPSDE(), "ode", {"solver": "rk45"}, "allowed: dopri5"),
-    (VPSDE(), "sde", {"solver": "heun"}, "allowed: euler, milstein, srk, reversible_heun"),
+    (VPSDE(), "sde", {"solver": "heun"}, "allowed: euler, milstein, srk"),
     (VPSDE(), "ddim", {"eta": 1.5}, r"eta must be a number in \[0, 1\]"),
     (VPSDE(), "dpm_solver", {"order": 4}, "allowed: 1, 2, 3"),
     (VPSDE(), "heun", {"grid": "cosine"}, "allowed: uniform, edm, logsnr"),
