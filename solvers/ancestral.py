@@ -28,7 +28,8 @@ def _check_schedule(sde: SDE, steps: int, opts: dict) -> None:
     if sched is not None and sde.prior_std != 1:
         raise ValueError(f"schedule= needs an SDE with prior N(0, I) (prior_std 1), got {sde.prior_std:g}.")
     if sched is not None and sde.T != 1:
-        raise ValueError(f"schedule= runs DDPM step i at t = i/T on [0, 1] and needs an SDE with T = 1, got T = {sde.T:g}.")
+        raise ValueError(f"schedule= runs DDPM step i at t = i/T on [0, 1] and needs an SDE with T = 1, "
+                         f"got T = {sde.T:g}.")
 
 
 def _ancestral_tables(ctx: Context, variance: str, schedule: DDPMSchedule | None):
