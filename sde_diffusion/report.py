@@ -84,6 +84,22 @@ def plot_quality(rows: list[dict], path: Path, title: str) -> Path:
     return path
 
 
+def side_by_side(paths: list[Path], path: Path, width: float = 10.0) -> Path:
+    """One PNG holding the given PNGs in a row, scaled to a common height."""
+    plt = _pyplot()
+    images = [plt.imread(p) for p in paths]
+    ratios = [im.shape[1] / im.shape[0] for im in images]
+    fig, axes = plt.subplots(1, len(images), figsize=(width, width / sum(ratios)),
+                             gridspec_kw={"width_ratios": ratios}, squeeze=False)
+    for ax, im in zip(axes[0], images):
+        ax.imshow(im)
+        ax.axis("off")
+    fig.subplots_adjust(left=0, right=1, top=1, bottom=0, wspace=0.02)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def sample_figure(x: torch.Tensor, target: Target, path: Path, title: str) -> Path:
     """An image grid (first 64), or a scatter over held-out data (first two coordinates)."""
     from .viz import save_samples

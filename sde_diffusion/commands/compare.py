@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nll", action="store_true", help="also the test NLL by the probability-flow ODE "
                    "(bits/dim or nats/dim, with standard error) and the DDPM bound where it applies")
     p.add_argument("--nll-n", type=int, default=500, help="held-out samples for --nll (default 500)")
-    p.add_argument("--out", default=None, help="report folder (default runs/compare_<model>)")
+    p.add_argument("--out", default=None, help="report folder (default reports/compare_<model>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_common(p, "sampling seed (default 0): every method starts from the same prior noise")
 
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         if args.nll:
             nll_rows = (nll_table.model_rows(model, cfg, dev, n=args.nll_n, seed=seed) if args.checkpoint
                         else nll_table.analytic_rows(target, args.nll_n, dev, seed))
-    out = Path(args.out) if args.out else Path("runs") / default_out
+    out = Path(args.out) if args.out else Path("reports") / default_out
     files = report.write_compare(out, target, rows, shown, show, nll_rows)
     print(report.text_table(rows, report.compare_columns(rows)))
     if nll_rows:
