@@ -19,6 +19,7 @@ from sde_diffusion.sde import SDE, ScoreFn
 # importing each family module registers its samplers
 from . import ancestral, dpm_solver, predictor_corrector, probability_flow, stochastic, torchsde_adapter  # noqa: F401
 from .base import METHODS, Context, CountingScore, SampleResult, get
+from .inpaint import known
 from .timesteps import time_grid
 
 __all__ = ["sample", "available", "SampleResult", "METHODS"]
@@ -33,12 +34,14 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], method: str = "eul
            steps: int = 1000, *, eps: float = 1e-3, denoise: bool = True,
            generator: torch.Generator | None = None, device: torch.device | str | None = None,
            dtype: torch.dtype = torch.float32, progress: bool = False, return_trajectory: bool = False,
-           x_T: torch.Tensor | None = None, **options) -> SampleResult:
+           x_T: torch.Tensor | None = None, inpaint: tuple | None = None, **options) -> SampleResult:
     """Draw samples of ``shape`` (N, ...) by ``method`` (see ``available()``) with ``steps`` steps.
 
     ``options`` are the method's own (each method's docstring lists them; anything else is a
     ValueError listing what is allowed). ``x_T`` starts from a given prior sample instead of drawing
     one. Noise comes from ``generator`` on its device; same generator state, same samples.
+    ``inpaint = (mask, x_known)`` holds the known part (mask True or 1) by its forward marginal at
+    every step and returns it exactly (``solvers.inpaint``; stepped methods only, not ode / sde).
     """
     spec = get(method)
     if not isinstance(sde, SDE):
@@ -48,6 +51,9 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], method: str = "eul
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype (float32 or float64), got {dtype!r}.")
     opts = spec.bind(sde, steps, options)
+    if inpaint is not None and not spec.stepped:
+        stepped = ", ".join(n for n, m in METHODS.items() if m.stepped)
+        raise ValueError(f"method {method!r} integrates internally and cannot inpaint; use one of: {stepped}.")
     grid64 = time_grid(sde, steps, eps, opts.pop("grid", "uniform"), opts.pop("rho", 7.0))
     counter = CountingScore(score_fn)
     if device is None:
@@ -61,7 +67,9 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], method: str = "eul
         x = x.to(device=device, dtype=dtype)
     ctx = Context(sde, counter, grid64, grid64.to(device=device, dtype=dtype), generator, progress,
                   [] if return_trajectory else None, desc=method)
-    ctx.record(x)
+    if inpaint is not None:
+        ctx.known = known(inpaint, shape, sde.marginal(grid64), device, dtype)
+    x = ctx.record(ctx.hold(x, 0))
     try:
         x = spec.fn(ctx, x, **opts)
     except Exception:  # e.g. torchdiffeq's step-size control on NaN: name the NaN if there was one
@@ -69,6 +77,8 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], method: str = "eul
         raise
     if denoise and not ctx.at_data:
         x = tweedie(ctx, x)
+    if inpaint is not None and (denoise or ctx.at_data):
+        x = ctx.known.final(x)
     ctx.check_finite(x)
     traj = torch.stack(ctx.trajectory) if return_trajectory else None
     return SampleResult(x, counter.nfe, traj)

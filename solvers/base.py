@@ -93,6 +93,7 @@ class Method:
     options: Mapping[str, Option] = field(default_factory=dict)
     vp_only: bool = False                      # needs a VP-type SDE (``vp_type``)
     check: Callable[[SDE, int, dict], None] | None = None  # cross-option checks
+    stepped: bool = True                       # steps through ``Context.run`` (so it can inpaint)
 
     def bind(self, sde: SDE, steps: int, options: dict) -> dict:
         """Defaults filled in, each option checked; ValueError for unknown options or an SDE the
@@ -117,12 +118,13 @@ METHODS: dict[str, Method] = {}
 
 
 def register(name: str, kind: str, order: int | None, options: Mapping[str, Option] | None = None,
-             vp_only: bool = False, check: Callable[[SDE, int, dict], None] | None = None):
+             vp_only: bool = False, check: Callable[[SDE, int, dict], None] | None = None,
+             stepped: bool = True):
     """Decorator registering ``fn(ctx, x, **options) -> x`` as sampler ``name``."""
     checks.one_of("kind", kind, ("sde", "ode"))
 
     def wrap(fn):
-        METHODS[name] = Method(name, fn, kind, order, dict(options or {}), vp_only, check)
+        METHODS[name] = Method(name, fn, kind, order, dict(options or {}), vp_only, check, stepped)
         return fn
     return wrap
 
@@ -148,6 +150,7 @@ class Context:
     at_data: bool = False  # set by a sampler whose last step lands on x_0 itself: no Tweedie step
     stepped: bool = False  # states are recorded at every grid time (set by ``loop``, ``record_outputs``)
     probes: list = field(default_factory=list)  # (grid index k, finite_probe(x at t_k)) per state
+    known: Any = None  # an ``inpaint.Known`` when inpainting: its part is held after every step
 
     @property
     def steps(self) -> int:
@@ -176,10 +179,15 @@ class Context:
             yield i, self.grid[i], self.grid[i + 1]
 
     def run(self, x: torch.Tensor, step: Callable[..., torch.Tensor]) -> torch.Tensor:
-        """The shared loop: x <- step(x, i, t_i, t_{i+1}) for every grid step, recording each state."""
+        """The shared loop: x <- step(x, i, t_i, t_{i+1}) for every grid step, recording each state
+        (when inpainting, after holding the known part at t_{i+1})."""
         for i, t, s in self.loop():
-            x = self.record(step(x, i, t, s))
+            x = self.record(self.hold(step(x, i, t, s), i + 1))
         return x
+
+    def hold(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """When inpainting, x with its known part y replaced by m(t_k) y + s(t_k) z; else x."""
+        return x if self.known is None else self.known.hold(x, k, self.noise(x))
 
     def record(self, x: torch.Tensor, k: int | None = None) -> torch.Tensor:
         """Called with the state at grid time t_k (default: the next one) after each step: keeps

@@ -15,7 +15,7 @@ FIXED = ("euler", "midpoint", "heun2", "heun3", "rk4")
 
 @register("ode", "ode", None, {"solver": Option("dopri5", choice(*ADAPTIVE, *FIXED)),
                               "rtol": Option(1e-5, checks.positive), "atol": Option(1e-5, checks.positive),
-                              **grid_options()})
+                              **grid_options()}, stepped=False)
 def ode(ctx: Context, x: torch.Tensor, solver: str, rtol: float, atol: float) -> torch.Tensor:
     """The PF-ODE from T to eps by ``torchdiffeq.odeint``: fixed-step ``solver`` (euler, midpoint,
     heun2, heun3, rk4) steps along the time grid; adaptive ones (dopri5, ...) choose their own steps
