@@ -69,6 +69,7 @@ class TrainConfig:
     ckpt_every: int = 1_000
     keep: int = 2                     # checkpoints kept on disk
     bf16: bool = False                # bf16 autocast (CUDA only)
+    p_uncond: float = 0.0             # label dropout of classifier-free guidance (needs model.params.num_classes)
 
 
 @dataclass
@@ -184,6 +185,10 @@ def _validate(cfg: Config) -> Config:
     for key in ("weight_decay", "grad_clip"):
         if not (math.isfinite(getattr(cfg.train, key)) and getattr(cfg.train, key) >= 0):
             raise ValueError(f"train.{key}: must be a finite number >= 0, got {getattr(cfg.train, key)}.")
+    if not 0 <= cfg.train.p_uncond <= 1:
+        raise ValueError(f"train.p_uncond: must lie in [0, 1], got {cfg.train.p_uncond}.")
+    if cfg.train.p_uncond > 0 and cfg.model.params.get("num_classes") is None:
+        raise ValueError("train.p_uncond: label dropout needs a conditional model (set model.params.num_classes).")
     if not 0 <= cfg.train.ema_decay < 1:
         raise ValueError(f"train.ema_decay: must lie in [0, 1), got {cfg.train.ema_decay}.")
     for key in ("steps", "n"):

@@ -140,15 +140,27 @@ def _rewind_metrics(path: Path, step: int, log_every: int) -> None:
 
 
 def draw_samples(model: ScoreModel, cfg: Config, shape: tuple[int, ...], *, device, seed: int,
-                 n: int | None = None, method: str | None = None, steps: int | None = None):
+                 n: int | None = None, method: str | None = None, steps: int | None = None,
+                 label: int | None = None, guidance: float = 0.0):
     """``solvers.sample`` from ``model`` by the config's (or the given) method, leaving the global RNG
-    untouched; returns the SampleResult."""
+    untouched; returns the SampleResult. With ``label`` (a conditional model), samples of that class
+    under classifier-free guidance weight ``guidance`` (``ScoreModel.conditional``)."""
     import solvers
 
+    n = n or cfg.sample.n
+    score_fn = model
+    if label is not None:
+        classes = model.num_classes
+        if classes is None or isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < classes:
+            allowed = f"0..{classes - 1}" if classes else "none: the model is unconditional"
+            raise ValueError(f"label must be a class index; allowed: {allowed}; got {label!r}.")
+        score_fn = model.conditional(torch.full((n,), label, device=device), guidance)
+    elif guidance:
+        raise ValueError("guidance needs a label (classifier-free guidance towards that class).")
     devices = [device] if torch.device(device).type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.no_grad():
         gen = torch.Generator(device).manual_seed(seed)
-        return solvers.sample(model, model.sde, (n or cfg.sample.n, *shape),
+        return solvers.sample(score_fn, model.sde, (n, *shape),
                               method=method or cfg.sample.method, steps=steps or cfg.sample.steps,
                               eps=cfg.sample.eps, generator=gen, device=device)
 
@@ -212,12 +224,17 @@ def train(cfg: Config | None, out: str | Path, *, resume: bool = False,
     data = batches(ds, tc.batch_size, generator=torch.Generator().manual_seed(tc.seed), device=device,
                    start=step)
     schedule, conditional = build_schedule(cfg), model.num_classes is not None
+    if conditional and ds.y is None:
+        raise ValueError(f"model.params.num_classes: a conditional model needs labels; dataset {ds.name!r} has none.")
     use_bf16 = tc.bf16 and device.type == "cuda"
     if tc.bf16 and not use_bf16:
         warnings.warn(f"train.bf16 applies on CUDA only; training in float32 on {device}.")
 
     def loss_of(x0, y):
         y = y if conditional else None
+        if conditional and tc.p_uncond > 0:  # classifier-free guidance: y -> null with probability p_uncond
+            drop = torch.rand(y.shape, generator=noise_gen, device=device) < tc.p_uncond
+            y = torch.where(drop, model.num_classes, y)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             if cfg.loss.kind == "ddpm":
                 return ddpm_loss(model, schedule, x0, y=y, generator=noise_gen)

@@ -17,6 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", help="sampler (see solvers.available(); default: the config's sample.method)")
     p.add_argument("--steps", type=int, help="number of steps (default: the config's sample.steps)")
     p.add_argument("--n", type=int, help="number of samples (default: the config's sample.n)")
+    p.add_argument("--label", type=int, help="class to sample (a conditional model, e.g. configs/digits_cfg.yaml)")
+    p.add_argument("--guidance", type=float, default=0.0,
+                   help="classifier-free guidance weight w >= 0: (1 + w) s(x|y) - w s(x|null) (default 0)")
     p.add_argument("--out", help="output path without extension "
                                  "(default: <checkpoint>/samples/<method>_<steps>)")
     add_common(p, "sampling seed (default 0): same seed, same samples")
@@ -36,8 +39,9 @@ def run(args: argparse.Namespace) -> int:
     model, cfg = load_checkpoint(args.checkpoint, device=dev)
     method, steps = args.method or cfg.sample.method, args.steps or cfg.sample.steps
     result = draw_samples(model, cfg, tuple(meta["event_shape"]), device=dev, seed=args.seed or 0,
-                          n=args.n, method=method, steps=steps)
-    out = Path(args.out) if args.out else Path(args.checkpoint) / "samples" / f"{method}_{steps}"
+                          n=args.n, method=method, steps=steps, label=args.label, guidance=args.guidance)
+    tag = "" if args.label is None else f"_label{args.label}_w{args.guidance:g}"
+    out = Path(args.out) if args.out else Path(args.checkpoint) / "samples" / f"{method}_{steps}{tag}"
     out.parent.mkdir(parents=True, exist_ok=True)
     x, levels = result.x.cpu(), meta["levels"]
     arrays = {"x": x.numpy(), "nfe": np.int64(result.nfe)}
