@@ -35,6 +35,7 @@ from .checkpoint import (atomic_write_text, check_resumable, latest, load_weight
                          read_config, read_manifest, read_state, save_checkpoint)
 from .config import Config, build_schedule, build_sde, to_dict
 from .data import batches, load_dataset
+from .distributed import World, ddp, setup
 from .losses import ddpm_loss, dsm_loss
 from .models import ScoreModel, build_model
 from .viz import save_samples
@@ -165,6 +166,26 @@ def draw_samples(model: ScoreModel, cfg: Config, shape: tuple[int, ...], *, devi
                               eps=cfg.sample.eps, generator=gen, device=device)
 
 
+def _global_draws(cfg: Config, schedule, x0: torch.Tensor, gen: torch.Generator) -> dict:
+    """The noise of the whole global batch, drawn in the losses' own order from the same generator
+    (so each rank's slice is what one process would have drawn for those rows): t (or the DDPM step
+    i), then z."""
+    n, draw = x0.shape[0], {"generator": gen, "device": x0.device}
+    if cfg.loss.kind == "ddpm":
+        i = torch.randint(1, schedule.T + 1, (n,), **draw)
+        return {"i": i, "noise": torch.randn(x0.shape, dtype=x0.dtype, **draw)}
+    T, eps = build_sde(cfg).T, cfg.loss.eps
+    t = eps + (T - eps) * torch.rand(n, dtype=x0.dtype, **draw)
+    return {"t": t, "noise": torch.randn(x0.shape, dtype=x0.dtype, **draw)}
+
+
+def _stopping(world: World, local: bool, device: torch.device) -> bool:
+    """Whether to stop: this process's reason (signal, time box), agreed by all ranks (any stops all)."""
+    if world.size == 1:
+        return local
+    return bool(world.sum(torch.tensor(float(local), device=device)) > 0)
+
+
 def _build(cfg: Config, meta: dict, device: torch.device) -> ScoreModel:
     try:
         return build_model(cfg.model.kind, build_sde(cfg), **model_kwargs(cfg, meta)).to(device)
@@ -178,8 +199,10 @@ def train(cfg: Config | None, out: str | Path, *, resume: bool = False,
     """Train under ``cfg`` into run directory ``out`` (or continue its latest checkpoint with
     ``resume``; ``cfg`` None then means the checkpoint's own config). ``max_seconds`` ends the run
     early (with a checkpoint) after that much wall time: for time-boxed benchmarks only, since the
-    step count then depends on the machine's speed."""
-    out, device = Path(out), torch.device(device)
+    step count then depends on the machine's speed. Under torchrun it trains data-parallel
+    (``distributed``): the same run as one process with the same global batch, rank 0 writing."""
+    out = Path(out)
+    world, device = setup(device)
     prepare_out_dir(out)
     ckpt = latest(out)
     if resume:
@@ -195,6 +218,10 @@ def train(cfg: Config | None, out: str | Path, *, resume: bool = False,
     if cfg is None:
         raise ValueError("a config is needed to start a run (only --resume can take the checkpoint's).")
     tc = cfg.train
+    if tc.batch_size % world.size or (cfg.loss.importance_sampling and world.size > 1):
+        raise ValueError(f"train.batch_size must be a multiple of the {world.size} processes and "
+                         "loss.importance_sampling needs one process; got "
+                         f"{tc.batch_size}, {cfg.loss.importance_sampling}.")
     ds = load_dataset(cfg.data.name, split="train", path=cfg.data.path, n=cfg.data.n, seed=cfg.data.seed)
     meta = {"event_shape": list(ds.shape), "levels": ds.levels, "num_classes": ds.num_classes,
             "dataset": ds.name}
@@ -218,9 +245,10 @@ def train(cfg: Config | None, out: str | Path, *, resume: bool = False,
         if device.type == "cuda" and state["rng"].get("cuda"):
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         step, losses = state["step"], list(state["pending_losses"].to(device))
-    if step < tc.steps:
+    if step < tc.steps and world.main:
         _rewind_metrics(out / "metrics.csv", step, tc.log_every)
-    atomic_write_text(out / "config.json", json.dumps(to_dict(cfg), indent=2))
+    if world.main:
+        atomic_write_text(out / "config.json", json.dumps(to_dict(cfg), indent=2))
     data = batches(ds, tc.batch_size, generator=torch.Generator().manual_seed(tc.seed), device=device,
                    start=step)
     schedule, conditional = build_schedule(cfg), model.num_classes is not None
@@ -230,19 +258,26 @@ def train(cfg: Config | None, out: str | Path, *, resume: bool = False,
     if tc.bf16 and not use_bf16:
         warnings.warn(f"train.bf16 applies on CUDA only; training in float32 on {device}.")
 
+    trainee = model if world.size == 1 else ScoreModel(ddp(model.net, world, device), model.sde,
+                                                       model.parameterization, input_scaling=model.input_scaling)
+
     def loss_of(x0, y):
         y = y if conditional else None
         if conditional and tc.p_uncond > 0:  # classifier-free guidance: y -> null with probability p_uncond
             drop = torch.rand(y.shape, generator=noise_gen, device=device) < tc.p_uncond
             y = torch.where(drop, model.num_classes, y)
+        draws = {} if world.size == 1 else _global_draws(cfg, schedule, x0, noise_gen)
+        x0, y, draws = world.shard(x0), world.shard(y), {k: world.shard(v) for k, v in draws.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             if cfg.loss.kind == "ddpm":
-                return ddpm_loss(model, schedule, x0, y=y, generator=noise_gen)
-            return dsm_loss(model, x0, weighting=cfg.loss.weighting, eps=cfg.loss.eps,
-                            importance_sampling=cfg.loss.importance_sampling, y=y, generator=noise_gen)
+                return ddpm_loss(trainee, schedule, x0, y=y, generator=noise_gen, **draws)
+            return dsm_loss(trainee, x0, weighting=cfg.loss.weighting, eps=cfg.loss.eps,
+                            importance_sampling=cfg.loss.importance_sampling, y=y, generator=noise_gen, **draws)
 
-    def save() -> Path:
+    def save() -> Path | None:
         _check_finite(losses, step, out)
+        if not world.main:
+            return None
         rng = {"torch": torch.get_rng_state(), "noise": noise_gen.get_state(),
                "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}
         pending = torch.stack(losses) if losses else torch.zeros(0, device=device)
@@ -256,15 +291,17 @@ def train(cfg: Config | None, out: str | Path, *, resume: bool = False,
                                 f"training stopped. Last good checkpoint: {latest(out)}.") from e
 
     def sample_png() -> None:
+        if not world.main:
+            return
         x = draw_samples(ema.module, cfg, ds.shape, device=device, seed=tc.seed + 2).x
         save_samples(x, out / "samples" / f"step_{step:08d}.png", levels=ds.levels,
                      reference=ds.x[:len(x)] if ds.x.ndim == 2 else None, title=f"step {step}")
 
     saved_at = step if resume else None
-    bar = tqdm(total=tc.steps, initial=step, desc="train", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=tc.steps, initial=step, desc="train", disable=not (progress and world.main), dynamic_ncols=True)
     deadline = time.monotonic() + max_seconds if max_seconds is not None else math.inf
     with _StopOnSignal() as stop:
-        while step < tc.steps and not stop.requested and time.monotonic() < deadline:
+        while step < tc.steps and not _stopping(world, stop.requested is not None or time.monotonic() >= deadline, device):
             lr = tc.lr * min(1.0, (step + 1) / tc.warmup) if tc.warmup else tc.lr
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -276,13 +313,14 @@ def train(cfg: Config | None, out: str | Path, *, resume: bool = False,
             opt.step()
             ema.update_parameters(model)
             step += 1
-            losses.append(loss.detach().float())
+            losses.append(world.sum(loss.detach().float()) / world.size)
             bar.update(1)
             if step % tc.log_every == 0 or step == tc.steps:  # the last row may cover a partial interval
                 _check_finite(losses, step, out)
                 mean = float(torch.stack(losses).mean())
                 row = {"step": step, "loss": f"{mean:.6g}", "lr": f"{lr:.6g}"}
-                _write_metrics(out / "metrics.csv", [row])
+                if world.main:
+                    _write_metrics(out / "metrics.csv", [row])
                 bar.set_postfix(loss=f"{mean:.4f}")
                 if step % tc.log_every == 0:
                     losses = []
@@ -296,6 +334,7 @@ def train(cfg: Config | None, out: str | Path, *, resume: bool = False,
         save()
     if not stop.requested and not (tc.sample_every and step % tc.sample_every == 0):
         sample_png()
+    world.sum(torch.zeros((), device=device))  # a barrier: rank 0 has written the last checkpoint
     return TrainResult(out, step, stop.requested is not None, latest(out), ema.module, cfg)
 
 
