@@ -36,6 +36,13 @@ class World:
         start = self.rank * per + min(self.rank, extra)
         return start, start + per + (self.rank < extra)
 
+    def chunks(self, n: int, batch_size: int) -> list[tuple[int, int, int]]:
+        """(index i, start, stop) of this rank's batches among the ceil(n / batch_size) batches
+        [i B, min(n, (i + 1) B)) of an evaluation: whole batches, so results do not depend on the
+        number of ranks (adaptive solvers and noise are per batch; see ``chunk_seed``)."""
+        first, last = self.bounds(-(-n // batch_size))
+        return [(i, i * batch_size, min(n, (i + 1) * batch_size)) for i in range(first, last)]
+
     def shard(self, x: torch.Tensor | None) -> torch.Tensor | None:
         """This rank's rows of x (None stays None)."""
         if x is None or self.size == 1:
@@ -62,6 +69,11 @@ class World:
         parts = [torch.empty(longest, *x.shape[1:], dtype=x.dtype, device=x.device) for _ in range(self.size)]
         dist.all_gather(parts, torch.cat([x, pad]))
         return torch.cat([p[:int(k)] for p, k in zip(parts, sizes)])
+
+
+def chunk_seed(seed: int, i: int) -> int:
+    """The seed of batch i of an evaluation (batch 0: ``seed`` itself)."""
+    return seed + 1_000_003 * i
 
 
 def env_size() -> int:

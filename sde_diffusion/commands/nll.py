@@ -19,7 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--divergence", default="exact", choices=("exact", "hutchinson"),
                    help="exact trace of the score's Jacobian, or the Hutchinson estimate")
     p.add_argument("--n", type=int, help="evaluate a seeded subset of n samples (default: the whole split)")
-    p.add_argument("--batch-size", type=int, default=100, help="samples per ODE solve (default 100)")
+    p.add_argument("--batch-size", type=int, default=100,
+                   help="samples per ODE solve (default 100); under torchrun each rank takes whole batches")
     p.add_argument("--rtol", type=float, default=1e-5, help="ODE relative tolerance (default 1e-5)")
     p.add_argument("--atol", type=float, default=1e-5, help="ODE absolute tolerance (default 1e-5)")
     add_common(p, "seed of the dequantization noise, probes and subset (default 0)")
@@ -46,15 +47,20 @@ def nll_per_sample(model, x: torch.Tensor, levels: int | None, *, generator, bat
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint
     from ..data import load_dataset
+    from ..distributed import chunk_seed, setup
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be an integer >= 1, got {args.batch_size}.")
-    dev, seed = device(args.device), args.seed or 0
+    (world, dev), seed = setup(device(args.device)), args.seed or 0
     model, cfg = load_checkpoint(args.checkpoint, device=dev)
     ds = load_dataset(cfg.data.name, split=args.split, path=cfg.data.path, n=args.n, seed=seed)
-    gen = torch.Generator(dev).manual_seed(seed)
-    nll = nll_per_sample(model, ds.x.to(dev), ds.levels, generator=gen, batch_size=args.batch_size,
-                         divergence=args.divergence, rtol=args.rtol, atol=args.atol)
+    parts = [nll_per_sample(model, ds.x[a:b].to(dev), ds.levels, batch_size=args.batch_size,
+                            generator=torch.Generator(dev).manual_seed(chunk_seed(seed, i)),
+                            divergence=args.divergence, rtol=args.rtol, atol=args.atol)
+             for i, a, b in world.chunks(len(ds), args.batch_size)]
+    nll = world.gather(torch.cat(parts) if parts else torch.zeros(0, device=dev))  # batches in order
+    if not world.main:
+        return 0
     unit = "bits/dim" if ds.levels else "nats/dim"
     se = nll.std() / math.sqrt(len(nll)) if len(nll) > 1 else float("nan")
     print(f"{unit}: {float(nll.mean()):.4f} +- {float(se):.4f} (standard error; {len(nll)} "

@@ -17,6 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", help="sampler (see solvers.available(); default: the config's sample.method)")
     p.add_argument("--steps", type=int, help="number of steps (default: the config's sample.steps)")
     p.add_argument("--n", type=int, help="number of samples (default: the config's sample.n)")
+    p.add_argument("--batch-size", type=int,
+                   help="samples per sampler call, batch i seeded by the seed and i (default: all at once); "
+                        "under torchrun each rank takes whole batches")
     p.add_argument("--label", type=int, help="class to sample (a conditional model, e.g. configs/digits_cfg.yaml)")
     p.add_argument("--guidance", type=float, default=0.0,
                    help="classifier-free guidance weight w >= 0: (1 + w) s(x|y) - w s(x|null) (default 0)")
@@ -26,29 +29,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from ..checkpoint import load_checkpoint, read_manifest, resolve
     from ..data import DATA_RANGE, continuous_to_levels
+    from ..distributed import chunk_seed, setup
     from ..train import draw_samples
     from ..viz import save_samples
 
-    for name in ("steps", "n"):
+    for name in ("steps", "n", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be an integer >= 1, got {getattr(args, name)}.")
-    dev = device(args.device)
+            raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {getattr(args, name)}.")
+    world, dev = setup(device(args.device))
     meta = read_manifest(resolve(args.checkpoint))
     model, cfg = load_checkpoint(args.checkpoint, device=dev)
-    method, steps = args.method or cfg.sample.method, args.steps or cfg.sample.steps
-    result = draw_samples(model, cfg, tuple(meta["event_shape"]), device=dev, seed=args.seed or 0,
-                          n=args.n, method=method, steps=steps, label=args.label, guidance=args.guidance)
+    method, steps, n = args.method or cfg.sample.method, args.steps or cfg.sample.steps, args.n or cfg.sample.n
+    shape = tuple(meta["event_shape"])
+    results = [draw_samples(model, cfg, shape, device=dev, seed=chunk_seed(args.seed or 0, i), n=b - a,
+                            method=method, steps=steps, label=args.label, guidance=args.guidance)
+               for i, a, b in world.chunks(n, args.batch_size or n)]
+    x = world.gather(torch.cat([r.x for r in results]) if results else torch.zeros(0, *shape, device=dev))
+    nfe = int(world.sum(torch.tensor(sum(r.nfe for r in results), device=dev)))
+    if not world.main:
+        return 0
     tag = "" if args.label is None else f"_label{args.label}_w{args.guidance:g}"
     out = Path(args.out) if args.out else Path(args.checkpoint) / "samples" / f"{method}_{steps}{tag}"
     out.parent.mkdir(parents=True, exist_ok=True)
-    x, levels = result.x.cpu(), meta["levels"]
-    arrays = {"x": x.numpy(), "nfe": np.int64(result.nfe)}
+    x, levels = x.cpu(), meta["levels"]
+    arrays = {"x": x.numpy(), "nfe": np.int64(nfe)}
     if levels:
         arrays["levels"] = continuous_to_levels(x, levels, DATA_RANGE).numpy().astype(np.int64)
     np.savez(out.with_suffix(".npz"), **arrays)
     png = save_samples(x, out.with_suffix(".png"), levels=levels, title=f"{method}, {steps} steps")
-    print(f"{len(x)} samples by {method} ({steps} steps, {result.nfe} score evaluations): "
+    print(f"{len(x)} samples by {method} ({steps} steps, {nfe} score evaluations): "
           f"{png} and {out.with_suffix('.npz')}")
     return 0
