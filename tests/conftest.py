@@ -1,7 +1,13 @@
 """Shared fixtures: ``--device`` / ``--dtype`` select where the device-agnostic tests run."""
 
+import os
+
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one intra-op thread per xdist worker: `pytest -n 2` on 2 cores would otherwise oversubscribe
+    torch.set_num_threads(1)
 
 
 def pytest_addoption(parser):
