@@ -76,6 +76,11 @@ def chunk_seed(seed: int, i: int) -> int:
     return seed + 1_000_003 * i
 
 
+def is_main() -> bool:
+    """False only in a process group's ranks other than 0 (for printing once)."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
 def env_size() -> int:
     """WORLD_SIZE from the environment (torchrun sets it), 1 when absent."""
     return int(os.environ.get("WORLD_SIZE", "1"))

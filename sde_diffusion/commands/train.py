@@ -25,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..distributed import is_main
     from ..train import TrainingError, train
 
     if args.config is None and not args.resume:
@@ -47,5 +48,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"sde-diffusion train: {e}", file=sys.stderr)
         return 1
     how = f"interrupted at step {result.step}" if result.interrupted else f"finished {result.step} steps"
-    print(f"{how}; checkpoint: {result.checkpoint}")
+    if is_main():
+        print(f"{how}; checkpoint: {result.checkpoint}")
     return 0
