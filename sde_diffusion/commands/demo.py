@@ -17,6 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="a digits run of your own instead of the shipped model, e.g. the one "
                    "`sde-diffusion train --config configs/digits_vp.yaml` writes")
     p.add_argument("--quick", action="store_true", help="a smaller run (fewer samples and steps; about a minute)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads for torch (default 1: the small models gain little from more, and "
+                        "threads competing with other work on a busy machine slow them several-fold)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_common(p, "seed of the samplers and of the likelihood estimates (default 0)")
 
@@ -25,8 +28,13 @@ QUICK = dict(ring_n=1000, ring_steps="10,20", digits_n=200, digits_steps="10,20"
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from ..demo import DemoSizes, run_demo
 
+    if args.threads < 1:
+        raise ValueError(f"--threads must be an integer >= 1, got {args.threads}.")
+    torch.set_num_threads(args.threads)
     sizes = DemoSizes(**QUICK) if args.quick else DemoSizes()
     result = run_demo(Path(args.out), checkpoint=args.checkpoint, sizes=sizes, device=device(args.device),
                       seed=args.seed or 0, progress=not args.no_progress)
