@@ -57,6 +57,12 @@ class World:
             dist.all_reduce(v)
         return v
 
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """Whether ``flag`` holds on any rank (one all-reduce; ``flag`` itself for one process)."""
+        if self.size == 1:
+            return flag
+        return bool(self.sum(torch.tensor(float(flag), device=device)) > 0)
+
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """The shards of all ranks concatenated in rank order (rows of dim 0; shards may differ in
         length by one), on every rank."""

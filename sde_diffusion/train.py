@@ -35,7 +35,7 @@ from .checkpoint import (atomic_write_text, check_resumable, latest, load_weight
                          read_config, read_manifest, read_state, save_checkpoint)
 from .config import Config, build_schedule, build_sde, to_dict
 from .data import batches, load_dataset
-from .distributed import World, ddp, setup
+from .distributed import ddp, setup
 from .losses import ddpm_loss, dsm_loss
 from .models import ScoreModel, build_model
 from .viz import save_samples
@@ -179,13 +179,6 @@ def _global_draws(cfg: Config, schedule, x0: torch.Tensor, gen: torch.Generator)
     return {"t": t, "noise": torch.randn(x0.shape, dtype=x0.dtype, **draw)}
 
 
-def _stopping(world: World, local: bool, device: torch.device) -> bool:
-    """Whether to stop: this process's reason (signal, time box), agreed by all ranks (any stops all)."""
-    if world.size == 1:
-        return local
-    return bool(world.sum(torch.tensor(float(local), device=device)) > 0)
-
-
 def _build(cfg: Config, meta: dict, device: torch.device) -> ScoreModel:
     try:
         return build_model(cfg.model.kind, build_sde(cfg), **model_kwargs(cfg, meta)).to(device)
@@ -298,10 +291,12 @@ def train(cfg: Config | None, out: str | Path, *, resume: bool = False,
                      reference=ds.x[:len(x)] if ds.x.ndim == 2 else None, title=f"step {step}")
 
     saved_at = step if resume else None
-    bar = tqdm(total=tc.steps, initial=step, desc="train", disable=not (progress and world.main), dynamic_ncols=True)
+    bar = tqdm(total=tc.steps, initial=step, desc="train", disable=not (progress and world.main),
+               dynamic_ncols=True)
     deadline = time.monotonic() + max_seconds if max_seconds is not None else math.inf
     with _StopOnSignal() as stop:
-        while step < tc.steps and not _stopping(world, stop.requested is not None or time.monotonic() >= deadline, device):
+        while step < tc.steps and not world.any(stop.requested is not None or time.monotonic() >= deadline,
+                                                device):  # a signal or the time box on any rank stops all
             lr = tc.lr * min(1.0, (step + 1) / tc.warmup) if tc.warmup else tc.lr
             for group in opt.param_groups:
                 group["lr"] = lr

@@ -98,7 +98,9 @@ def test_shards_are_disjoint_and_cover_in_order():
 def test_bad_distributed_config(monkeypatch, tmp_path):
     from sde_diffusion import train as train_module
 
-    monkeypatch.setattr(train_module, "setup", lambda device: (train_module.World(0, 3), torch.device("cpu")))
+    from sde_diffusion.distributed import World
+
+    monkeypatch.setattr(train_module, "setup", lambda device: (World(0, 3), torch.device("cpu")))
     with pytest.raises(ValueError, match="multiple of the 3 processes"):
         train_module.train(load_config("configs/toy_vp.yaml", OVERRIDES), tmp_path / "r", progress=False)
 
