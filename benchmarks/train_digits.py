@@ -22,47 +22,20 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import time
 from pathlib import Path
 
 import torch
 
 from sde_diffusion.commands.nll import nll_per_sample
-from sde_diffusion.config import build_schedule, load_config
-from sde_diffusion.data import DATA_RANGE, bin_width, load_dataset
-from sde_diffusion.schedule import DDPMSchedule
-from sde_diffusion.sde import VPSDE
+from sde_diffusion.config import load_config
+from sde_diffusion.data import DATA_RANGE, load_dataset
+from sde_diffusion.nll_table import ddpm_chain, gaussian_bpd, mean_se
 from sde_diffusion.train import draw_samples, train
 from sde_diffusion.viz import save_samples
 from sde_diffusion.vlb import ddpm_vlb_bits_per_dim
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def gaussian_bpd(train_x: torch.Tensor, test_k: torch.Tensor, levels: int,
-                 gen: torch.Generator) -> torch.Tensor:
-    """Per-digit bits/dim of the dequantized full-covariance Gaussian fit (see the module doc)."""
-    w = bin_width(levels, DATA_RANGE)
-    x = train_x.flatten(1).double()
-    d = x.shape[1]
-    cov = torch.cov(x.T) + w * w / 12 * torch.eye(d, dtype=torch.float64)
-    gauss = torch.distributions.MultivariateNormal(x.mean(0), covariance_matrix=cov)
-    u = torch.rand(test_k.shape, generator=gen, dtype=torch.float64)
-    xt = (DATA_RANGE[0] + (test_k.double() + u) * w).flatten(1)
-    return -(gauss.log_prob(xt) + d * math.log(w)) / (d * math.log(2))
-
-
-def vlb_schedule(cfg, sde) -> DDPMSchedule | None:
-    """The DDPM chain whose continuous limit is the run's SDE, where there is one."""
-    schedule = build_schedule(cfg)
-    if schedule is None and isinstance(sde, VPSDE):
-        schedule = DDPMSchedule(T=1000, beta_1=sde.beta_min / 1000, beta_T=sde.beta_max / 1000)
-    return schedule
-
-
-def mean_se(v: torch.Tensor) -> tuple[float, float]:
-    return float(v.mean()), float(v.std() / math.sqrt(len(v)))
 
 
 def main() -> None:
@@ -109,7 +82,7 @@ def main() -> None:
                          divergence="hutchinson", rtol=args.rtol, atol=args.rtol)
     rows.append(("probability-flow ODE (Hutchinson, dopri5, rtol=atol=%g)" % args.rtol, *mean_se(bpd),
                  len(bpd), time.perf_counter() - t0))
-    schedule = vlb_schedule(cfg, sde)
+    schedule = ddpm_chain(cfg, sde)
     if schedule is not None:
         t0 = time.perf_counter()
         vlb = ddpm_vlb_bits_per_dim(model.eps, schedule, k[:args.n_vlb], levels=levels, data_range=DATA_RANGE,

@@ -11,7 +11,6 @@ all closed form at every t. Data of any shape (N, ...) with prod(...) = D is fla
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import torch
 
