@@ -6,7 +6,10 @@ import pytest
 import torch
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # one intra-op thread per xdist worker: `pytest -n 2` on 2 cores would otherwise oversubscribe
+    # one intra-op thread per xdist worker and per process it starts (notebook kernels, CLI and
+    # torchrun subprocesses): `pytest -n 2` on 2 cores would otherwise oversubscribe, and spinning
+    # OpenMP threads on busy cores slow small models down by an order of magnitude
+    os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
 
 

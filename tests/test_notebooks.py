@@ -20,7 +20,7 @@ kernelspec = pytest.importorskip("ipykernel.kernelspec")
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
-CELL_TIMEOUT = 300  # seconds; a kill switch for a hung cell, each notebook runs in a few minutes
+CELL_TIMEOUT = 600  # seconds; a kill switch for a hung cell, each notebook runs in a few minutes
 
 
 def _build_module():
