@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from sde_diffusion import checks
+from sde_diffusion.models.score_model import convert
 from sde_diffusion.sde import SDE, ScoreFn
 
 # importing each family module registers its samplers
@@ -87,4 +88,4 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], method: str = "eul
 def tweedie(ctx: Context, x: torch.Tensor) -> torch.Tensor:
     """x_0 = (x + s(t)^2 score(x, t)) / m(t) at t = eps, the last grid time."""
     m, s = (ctx.cast(c[-1]) for c in ctx.marginals())
-    return (x + s.square() * ctx.score_at(x, ctx.grid[-1])) / m
+    return convert(ctx.score_at(x, ctx.grid[-1]), "score", "x0", x, m, s)
