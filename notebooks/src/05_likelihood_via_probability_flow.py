@@ -277,7 +277,8 @@ assert gain > 5 * gain_se
 #
 # The DDPM bound of the *same* network sits well above its ODE likelihood, about level with the
 # Gaussian baseline (a little below it on these 100 digits, a little above on another random 100).
-# That is the pattern of the papers: Song et al. (2021, Table 2) report, for DDPM's CIFAR-10 model, a bound of $\le 3.70$ bits/dim (Ho et al. 2020: $\le 3.75$) and an ODE
+# That is the pattern of the papers: for DDPM's CIFAR-10 model, trained on the simplified loss, Ho
+# et al. (2020) report a bound of $\le 3.75$ bits/dim and Song et al. (2021, Table 2) an ODE
 # likelihood of 3.28. Both numbers are upper bounds on a discrete NLL, but of two different models
 # built from one network: the bound is paid step by step, each of the $T$ terms charging the
 # $\epsilon$-prediction error at its noise level with weight
