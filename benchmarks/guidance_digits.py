@@ -3,8 +3,8 @@ clean digits classifier (``features.load_classifier``, the shipped CNN).
 
 1. trains configs/digits_cfg.yaml (class-conditional U-Net, label dropout p_uncond) for ``--steps``
    steps or ``--max-seconds`` of wall time (resumed if the run exists);
-2. trains a time-conditioned noisy classifier p_phi(y | x_t, t) (``guidance.NoisyClassifier``) on the
-   digits noised by the same SDE;
+2. trains the noisy classifier p_phi(y | x_t, t) of configs/digits_classifier.yaml (as
+   ``sde-diffusion train-classifier`` does) on the digits noised by the same SDE;
 3. for every label k draws ``--n`` samples per setting and reports the fraction the clean classifier
    assigns to k: unguided (null label; chance is 1/10), classifier-free guidance
    (1 + w) s(x|k) - w s(x|null) for each w in ``--weights``, classifier guidance
@@ -27,7 +27,8 @@ from sde_diffusion.checkpoint import latest, load_checkpoint
 from sde_diffusion.config import load_config
 from sde_diffusion.data import load_dataset
 from sde_diffusion.features import load_classifier
-from sde_diffusion.guidance import NoisyClassifier, classifier_guided, train_classifier
+from sde_diffusion.classifier_training import load_noisy_classifier, train_noisy_classifier
+from sde_diffusion.guidance import classifier_guided
 from sde_diffusion.train import train
 from sde_diffusion.viz import save_samples
 
@@ -57,9 +58,11 @@ def main() -> None:
     step = int(latest(run).name.split("_")[-1])
 
     ds = load_dataset("digits", split="train")
-    clf = NoisyClassifier(64, 10, hidden=256).to(dev)
-    losses = train_classifier(clf, model.sde, ds.x.to(dev), ds.y.to(dev), steps=args.classifier_steps)
-    clf.eval()
+    clf_cfg = load_config(ROOT / "configs" / "digits_classifier.yaml", [f"classifier.steps={args.classifier_steps}"])
+    clf_run = out / "classifier"
+    trained = train_noisy_classifier(clf_cfg, clf_run, resume=latest(clf_run) is not None, device=dev,
+                                     progress=False)
+    clf, _ = load_noisy_classifier(clf_run, device=dev, sde=model.sde)
     judge = load_classifier(device=dev)
 
     y = torch.arange(10, device=dev).repeat_interleave(args.n)
@@ -82,8 +85,9 @@ def main() -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    print(f"digits_cfg after {step} steps; noisy classifier {args.classifier_steps} steps "
-          f"(loss {sum(losses[:100]) / 100:.3f} -> {sum(losses[-100:]) / 100:.3f}); {args.method}, "
+    accuracy = ", ".join(f"{a:.2f} at t = {t:.2g}" for t, a in trained.accuracy.items())
+    print(f"digits_cfg after {step} steps; noisy classifier {trained.step} steps (held-out accuracy "
+          f"{accuracy}); {args.method}, "
           f"{args.sampler_steps} steps, {args.n} samples per label\n")
     print("| setting | fraction classified as the requested label | standard error |\n|---|---|---|")
     for r in rows:

@@ -58,7 +58,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text))
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -85,7 +85,7 @@ def save_checkpoint(run_dir: str | Path, *, step: int, model: torch.nn.Module, e
         atomic_write(tmp / "ema.safetensors", lambda p: save_file(_tensors(ema.state_dict()), p))
         atomic_write(tmp / "state.pt", lambda p: torch.save({"step": step, **state}, p))
         atomic_write_text(tmp / "config.json", json.dumps(to_dict(config), indent=2))
-        files = {f: {"bytes": (tmp / f).stat().st_size, "sha256": _sha256(tmp / f)} for f in FILES}
+        files = {f: {"bytes": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)} for f in FILES}
         manifest = {"format": FORMAT, "step": step, **meta, "files": files}
         atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=2))
         final = root / name
@@ -147,9 +147,14 @@ def read_manifest(ckpt: Path) -> dict:
         if size != want:
             raise ValueError(f"checkpoint {str(ckpt)!r}: {name} is truncated or altered "
                              f"({size} bytes, expected {want}).")
-        if _sha256(f) != files[name]["sha256"]:
+        if sha256_file(f) != files[name]["sha256"]:
             raise ValueError(f"checkpoint {str(ckpt)!r}: {name} is corrupted (SHA-256 mismatch).")
     return manifest
+
+
+def kind_of(manifest: dict) -> str:
+    """What a checkpoint holds: "score model" (``train``) or "noisy classifier" (``classifier_training``)."""
+    return manifest.get("kind", "score model")
 
 
 def read_config(ckpt: Path) -> Config:
@@ -205,6 +210,9 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu", sde
 
     ckpt = resolve(path)
     manifest = read_manifest(ckpt)
+    if kind_of(manifest) != "score model":
+        raise ValueError(f"checkpoint {str(ckpt)!r} holds a {kind_of(manifest)}, not a score model"
+                         f"{' (pass it to sample as --classifier)' if kind_of(manifest) == 'noisy classifier' else ''}.")
     cfg = read_config(ckpt)
     saved_sde = build_sde(cfg)
     if sde is not None and sde != saved_sde:

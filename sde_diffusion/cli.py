@@ -7,12 +7,13 @@ import sys
 from typing import Callable
 
 from . import __version__
-from .commands import compare, demo, nll, sample, train
+from .commands import compare, demo, nll, sample, train, train_classifier
 
 # name -> (help, add_arguments(parser), run(args) -> exit code)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
                           Callable[[argparse.Namespace], int]]] = {
     "train": (train.HELP, train.add_arguments, train.run),
+    "train-classifier": (train_classifier.HELP, train_classifier.add_arguments, train_classifier.run),
     "sample": (sample.HELP, sample.add_arguments, sample.run),
     "nll": (nll.HELP, nll.add_arguments, nll.run),
     "compare": (compare.HELP, compare.add_arguments, compare.run),

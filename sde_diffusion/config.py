@@ -81,6 +81,20 @@ class SampleConfig:
 
 
 @dataclass
+class ClassifierConfig:
+    """The noisy classifier p_phi(y | x_t, t) of classifier guidance, trained by
+    ``sde-diffusion train-classifier`` on the run's data noised by the run's SDE (Adam, fixed lr)."""
+    hidden: int = 256
+    layers: int = 3
+    steps: int = 3000
+    batch_size: int = 256
+    lr: float = 2e-3
+    eps: float = 1e-3                 # t ~ U(eps, T)
+    seed: int = 0
+    ckpt_every: int = 1000
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     sde: SDEConfig = field(default_factory=SDEConfig)
@@ -88,11 +102,12 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
 
 
 # Sections whose changes a resumed run accepts; everything else must match the checkpoint exactly.
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.sample_every", "train.ckpt_every",
-                     "train.keep", "sample")
+                     "train.keep", "sample", "classifier.steps", "classifier.ckpt_every")
 
 
 # -- typed construction -----------------------------------------------------------------------
@@ -172,13 +187,17 @@ def _validate(cfg: Config) -> Config:
     if cfg.loss.kind == "ddpm" and cfg.sde.name != "ddpm":
         raise ValueError(f"loss.kind: 'ddpm' needs sde.name 'ddpm' (a discrete schedule), "
                          f"got sde.name {cfg.sde.name!r}.")
-    for key in ("steps", "batch_size", "log_every", "ckpt_every", "keep"):
-        if getattr(cfg.train, key) < 1:
-            raise ValueError(f"train.{key}: must be an integer >= 1, got {getattr(cfg.train, key)}.")
-    for key in ("warmup", "sample_every", "seed"):
-        if getattr(cfg.train, key) < 0:
-            raise ValueError(f"train.{key}: must be an integer >= 0, got {getattr(cfg.train, key)}.")
-    for sec, key in (("train", "lr"), ("loss", "eps"), ("sample", "eps")):
+    at_least = {1: {"train": ("steps", "batch_size", "log_every", "ckpt_every", "keep"), "sample": ("steps", "n"),
+                    "classifier": ("hidden", "layers", "steps", "batch_size", "ckpt_every")},
+                0: {"train": ("warmup", "sample_every", "seed"), "classifier": ("seed",)}}
+    for bound, table in at_least.items():
+        for sec, keys in table.items():
+            for key in keys:
+                if getattr(getattr(cfg, sec), key) < bound:
+                    raise ValueError(f"{sec}.{key}: must be an integer >= {bound}, "
+                                     f"got {getattr(getattr(cfg, sec), key)}.")
+    for sec, key in (("train", "lr"), ("loss", "eps"), ("sample", "eps"), ("classifier", "lr"),
+                     ("classifier", "eps")):
         v = getattr(getattr(cfg, sec), key)
         if not (math.isfinite(v) and v > 0):
             raise ValueError(f"{sec}.{key}: must be a finite number > 0, got {v}.")
@@ -191,9 +210,6 @@ def _validate(cfg: Config) -> Config:
         raise ValueError("train.p_uncond: label dropout needs a conditional model (set model.params.num_classes).")
     if not 0 <= cfg.train.ema_decay < 1:
         raise ValueError(f"train.ema_decay: must lie in [0, 1), got {cfg.train.ema_decay}.")
-    for key in ("steps", "n"):
-        if getattr(cfg.sample, key) < 1:
-            raise ValueError(f"sample.{key}: must be an integer >= 1, got {getattr(cfg.sample, key)}.")
     if cfg.data.n is not None and cfg.data.n < 1:
         raise ValueError(f"data.n: must be an integer >= 1 or null, got {cfg.data.n}.")
     build_sde(cfg)  # the SDE's own checks, reported under sde.params

@@ -16,6 +16,7 @@ from torch import nn
 
 from . import checks
 from .models.embeddings import time_embedding
+from .models import ScoreModel
 from .sde import SDE, ScoreFn
 
 LogProbFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, t) -> log p(. | x_t) (N, K)
@@ -54,11 +55,22 @@ def classifier_loss(classifier: NoisyClassifier, sde: SDE, x0: torch.Tensor, y: 
     return F.cross_entropy(classifier(xt, t), y)
 
 
+def classifier_step(classifier: NoisyClassifier, opt: torch.optim.Optimizer, sde: SDE, x0: torch.Tensor,
+                    y: torch.Tensor, *, eps: float = 1e-3, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One optimizer step on ``classifier_loss`` of the minibatch (x0, y); returns the detached loss."""
+    loss = classifier_loss(classifier, sde, x0, y, eps=eps, generator=generator)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
 def train_classifier(classifier: NoisyClassifier, sde: SDE, x: torch.Tensor, y: torch.Tensor, *,
                      steps: int = 2000, batch_size: int = 256, lr: float = 2e-3, eps: float = 1e-3,
                      seed: int = 0) -> list[float]:
-    """Adam on ``classifier_loss`` over minibatches of (x, y) drawn with replacement; returns the
-    loss of every step (one host sync at the end)."""
+    """Adam on ``classifier_loss`` over minibatches of in-memory (x, y) drawn with replacement;
+    returns the loss of every step (one host sync at the end). ``sde-diffusion train-classifier``
+    (``classifier_training``) does the same from a config, with checkpoints."""
     checks.positive_int("steps", steps)
     checks.positive_int("batch_size", batch_size)
     if y.shape != (x.shape[0],) or y.dtype != torch.long:
@@ -68,11 +80,7 @@ def train_classifier(classifier: NoisyClassifier, sde: SDE, x: torch.Tensor, y: 
     losses = []
     for _ in range(steps):
         idx = torch.randint(x.shape[0], (batch_size,), generator=gen, device=x.device)
-        loss = classifier_loss(classifier, sde, x[idx], y[idx], eps=eps, generator=gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.detach())
+        losses.append(classifier_step(classifier, opt, sde, x[idx], y[idx], eps=eps, generator=gen))
     return torch.stack(losses).tolist()
 
 
@@ -91,3 +99,27 @@ def classifier_guided(score_fn: ScoreFn, log_prob: LogProbFn, y: torch.Tensor, s
             grad, = torch.autograd.grad(picked, xg)
         return score_fn(x, t) + scale * grad
     return guided
+
+
+def guided_score(model: ScoreModel, y: torch.Tensor | None = None, guidance: float = 0.0,
+                 classifier: NoisyClassifier | None = None, scale: float = 1.0) -> ScoreFn:
+    """The score_fn a sampler follows towards labels y (N,):
+    ``model`` itself without y; (1 + w) s(x|y) - w s(x|null) for a conditional model (w = ``guidance``);
+    plus ``scale`` grad log p_phi(y | x_t) with a noisy ``classifier`` (the model may then be
+    unconditional). Labels are checked against both models' classes."""
+    if y is None:
+        if guidance or classifier is not None:
+            raise ValueError("guidance and a classifier need a label (the class to steer towards).")
+        return model
+    for name, classes in (("model", model.num_classes), ("classifier", getattr(classifier, "num_classes", None))):
+        if classes is not None and bool(((y < 0) | (y >= classes)).any()):
+            raise ValueError(f"label must be a class index of the {name}; allowed: 0..{classes - 1}; "
+                             f"got {sorted(set(y.tolist()))[:5]}.")
+    if model.num_classes is None and classifier is None:
+        raise ValueError("label needs a conditional model (e.g. configs/digits_cfg.yaml) or a noisy "
+                         "classifier (sde-diffusion train-classifier); this model is unconditional.")
+    if model.num_classes is None and guidance:
+        raise ValueError("guidance (classifier-free) needs a conditional model; this one is unconditional "
+                         "(use a classifier and its scale instead).")
+    score_fn = model if model.num_classes is None else model.conditional(y, guidance)
+    return score_fn if classifier is None else classifier_guided(score_fn, classifier.log_prob, y, scale)

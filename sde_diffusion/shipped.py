@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import _sha256, load_weights, model_kwargs, read_config, read_manifest, resolve
+from .checkpoint import sha256_file, load_weights, model_kwargs, read_config, read_manifest, resolve
 
 SHIPPED = Path(__file__).resolve().parent / "assets" / "digits_vp"
 COMMAND = "sde-diffusion train --config configs/digits_vp.yaml --out runs/digits_vp"
@@ -31,7 +31,7 @@ def export(run_dir: str | Path, dest: str | Path = SHIPPED, command: str = COMMA
     for name in ("ema.safetensors", "config.json"):
         shutil.copyfile(ckpt / name, dest / name)
     meta = {"event_shape": manifest["event_shape"], "levels": manifest["levels"], "step": manifest["step"],
-            "dataset": manifest.get("dataset"), "sha256": _sha256(dest / "ema.safetensors"), "command": command}
+            "dataset": manifest.get("dataset"), "sha256": sha256_file(dest / "ema.safetensors"), "command": command}
     (dest / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return dest
 
@@ -47,12 +47,24 @@ def load_shipped(path: str | Path = SHIPPED, device: torch.device | str = "cpu")
     except (OSError, ValueError):
         raise ValueError(f"{str(path)!r} is not an exported model (meta.json missing or unreadable); "
                          f"see `python -m sde_diffusion.shipped --help`.") from None
-    if _sha256(path / "ema.safetensors") != meta["sha256"]:
+    if sha256_file(path / "ema.safetensors") != meta["sha256"]:
         raise ValueError(f"{str(path)!r}: ema.safetensors does not match meta.json's SHA-256.")
     cfg = read_config(path)
     model = build_model(cfg.model.kind, build_sde(cfg), **model_kwargs(cfg, meta))
     load_weights(model, path, ema=True)
     return model.to(device).eval().requires_grad_(False), cfg, meta
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu"):
+    """(ScoreModel in eval mode, Config, meta with event_shape and levels) from a run directory, a
+    checkpoint folder or an exported model folder (``meta.json``, e.g. ``assets/digits_vp``)."""
+    from .checkpoint import load_checkpoint
+
+    if (Path(path) / "meta.json").is_file():
+        return load_shipped(path, device)
+    meta = read_manifest(resolve(path))
+    model, cfg = load_checkpoint(path, device=device)
+    return model, cfg, meta
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,15 +13,9 @@ checkpoint (it is checked before every save).
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import json
 import math
-import os
-import shutil
-import signal
 import sys
-import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -31,25 +25,16 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from .checkpoint import (atomic_write_text, check_resumable, latest, load_weights, model_kwargs,
-                         read_config, read_manifest, read_state, save_checkpoint)
+from .checkpoint import atomic_write_text, latest, load_weights, model_kwargs, read_state, save_checkpoint
 from .config import Config, build_schedule, build_sde, to_dict
 from .data import batches, load_dataset
 from .distributed import ddp, setup
+from .guidance import NoisyClassifier, guided_score
 from .losses import ddpm_loss, dsm_loss
 from .models import ScoreModel, build_model
+from .runs import (StopOnSignal, TrainingError, check_finite, open_run, prepare_out_dir, rewind_metrics,
+                   write_metrics)
 from .viz import save_samples
-
-METRICS = ("step", "loss", "lr")
-
-
-class TrainingError(RuntimeError):
-    """Training stopped on a fault (the message names the step and the last good checkpoint)."""
-
-
-class TrainingDiverged(TrainingError):
-    """The loss became NaN or Inf."""
-
 
 @dataclass
 class TrainResult:
@@ -61,103 +46,21 @@ class TrainResult:
     config: Config
 
 
-class _StopOnSignal:
-    """The first SIGINT/SIGTERM asks the loop to stop after the current step; a second acts as usual."""
-
-    def __enter__(self):
-        self.requested: str | None = None
-        self._old = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = signal.Signals(signum).name
-        signal.signal(signum, self._old[signum])
-
-    def __exit__(self, *exc):
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-
-def prepare_out_dir(out: Path, needed_bytes: int = 0) -> None:
-    """Fail before any training if ``out`` cannot hold the run: not a folder, not writable, too full."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output directory {str(out)!r} exists and is not a directory.")
-    probe = out / f".write-test-{os.getpid()}"
-    try:
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        with open(probe, "wb") as f:
-            f.write(bytes(1 << 16))
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as e:
-        raise ValueError(f"output directory {str(out)!r} is not writable ({e.strerror or e}); "
-                         "choose another --out.") from None
-    finally:
-        with contextlib.suppress(OSError):
-            probe.unlink(missing_ok=True)
-    free = shutil.disk_usage(out).free
-    if free < needed_bytes:
-        raise ValueError(f"output directory {str(out)!r} has {free / 2**20:.1f} MiB free; the "
-                         f"checkpoints need about {needed_bytes / 2**20:.1f} MiB.")
-
-
-def _check_finite(losses: list[torch.Tensor], step: int, out: Path) -> None:
-    """Raise TrainingDiverged if any of the losses of steps step-len+1..step is NaN/Inf (one sync)."""
-    if not losses:
-        return
-    stacked = torch.stack(losses)
-    bad = ~torch.isfinite(stacked)
-    if bool(bad.any()):
-        i = int(bad.nonzero()[0, 0])
-        last = latest(out)
-        raise TrainingDiverged(f"non-finite loss ({float(stacked[i])}) at step {step - len(losses) + i + 1}; "
-                               f"training stopped. Last good checkpoint: "
-                               f"{last if last is not None else 'none (none was saved yet)'}.")
-
-
-def _write_metrics(path: Path, rows: list[dict]) -> None:
-    """Append rows to the metrics CSV, writing the header first."""
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRICS)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
-
-
-def _rewind_metrics(path: Path, step: int, log_every: int) -> None:
-    """Drop the rows a resumed run will write again: those after ``step``, and a final partial-interval
-    row at ``step`` itself (its losses are still pending in the checkpoint)."""
-    if not path.exists():
-        return
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f)
-                if int(r["step"]) < step or (int(r["step"]) == step and step % log_every == 0)]
-    atomic_write_text(path, ",".join(METRICS) + "\n" + "".join(",".join(r[k] for k in METRICS) + "\n"
-                                                               for r in rows))
-
-
 def draw_samples(model: ScoreModel, cfg: Config, shape: tuple[int, ...], *, device, seed: int,
                  n: int | None = None, method: str | None = None, steps: int | None = None,
-                 label: int | None = None, guidance: float = 0.0):
+                 label: int | None = None, guidance: float = 0.0, classifier: NoisyClassifier | None = None,
+                 classifier_scale: float = 1.0):
     """``solvers.sample`` from ``model`` by the config's (or the given) method, leaving the global RNG
-    untouched; returns the SampleResult. With ``label`` (a conditional model), samples of that class
-    under classifier-free guidance weight ``guidance`` (``ScoreModel.conditional``)."""
+    untouched; returns the SampleResult. With ``label``, samples of that class under classifier-free
+    guidance weight ``guidance`` (a conditional model) and/or a noisy ``classifier`` with weight
+    ``classifier_scale`` (``guidance.guided_score``)."""
     import solvers
 
     n = n or cfg.sample.n
-    score_fn = model
-    if label is not None:
-        classes = model.num_classes
-        if classes is None or isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < classes:
-            allowed = f"0..{classes - 1}" if classes else "none: the model is unconditional"
-            raise ValueError(f"label must be a class index; allowed: {allowed}; got {label!r}.")
-        score_fn = model.conditional(torch.full((n,), label, device=device), guidance)
-    elif guidance:
-        raise ValueError("guidance needs a label (classifier-free guidance towards that class).")
+    if label is not None and (isinstance(label, bool) or not isinstance(label, int)):
+        raise ValueError(f"label must be an integer class index, got {label!r}.")
+    y = None if label is None else torch.full((n,), label, device=device)
+    score_fn = guided_score(model, y, guidance, classifier, classifier_scale)
     devices = [device] if torch.device(device).type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.no_grad():
         gen = torch.Generator(device).manual_seed(seed)
@@ -196,20 +99,7 @@ def train(cfg: Config | None, out: str | Path, *, resume: bool = False,
     (``distributed``): the same run as one process with the same global batch, rank 0 writing."""
     out = Path(out)
     world, device = setup(device)
-    prepare_out_dir(out)
-    ckpt = latest(out)
-    if resume:
-        if ckpt is None:
-            raise ValueError(f"--resume: {str(out)!r} holds no checkpoint to resume from.")
-        read_manifest(ckpt)
-        saved = read_config(ckpt)
-        cfg = saved if cfg is None else cfg
-        check_resumable(saved, cfg)
-    elif ckpt is not None:
-        raise ValueError(f"{str(out)!r} already holds a run (checkpoint {ckpt.name}); pass --resume "
-                         "to continue it or choose another --out.")
-    if cfg is None:
-        raise ValueError("a config is needed to start a run (only --resume can take the checkpoint's).")
+    cfg, ckpt = open_run(out, cfg, resume, "score model")
     tc = cfg.train
     if tc.batch_size % world.size or (cfg.loss.importance_sampling and world.size > 1):
         raise ValueError(f"train.batch_size must be a multiple of the {world.size} processes and "
@@ -239,7 +129,7 @@ def train(cfg: Config | None, out: str | Path, *, resume: bool = False,
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         step, losses = state["step"], list(state["pending_losses"].to(device))
     if step < tc.steps and world.main:
-        _rewind_metrics(out / "metrics.csv", step, tc.log_every)
+        rewind_metrics(out / "metrics.csv", step, tc.log_every)
     if world.main:
         atomic_write_text(out / "config.json", json.dumps(to_dict(cfg), indent=2))
     data = batches(ds, tc.batch_size, generator=torch.Generator().manual_seed(tc.seed), device=device,
@@ -268,7 +158,7 @@ def train(cfg: Config | None, out: str | Path, *, resume: bool = False,
                             importance_sampling=cfg.loss.importance_sampling, y=y, generator=noise_gen, **draws)
 
     def save() -> Path | None:
-        _check_finite(losses, step, out)
+        check_finite(losses, step, out)
         if not world.main:
             return None
         rng = {"torch": torch.get_rng_state(), "noise": noise_gen.get_state(),
@@ -294,7 +184,7 @@ def train(cfg: Config | None, out: str | Path, *, resume: bool = False,
     bar = tqdm(total=tc.steps, initial=step, desc="train", disable=not (progress and world.main),
                dynamic_ncols=True)
     deadline = time.monotonic() + max_seconds if max_seconds is not None else math.inf
-    with _StopOnSignal() as stop:
+    with StopOnSignal() as stop:
         while step < tc.steps and not world.any(stop.requested is not None or time.monotonic() >= deadline,
                                                 device):  # a signal or the time box on any rank stops all
             lr = tc.lr * min(1.0, (step + 1) / tc.warmup) if tc.warmup else tc.lr
@@ -311,11 +201,11 @@ def train(cfg: Config | None, out: str | Path, *, resume: bool = False,
             losses.append(world.sum(loss.detach().float()) / world.size)
             bar.update(1)
             if step % tc.log_every == 0 or step == tc.steps:  # the last row may cover a partial interval
-                _check_finite(losses, step, out)
+                check_finite(losses, step, out)
                 mean = float(torch.stack(losses).mean())
                 row = {"step": step, "loss": f"{mean:.6g}", "lr": f"{lr:.6g}"}
                 if world.main:
-                    _write_metrics(out / "metrics.csv", [row])
+                    write_metrics(out / "metrics.csv", [row])
                 bar.set_postfix(loss=f"{mean:.4f}")
                 if step % tc.log_every == 0:
                     losses = []

@@ -18,7 +18,7 @@ from sde_diffusion.data import load_dataset
 from sde_diffusion.likelihood import log_likelihood
 
 
-@pytest.mark.parametrize("command", ["train", "sample", "nll"])
+@pytest.mark.parametrize("command", ["train", "train-classifier", "sample", "nll"])
 def test_every_subcommand_has_help_device_and_seed(command, capsys):
     assert command in COMMANDS
     with pytest.raises(SystemExit) as exit_:

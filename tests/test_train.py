@@ -18,7 +18,8 @@ from sde_diffusion import train as train_mod
 from sde_diffusion.checkpoint import latest, load_checkpoint, read_state
 from sde_diffusion.data import load_dataset
 from sde_diffusion.metrics import sliced_w2
-from sde_diffusion.train import TrainingDiverged, draw_samples, train
+from sde_diffusion.runs import TrainingDiverged
+from sde_diffusion.train import draw_samples, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -26,3 +27,32 @@ def device(name: str | None) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"--device {name!r}: only cpu and cuda devices are supported.")
     return dev
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, example: str, overrides: str) -> None:
+    """--config, overrides, --out, --resume, --no-progress of the training subcommands."""
+    parser.add_argument("--config", help=f"YAML config, e.g. {example} (optional with --resume)")
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value", help=f"config overrides, e.g. {overrides}")
+    parser.add_argument("--out", help="run directory (default: runs/<config name>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_config(args: argparse.Namespace, seed_key: str):
+    """(Config, run directory) of a training subcommand: --config with overrides (--seed sets
+    ``seed_key``), or with --resume alone the config of the run's latest checkpoint."""
+    from ..checkpoint import latest, read_config
+    from ..config import apply_overrides, from_dict, load_config, to_dict
+
+    if args.config is None and not args.resume:
+        raise ValueError("--config is required (unless --resume continues a run in --out).")
+    if args.out is None and args.config is None:
+        raise ValueError("--resume needs --out (the run directory to continue).")
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    overrides = list(args.overrides) + ([f"{seed_key}={args.seed}"] if args.seed is not None else [])
+    if args.config is not None:
+        return load_config(args.config, overrides), out
+    ckpt = latest(out)
+    if ckpt is None:
+        raise ValueError(f"--resume: {str(out)!r} holds no checkpoint to resume from.")
+    return from_dict(apply_overrides(to_dict(read_config(ckpt)), overrides)), out

@@ -14,7 +14,8 @@ HELP = ("negative log-likelihood by the probability-flow ODE: bits/dim for discr
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint folder")
+    p.add_argument("--checkpoint", required=True,
+                   help="run directory, checkpoint folder or exported model (e.g. sde_diffusion/assets/digits_vp)")
     p.add_argument("--split", default="test", choices=("train", "test"), help="data split (default test)")
     p.add_argument("--divergence", default="exact", choices=("exact", "hutchinson"),
                    help="exact trace of the score's Jacobian, or the Hutchinson estimate")
@@ -45,14 +46,14 @@ def nll_per_sample(model, x: torch.Tensor, levels: int | None, *, generator, bat
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_checkpoint
     from ..data import load_dataset
     from ..distributed import chunk_seed, setup
+    from ..shipped import load_model
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be an integer >= 1, got {args.batch_size}.")
     (world, dev), seed = setup(device(args.device)), args.seed or 0
-    model, cfg = load_checkpoint(args.checkpoint, device=dev)
+    model, cfg, _ = load_model(args.checkpoint, device=dev)
     ds = load_dataset(cfg.data.name, split=args.split, path=cfg.data.path, n=args.n, seed=seed)
     parts = [nll_per_sample(model, ds.x[a:b].to(dev), ds.levels, batch_size=args.batch_size,
                             generator=torch.Generator(dev).manual_seed(chunk_seed(seed, i)),

@@ -13,27 +13,33 @@ HELP = "draw samples from a checkpoint by any sampler; writes a PNG (grid or sca
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint folder")
+    p.add_argument("--checkpoint", required=True,
+                   help="run directory, checkpoint folder or exported model (e.g. sde_diffusion/assets/digits_vp)")
     p.add_argument("--method", help="sampler (see solvers.available(); default: the config's sample.method)")
     p.add_argument("--steps", type=int, help="number of steps (default: the config's sample.steps)")
     p.add_argument("--n", type=int, help="number of samples (default: the config's sample.n)")
     p.add_argument("--batch-size", type=int,
                    help="samples per sampler call, batch i seeded by the seed and i (default: all at once); "
                         "under torchrun each rank takes whole batches")
-    p.add_argument("--label", type=int, help="class to sample (a conditional model, e.g. configs/digits_cfg.yaml)")
+    p.add_argument("--label", type=int, help="class to sample: a conditional model (configs/digits_cfg.yaml) or --classifier")
     p.add_argument("--guidance", type=float, default=0.0,
                    help="classifier-free guidance weight w >= 0: (1 + w) s(x|y) - w s(x|null) (default 0)")
+    p.add_argument("--classifier", help="classifier guidance: a noisy classifier run of train-classifier "
+                                        "(same SDE as the model), steering towards --label")
+    p.add_argument("--classifier-scale", type=float,
+                   help="classifier guidance weight c >= 0: score + c grad log p(y | x_t) (default 1)")
     p.add_argument("--out", help="output path without extension "
-                                 "(default: <checkpoint>/samples/<method>_<steps>)")
+                                 "(default: <checkpoint>/samples/<method>_<steps>; runs/<name>/samples/... for an exported model)")
     add_common(p, "sampling seed (default 0): same seed, same samples")
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..checkpoint import load_checkpoint, read_manifest, resolve
+    from ..classifier_training import load_noisy_classifier
     from ..data import DATA_RANGE, continuous_to_levels
     from ..distributed import chunk_seed, setup
+    from ..shipped import load_model
     from ..train import draw_samples
     from ..viz import save_samples
 
@@ -41,19 +47,27 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {getattr(args, name)}.")
     world, dev = setup(device(args.device))
-    meta = read_manifest(resolve(args.checkpoint))
-    model, cfg = load_checkpoint(args.checkpoint, device=dev)
+    model, cfg, meta = load_model(args.checkpoint, device=dev)
     method, steps, n = args.method or cfg.sample.method, args.steps or cfg.sample.steps, args.n or cfg.sample.n
     shape = tuple(meta["event_shape"])
+    if args.classifier_scale is not None and args.classifier is None:
+        raise ValueError("--classifier-scale needs --classifier (a noisy classifier run).")
+    classifier = None if args.classifier is None else load_noisy_classifier(
+        args.classifier, device=dev, sde=model.sde, event_shape=shape)[0]
+    scale = 1.0 if args.classifier_scale is None else args.classifier_scale
     results = [draw_samples(model, cfg, shape, device=dev, seed=chunk_seed(args.seed or 0, i), n=b - a,
-                            method=method, steps=steps, label=args.label, guidance=args.guidance)
+                            method=method, steps=steps, label=args.label, guidance=args.guidance,
+                            classifier=classifier, classifier_scale=scale)
                for i, a, b in world.chunks(n, args.batch_size or n)]
     x = world.gather(torch.cat([r.x for r in results]) if results else torch.zeros(0, *shape, device=dev))
     nfe = int(world.sum(torch.tensor(sum(r.nfe for r in results), device=dev)))
     if not world.main:
         return 0
-    tag = "" if args.label is None else f"_label{args.label}_w{args.guidance:g}"
-    out = Path(args.out) if args.out else Path(args.checkpoint) / "samples" / f"{method}_{steps}{tag}"
+    tag = "" if args.label is None else f"_label{args.label}_w{args.guidance:g}" + (
+        f"_c{scale:g}" if classifier is not None else "")
+    run = Path(args.checkpoint)  # an exported model's folder (e.g. the package's assets) is not written to
+    run = Path("runs") / run.resolve().name if (run / "meta.json").is_file() else run
+    out = Path(args.out) if args.out else run / "samples" / f"{method}_{steps}{tag}"
     out.parent.mkdir(parents=True, exist_ok=True)
     x, levels = x.cpu(), meta["levels"]
     arrays = {"x": x.numpy(), "nfe": np.int64(nfe)}
