@@ -46,7 +46,7 @@ def main() -> None:
         known = torch.zeros(args.n, 2, dtype=torch.float64)
         known[:, 0] = a
         mean, var = exact(gm, a)
-        for method in ("euler_maruyama", "reverse_diffusion", "pc", "ddim", "dpm_solver"):
+        for method in ("euler_maruyama", "reverse_diffusion", "pc", "sde", "ddim", "dpm_solver", "ode"):
             x = solvers.sample(gm.score(sde), sde, (args.n, 2), method, args.steps, dtype=torch.float64,
                                generator=torch.Generator().manual_seed(0), inpaint=(mask, known)).x[:, 1]
             rows.append({"case": case, "x1": a, "method": method, "exact mean": f"{mean:.3f}",

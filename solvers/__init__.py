@@ -42,7 +42,8 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], method: str = "eul
     ValueError listing what is allowed). ``x_T`` starts from a given prior sample instead of drawing
     one. Noise comes from ``generator`` on its device; same generator state, same samples.
     ``inpaint = (mask, x_known)`` holds the known part (mask True or 1) by its forward marginal at
-    every step and returns it exactly (``solvers.inpaint``; stepped methods only, not ode / sde).
+    every step and returns it exactly (``solvers.inpaint``; every method: ``ode`` and ``sde`` then
+    integrate one grid interval per call).
     """
     spec = get(method)
     if not isinstance(sde, SDE):
@@ -52,9 +53,6 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], method: str = "eul
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype (float32 or float64), got {dtype!r}.")
     opts = spec.bind(sde, steps, options)
-    if inpaint is not None and not spec.stepped:
-        stepped = ", ".join(n for n, m in METHODS.items() if m.stepped)
-        raise ValueError(f"method {method!r} integrates internally and cannot inpaint; use one of: {stepped}.")
     grid64 = time_grid(sde, steps, eps, opts.pop("grid", "uniform"), opts.pop("rho", 7.0))
     counter = CountingScore(score_fn)
     if device is None:

@@ -93,7 +93,6 @@ class Method:
     options: Mapping[str, Option] = field(default_factory=dict)
     vp_only: bool = False                      # needs a VP-type SDE (``vp_type``)
     check: Callable[[SDE, int, dict], None] | None = None  # cross-option checks
-    stepped: bool = True                       # steps through ``Context.run`` (so it can inpaint)
 
     def bind(self, sde: SDE, steps: int, options: dict) -> dict:
         """Defaults filled in, each option checked; ValueError for unknown options or an SDE the
@@ -118,13 +117,12 @@ METHODS: dict[str, Method] = {}
 
 
 def register(name: str, kind: str, order: int | None, options: Mapping[str, Option] | None = None,
-             vp_only: bool = False, check: Callable[[SDE, int, dict], None] | None = None,
-             stepped: bool = True):
+             vp_only: bool = False, check: Callable[[SDE, int, dict], None] | None = None):
     """Decorator registering ``fn(ctx, x, **options) -> x`` as sampler ``name``."""
     checks.one_of("kind", kind, ("sde", "ode"))
 
     def wrap(fn):
-        METHODS[name] = Method(name, fn, kind, order, dict(options or {}), vp_only, check, stepped)
+        METHODS[name] = Method(name, fn, kind, order, dict(options or {}), vp_only, check)
         return fn
     return wrap
 

@@ -1,4 +1,4 @@
-"""Inpainting / imputation with any stepped sampler (Song et al. 2021, section 5 and appendix I.2).
+"""Inpainting / imputation with any sampler (Song et al. 2021, section 5 and appendix I.2).
 
 Given a mask Omega (True where x is known) and the known values y = x_Omega, after every step to
 grid time t_k the known part of the state is replaced by a fresh draw of its forward marginal,

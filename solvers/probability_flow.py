@@ -15,12 +15,13 @@ FIXED = ("euler", "midpoint", "heun2", "heun3", "rk4")
 
 @register("ode", "ode", None, {"solver": Option("dopri5", choice(*ADAPTIVE, *FIXED)),
                               "rtol": Option(1e-5, checks.positive), "atol": Option(1e-5, checks.positive),
-                              **grid_options()}, stepped=False)
+                              **grid_options()})
 def ode(ctx: Context, x: torch.Tensor, solver: str, rtol: float, atol: float) -> torch.Tensor:
     """The PF-ODE from T to eps by ``torchdiffeq.odeint``: fixed-step ``solver`` (euler, midpoint,
     heun2, heun3, rk4) steps along the time grid; adaptive ones (dopri5, ...) choose their own steps
     to ``rtol``/``atol`` (default 1e-5 each, as in Song et al. 2021) and ignore ``steps`` except as
-    the output times of ``return_trajectory``."""
+    the output times of ``return_trajectory``. When inpainting, one ``odeint`` call per grid interval
+    (the known part is held in between; adaptive solvers then restart their step control each time)."""
     sde = ctx.sde
     times = ctx.grid if solver in FIXED or ctx.trajectory is not None else ctx.grid[[0, -1]]
     tol = {} if solver in FIXED else {"rtol": rtol, "atol": atol}
@@ -31,12 +32,16 @@ def ode(ctx: Context, x: torch.Tensor, solver: str, rtol: float, atol: float) ->
         with the scalar coefficients taken at the scalar t (no per-sample time tensors per call)."""
         t = t.clamp(lo, hi)
         return sde.drift_coef(t) * y - 0.5 * sde.diffusion(t).square() * ctx.score_at(y, t)
-    try:
-        xs = odeint(drift, x, times, method=solver, **tol)
-    except AssertionError as e:  # torchdiffeq's "underflow in dt": the step-size control gave up
-        raise ValueError(f"the ODE solver {solver} stalled ({e}) at rtol={rtol:g}, atol={atol:g}; the drift is "
-                         "too stiff or too large here: loosen rtol/atol or use a fixed-step solver (rk4).") from e
-    return ctx.record_outputs(xs)
+
+    def solve(y: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+        try:
+            return odeint(drift, y, times, method=solver, **tol)
+        except AssertionError as e:  # torchdiffeq's "underflow in dt": the step-size control gave up
+            raise ValueError(f"the ODE solver {solver} stalled ({e}) at rtol={rtol:g}, atol={atol:g}; the drift "
+                             "is too stiff or too large here: loosen rtol/atol or use a fixed-step solver (rk4).") from e
+    if ctx.known is not None:
+        return ctx.run(x, lambda y, i, t, s: solve(y, ctx.grid[i:i + 2])[-1])
+    return ctx.record_outputs(solve(x, times))
 
 
 @register("heun", "ode", 2, grid_options("edm"))

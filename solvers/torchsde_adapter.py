@@ -37,10 +37,11 @@ class _Reversed:
         return self.rsde.diffusion(self.T - u).to(y.dtype).expand_as(y)
 
 
-@register("sde", "sde", None, {"solver": Option("euler", choice(*SOLVERS))}, stepped=False)
+@register("sde", "sde", None, {"solver": Option("euler", choice(*SOLVERS))})
 def sde(ctx: Context, x: torch.Tensor, solver: str) -> torch.Tensor:
     """``torchsde.sdeint`` with ``solver`` in {euler, milstein, srk} and fixed
-    dt = (T - eps)/steps on the uniform grid (srk uses the space-time Levy area)."""
+    dt = (T - eps)/steps on the uniform grid (srk uses the space-time Levy area). When inpainting,
+    one ``sdeint`` call per grid interval on the same Brownian path, the known part held in between."""
     u = ctx.sde.T - ctx.grid  # ascending from 0 to T - eps
     times = u if ctx.trajectory is not None else u[[0, -1]]
     y0 = rearrange(x, "n ... -> n (...)")
@@ -49,7 +50,12 @@ def sde(ctx: Context, x: torch.Tensor, solver: str) -> torch.Tensor:
     dt = float(ctx.grid64[0] - ctx.grid64[-1]) / ctx.steps
     bm = torchsde.BrownianInterval(t0=u[0], t1=u[-1], size=y0.shape, dtype=y0.dtype, device=y0.device, dt=dt,
                                    entropy=seed, levy_area_approximation="space-time" if solver == "srk" else "none")
-    ys = torchsde.sdeint(_Reversed(ctx, x.shape, SOLVERS[solver]), y0, times, bm=bm, method=solver, dt=dt,
-                         options={"grad_free": True} if solver == "milstein" else None)
-    xs = ys.reshape(ys.shape[0], *x.shape)
-    return ctx.record_outputs(xs)
+    reverse = _Reversed(ctx, x.shape, SOLVERS[solver])
+
+    def solve(y: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+        ys = torchsde.sdeint(reverse, y, times, bm=bm, method=solver, dt=dt,
+                             options={"grad_free": True} if solver == "milstein" else None)
+        return ys.reshape(ys.shape[0], *x.shape)
+    if ctx.known is not None:
+        return ctx.run(x, lambda x, i, t, s: solve(rearrange(x, "n ... -> n (...)"), u[i:i + 2])[-1])
+    return ctx.record_outputs(solve(y0, times))
