@@ -35,6 +35,11 @@ def _log_snr_inv(sde: SDE, t: torch.Tensor) -> torch.Tensor:
     return 2 * (s.log() - m.log())
 
 
+def _log_snr_ends(sde: SDE, eps: float, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r(eps), r(T)) on like's device and dtype."""
+    return _log_snr_inv(sde, torch.tensor([eps, sde.T], device=like.device, dtype=like.dtype)).unbind()
+
+
 def sample_importance_time(sde: SDE, n: int, eps: float, *, generator=None, device=None,
                            dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
     """t ~ q(t) = g(t)^2 / (s(t)^2 Z) on [eps, T], and Z = r(T) - r(eps).
@@ -43,8 +48,7 @@ def sample_importance_time(sde: SDE, n: int, eps: float, *, generator=None, devi
     t = r^{-1}(r(eps) + u Z), u ~ U(0, 1), inverted by bisection (r is increasing).
     """
     u = torch.rand(n, generator=generator, device=device, dtype=dtype)
-    ends = torch.tensor([eps, sde.T], device=u.device, dtype=u.dtype)
-    r_eps, r_T = _log_snr_inv(sde, ends).unbind()
+    r_eps, r_T = _log_snr_ends(sde, eps, u)
     target = r_eps + u * (r_T - r_eps)
     lo, hi = torch.full_like(u, eps), torch.full_like(u, sde.T)
     for _ in range(_BISECTIONS):
@@ -64,7 +68,8 @@ def dsm_loss(model: ScoreModel, x0: torch.Tensor, *, weighting: str = "sigma2", 
     2021a "Maximum likelihood training") or ``none`` (lambda = 1). With ``importance_sampling``
     (likelihood only) t ~ q(t) = g^2 / (s^2 Z) and each term is divided by (T - eps) q(t), which
     leaves the expectation unchanged and gives Z / (T - eps) ||eps_theta - z||^2 / D per sample.
-    ``t`` (N,) and ``noise`` (shaped like x0) may be given to fix the draws; ``generator`` draws the rest.
+    ``t`` (N,) and ``noise`` (shaped like x0) may be given to fix the draws (with importance_sampling,
+    t must come from q(t), ``sample_importance_time``); ``generator`` draws the rest.
     """
     if not isinstance(model, ScoreModel):
         raise TypeError(f"model must be a ScoreModel, got {type(model).__name__}.")
@@ -75,11 +80,14 @@ def dsm_loss(model: ScoreModel, x0: torch.Tensor, *, weighting: str = "sigma2", 
         raise ValueError(f"eps must lie in (0, T) = (0, {sde.T:g}), got {eps!r}.")
     if importance_sampling and weighting != "likelihood":
         raise ValueError(f"importance_sampling needs weighting='likelihood', got {weighting!r}.")
-    if importance_sampling and t is not None:
-        raise ValueError("t cannot be given with importance_sampling (t is drawn from q(t)).")
     draw = {"generator": generator, "device": x0.device, "dtype": x0.dtype}
     if importance_sampling:
-        t, Z = sample_importance_time(sde, n, eps, **draw)
+        if t is None:
+            t, Z = sample_importance_time(sde, n, eps, **draw)
+        else:  # drawn by the caller from q(t), e.g. for a global batch split across processes
+            t = checks.time(t, sde.T, batch=n, like=x0)
+            r_eps, r_T = _log_snr_ends(sde, eps, x0)
+            Z = r_T - r_eps
         weight = Z / (sde.T - eps)
     else:
         t = eps + (sde.T - eps) * torch.rand(n, **draw) if t is None \

@@ -30,7 +30,7 @@ from .config import Config, build_schedule, build_sde, to_dict
 from .data import batches, load_dataset
 from .distributed import ddp, setup
 from .guidance import NoisyClassifier, guided_score
-from .losses import ddpm_loss, dsm_loss
+from .losses import ddpm_loss, dsm_loss, sample_importance_time
 from .models import ScoreModel, build_model
 from .runs import (StopOnSignal, TrainingError, check_finite, open_run, prepare_out_dir, rewind_metrics,
                    write_metrics)
@@ -77,8 +77,11 @@ def _global_draws(cfg: Config, schedule, x0: torch.Tensor, gen: torch.Generator)
     if cfg.loss.kind == "ddpm":
         i = torch.randint(1, schedule.T + 1, (n,), **draw)
         return {"i": i, "noise": torch.randn(x0.shape, dtype=x0.dtype, **draw)}
-    T, eps = build_sde(cfg).T, cfg.loss.eps
-    t = eps + (T - eps) * torch.rand(n, dtype=x0.dtype, **draw)
+    sde, eps = build_sde(cfg), cfg.loss.eps
+    if cfg.loss.importance_sampling:
+        t = sample_importance_time(sde, n, eps, dtype=x0.dtype, **draw)[0]
+    else:
+        t = eps + (sde.T - eps) * torch.rand(n, dtype=x0.dtype, **draw)
     return {"t": t, "noise": torch.randn(x0.shape, dtype=x0.dtype, **draw)}
 
 
@@ -101,10 +104,8 @@ def train(cfg: Config | None, out: str | Path, *, resume: bool = False,
     world, device = setup(device)
     cfg, ckpt = open_run(out, cfg, resume, "score model")
     tc = cfg.train
-    if tc.batch_size % world.size or (cfg.loss.importance_sampling and world.size > 1):
-        raise ValueError(f"train.batch_size must be a multiple of the {world.size} processes and "
-                         "loss.importance_sampling needs one process; got "
-                         f"{tc.batch_size}, {cfg.loss.importance_sampling}.")
+    if tc.batch_size % world.size:
+        raise ValueError(f"train.batch_size must be a multiple of the {world.size} processes; got {tc.batch_size}.")
     ds = load_dataset(cfg.data.name, split="train", path=cfg.data.path, n=cfg.data.n, seed=cfg.data.seed)
     meta = {"event_shape": list(ds.shape), "levels": ds.levels, "num_classes": ds.num_classes,
             "dataset": ds.name}

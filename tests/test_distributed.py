@@ -1,7 +1,8 @@
 """Data-parallel training under torch.distributed: 2 CPU processes (gloo on 127.0.0.1) against one.
 
 Every rank draws the same global batch and noise and takes half; DDP averages the two half-batch
-gradients, which is the gradient of the mean loss over the whole batch. So after k steps:
+gradients, which is the gradient of the mean loss over the whole batch (with t uniform or importance-
+sampled from q(t): either is drawn for the global batch). So after k steps:
   - the two replicas hold bitwise identical weights (same averaged gradient, same AdamW update);
   - they equal the single-process run with the same global batch up to float32 rounding: the only
     difference is the order of the reductions (two half means averaged vs one mean), a relative
@@ -52,13 +53,15 @@ def _spawn(out, overrides, world=2):
                        start_method="spawn", join=True)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+@pytest.fixture(scope="module", params=[[], ["loss.weighting=likelihood", "loss.importance_sampling=true"]],
+                ids=["uniform-t", "importance-sampled-t"])
+def runs(request, tmp_path_factory):
     from sde_diffusion.train import train
 
+    overrides = OVERRIDES + request.param
     multi, single = tmp_path_factory.mktemp("ddp"), tmp_path_factory.mktemp("single")
-    _spawn(multi, OVERRIDES)
-    train(load_config("configs/toy_vp.yaml", OVERRIDES), single, device="cpu", progress=False)
+    _spawn(multi, overrides)
+    train(load_config("configs/toy_vp.yaml", overrides), single, device="cpu", progress=False)
     return multi, single
 
 

@@ -113,6 +113,20 @@ def test_exact_score_attains_the_closed_form_minimum(sde, weighting, importance)
     assert se < 0.05 * exact  # the test has power: the SE is small against the value
 
 
+def test_importance_sampled_loss_with_given_draws_equals_the_drawn_one():
+    """Data-parallel training draws t ~ q(t) and z for the global batch and passes them in: the
+    loss must then equal the one dsm_loss draws itself from the same generator (t first, then z)."""
+    sde = VPSDE()
+    model = ScoreModel(GaussianMixture(MU, V).eps(sde), sde, "eps")
+    x0 = GaussianMixture(MU, V).sample(64, torch.Generator().manual_seed(4), dtype=F64)
+    kw = {"weighting": "likelihood", "eps": EPS, "importance_sampling": True, "reduction": "none"}
+    drawn = dsm_loss(model, x0, generator=torch.Generator().manual_seed(5), **kw)
+    g = torch.Generator().manual_seed(5)
+    t = sample_importance_time(sde, 64, EPS, generator=g, dtype=F64)[0]
+    given = dsm_loss(model, x0, t=t, noise=torch.randn(x0.shape, generator=g, dtype=F64), **kw)
+    torch.testing.assert_close(given, drawn, rtol=1e-14, atol=0)
+
+
 @pytest.mark.parametrize("sde", SDES[:3], ids=IDS[:3])
 def test_perturbed_score_raises_the_loss_by_the_predicted_amount(sde):
     """Same draws, score + delta: the sigma2 loss rises by (1/(T-eps)) int s^2 dt ||delta||^2 / D
@@ -210,8 +224,6 @@ def test_losses_on_the_selected_device_match_cpu(device, dtype, weighting, impor
 @pytest.mark.parametrize("call,match", [
     (lambda m, x: dsm_loss(m, x, weighting="snr"), "unknown weighting 'snr'; allowed: sigma2, likelihood"),
     (lambda m, x: dsm_loss(m, x, importance_sampling=True), "importance_sampling needs weighting="),
-    (lambda m, x: dsm_loss(m, x, weighting="likelihood", importance_sampling=True, t=torch.rand(4)),
-     "t cannot be given with importance_sampling"),
     (lambda m, x: dsm_loss(m, x, eps=0.0), r"eps must lie in \(0, T\)"),
     (lambda m, x: dsm_loss(m, x, noise=torch.randn(4, 3)), "noise must return a tensor shaped like x"),
     (lambda m, x: dsm_loss(m, x, t=torch.rand(3)), r"t must be a float or a tensor of shape \(4,\)"),
