@@ -4,7 +4,8 @@ from .analytic import GaussianMixture, grid2d, random_mixture, ring2d
 from .checkpoint import load_checkpoint
 from .config import Config, load_config
 from .data import Dataset, available_datasets, batches, load_dataset
-from .guidance import NoisyClassifier, classifier_guided, train_classifier
+from .classifier_training import load_noisy_classifier, train_noisy_classifier
+from .guidance import NoisyClassifier, classifier_guided, guided_score, train_classifier
 from .likelihood import LikelihoodResult, bits_per_dim, log_likelihood
 from .losses import ddpm_loss, dsm_loss
 from .models import MLPScore, ScoreModel, UNet, build_model
@@ -20,7 +21,8 @@ __all__ = [
     "DDPMSchedule", "GaussianMixture", "ring2d", "grid2d", "random_mixture",
     "Dataset", "load_dataset", "available_datasets", "batches",
     "MLPScore", "UNet", "ScoreModel", "build_model", "dsm_loss", "ddpm_loss",
-    "classifier_guided", "NoisyClassifier", "train_classifier",
+    "classifier_guided", "guided_score", "NoisyClassifier", "train_classifier", "train_noisy_classifier",
+    "load_noisy_classifier",
     "log_likelihood", "LikelihoodResult", "bits_per_dim", "ddpm_vlb_bits_per_dim",
     "Config", "load_config", "load_checkpoint", "__version__",
 ]

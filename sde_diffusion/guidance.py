@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checks
-from .models.embeddings import time_embedding
 from .models import ScoreModel
+from .models.embeddings import time_embedding
 from .sde import SDE, ScoreFn
 
 LogProbFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, t) -> log p(. | x_t) (N, K)
