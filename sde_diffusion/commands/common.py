@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -56,3 +57,23 @@ def run_config(args: argparse.Namespace, seed_key: str):
     if ckpt is None:
         raise ValueError(f"--resume: {str(out)!r} holds no checkpoint to resume from.")
     return from_dict(apply_overrides(to_dict(read_config(ckpt)), overrides)), out
+
+
+def run_training(args: argparse.Namespace, seed_key: str, trainer, command: str):
+    """``trainer(cfg, out, resume=, device=, progress=)`` under the subcommand's config; the result, or
+    None after printing a TrainingError (a fault mid-run, naming the last good checkpoint) as one line."""
+    from ..runs import TrainingError
+
+    cfg, out = run_config(args, seed_key)
+    dev = device(args.device)
+    try:
+        return trainer(cfg, out, resume=args.resume, device=dev, progress=not args.no_progress)
+    except TrainingError as e:
+        print(f"sde-diffusion {command}: {e}", file=sys.stderr)
+        return None
+
+
+def finished(result) -> str:
+    """"finished N steps" or "interrupted at step N", and the checkpoint."""
+    how = f"interrupted at step {result.step}" if result.interrupted else f"finished {result.step} steps"
+    return f"{how}; checkpoint: {result.checkpoint}"

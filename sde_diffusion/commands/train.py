@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from .common import add_common, add_run_arguments, device, run_config
+from .common import add_common, add_run_arguments, finished, run_training
 
 HELP = "train a score model from a YAML config, with key.path=value overrides"
 
@@ -17,16 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..distributed import is_main
-    from ..train import TrainingError, train
+    from ..train import train
 
-    cfg, out = run_config(args, "train.seed")
-    dev = device(args.device)
-    try:
-        result = train(cfg, out, resume=args.resume, device=dev, progress=not args.no_progress)
-    except TrainingError as e:
-        print(f"sde-diffusion train: {e}", file=sys.stderr)
-        return 1
-    how = f"interrupted at step {result.step}" if result.interrupted else f"finished {result.step} steps"
-    if is_main():
-        print(f"{how}; checkpoint: {result.checkpoint}")
-    return 0
+    result = run_training(args, "train.seed", train, "train")
+    if result is not None and is_main():
+        print(finished(result))
+    return 1 if result is None else 0

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from .common import add_common, add_run_arguments, device, run_config
+from .common import add_common, add_run_arguments, finished, run_training
 
 HELP = ("train a noisy classifier p(y | x_t, t) on the config's data and SDE (its classifier section), "
         "for sample --classifier")
@@ -18,17 +17,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..classifier_training import train_noisy_classifier
-    from ..runs import TrainingError
 
-    cfg, out = run_config(args, "classifier.seed")
-    dev = device(args.device)
-    try:
-        result = train_noisy_classifier(cfg, out, resume=args.resume, device=dev, progress=not args.no_progress)
-    except TrainingError as e:
-        print(f"sde-diffusion train-classifier: {e}", file=sys.stderr)
+    result = run_training(args, "classifier.seed", train_noisy_classifier, "train-classifier")
+    if result is None:
         return 1
-    how = f"interrupted at step {result.step}" if result.interrupted else f"finished {result.step} steps"
-    print(f"{how}; checkpoint: {result.checkpoint}")
+    print(finished(result))
     if result.accuracy:
         print("held-out accuracy on noised data: " +
               ", ".join(f"{acc:.3f} at t = {t:.3g}" for t, acc in result.accuracy.items()))
