@@ -64,7 +64,7 @@ def run(args):
         exact_eps = gm.log_prob_t(x64, EPS, sde)
         for dtype in (torch.float32, torch.float64):
             x = x64.to(device=device, dtype=dtype)
-            for tol in (1e-3, 1e-5):
+            for tol in args.tols:
                 for method in args.methods:
                     divergence, probes = ("exact", 1) if method.endswith("exact") else ("hutchinson", int(method.split("-")[-1]))
                     gen = torch.Generator(device).manual_seed(1)
@@ -123,6 +123,7 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--n", type=int, default=512, help="number of points")
     p.add_argument("--out", default="benchmarks/out/likelihood.csv")
+    p.add_argument("--tols", nargs="+", type=float, default=[1e-3, 1e-5], help="rtol = atol values")
     p.add_argument("--methods", nargs="+", default=["exact", "hutchinson-1", "hutchinson-10",
                                                     "scipy-exact", "scipy-hutchinson-1"])
     args = p.parse_args()
