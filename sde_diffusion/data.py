@@ -38,7 +38,8 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from . import analytic, checks, readers
+from . import checks, readers
+from .toys import TOYS
 
 DATA_RANGE = (-1.0, 1.0)
 MAX_ABS = 10.0
@@ -202,55 +203,21 @@ def from_arrays(x: np.ndarray, y: np.ndarray | None, levels: int | None, name: s
     return Dataset(xt.contiguous(), yt, levels, name)
 
 
-# -- built-in toys ------------------------------------------------------------------------------
+# -- built-in toys (``toys.py``) ----------------------------------------------------------------
 TOY_SIZES = (20_000, 5_000)  # default n for train, test
 
 
-def _toy(name: str):
-    """Register a 2-D toy ``sample(n, generator) -> (n, 2) float64`` as a continuous dataset."""
-    def wrap(sample: Callable[[int, torch.Generator], torch.Tensor]):
-        @register(name)
-        def load(split: str, path, n: int | None, seed: int) -> Dataset:
-            n = TOY_SIZES[SPLITS.index(split)] if n is None else n
-            gen = torch.Generator().manual_seed(2 * seed + SPLITS.index(split))
-            return Dataset(sample(n, gen).float(), None, None, name)
-        return sample
-    return wrap
+def _register_toy(name: str, sample: Callable[[int, torch.Generator], torch.Tensor]) -> None:
+    """Serve a 2-D toy ``sample(n, generator) -> (n, 2) float64`` as a continuous dataset."""
+    @register(name)
+    def load(split: str, path, n: int | None, seed: int) -> Dataset:
+        n = TOY_SIZES[SPLITS.index(split)] if n is None else n
+        gen = torch.Generator().manual_seed(2 * seed + SPLITS.index(split))
+        return Dataset(sample(n, gen).float(), None, None, name)
 
 
-@_toy("ring")
-def ring(n: int, gen: torch.Generator) -> torch.Tensor:
-    """analytic.ring2d(): 8 equal modes N(mu_k, 0.05^2 I), |mu_k| = 1."""
-    return analytic.ring2d().sample(n, gen, dtype=torch.float64)
-
-
-@_toy("moons")
-def moons(n: int, gen: torch.Generator) -> torch.Tensor:
-    """Two interleaved half circles of radius 2/3 (theta ~ U(0, pi)), centred at the origin,
-    plus N(0, 0.05^2 I) noise: upper (cos, sin) - c, lower (1 - cos, 1/2 - sin) - c, c = (1/2, 1/4)."""
-    theta = torch.rand(n, generator=gen, dtype=torch.float64) * math.pi
-    lower = torch.rand(n, generator=gen, dtype=torch.float64) < 0.5
-    upper_xy = torch.stack([theta.cos(), theta.sin()], 1)
-    lower_xy = torch.stack([1 - theta.cos(), 0.5 - theta.sin()], 1)
-    xy = torch.where(lower[:, None], lower_xy, upper_xy) - torch.tensor([0.5, 0.25], dtype=torch.float64)
-    return xy / 1.5 + 0.05 * torch.randn(n, 2, generator=gen, dtype=torch.float64)
-
-
-@_toy("swissroll")
-def swissroll(n: int, gen: torch.Generator) -> torch.Tensor:
-    """r (cos t, sin t) with t ~ U(1.5 pi, 4.5 pi), r = t / (4.5 pi) in [1/3, 1], plus N(0, 0.02^2 I)."""
-    t = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=gen, dtype=torch.float64))
-    xy = t[:, None] / (4.5 * math.pi) * torch.stack([t.cos(), t.sin()], 1)
-    return xy + 0.02 * torch.randn(n, 2, generator=gen, dtype=torch.float64)
-
-
-@_toy("checkerboard")
-def checkerboard(n: int, gen: torch.Generator) -> torch.Tensor:
-    """Uniform on the 8 cells (i, j) with i + j even of a 4 x 4 board of 0.5-wide cells on [-1, 1]^2."""
-    cell = torch.randint(8, (n,), generator=gen)
-    i, j = cell // 2, 2 * (cell % 2) + (cell // 2) % 2
-    corner = torch.stack([i, j], 1).double() * 0.5 - 1
-    return corner + 0.5 * torch.rand(n, 2, generator=gen, dtype=torch.float64)
+for _name, _sample in TOYS.items():
+    _register_toy(_name, _sample)
 
 
 # -- real data --------------------------------------------------------------------------------
