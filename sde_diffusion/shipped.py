@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import sha256_file, load_weights, model_kwargs, read_config, read_manifest, resolve
+from .checkpoint import (load_checkpoint, load_weights, model_kwargs, read_config, read_manifest, resolve,
+                         sha256_file)
 
 SHIPPED = Path(__file__).resolve().parent / "assets" / "digits_vp"
 COMMAND = "sde-diffusion train --config configs/digits_vp.yaml --out runs/digits_vp"
@@ -55,12 +56,15 @@ def load_shipped(path: str | Path = SHIPPED, device: torch.device | str = "cpu")
     return model.to(device).eval().requires_grad_(False), cfg, meta
 
 
+def is_exported(path: str | Path) -> bool:
+    """Whether ``path`` is an exported model's folder (with ``meta.json``) rather than a training run."""
+    return (Path(path) / "meta.json").is_file()
+
+
 def load_model(path: str | Path, device: torch.device | str = "cpu"):
     """(ScoreModel in eval mode, Config, meta with event_shape and levels) from a run directory, a
     checkpoint folder or an exported model folder (``meta.json``, e.g. ``assets/digits_vp``)."""
-    from .checkpoint import load_checkpoint
-
-    if (Path(path) / "meta.json").is_file():
+    if is_exported(path):
         return load_shipped(path, device)
     meta = read_manifest(resolve(path))
     model, cfg = load_checkpoint(path, device=device)

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from ..classifier_training import load_noisy_classifier
     from ..data import DATA_RANGE, continuous_to_levels
     from ..distributed import chunk_seed, setup
-    from ..shipped import load_model
+    from ..shipped import is_exported, load_model
     from ..train import draw_samples
     from ..viz import save_samples
 
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     tag = "" if args.label is None else f"_label{args.label}_w{args.guidance:g}" + (
         f"_c{scale:g}" if classifier is not None else "")
     run = Path(args.checkpoint)  # an exported model's folder (e.g. the package's assets) is not written to
-    run = Path("runs") / run.resolve().name if (run / "meta.json").is_file() else run
+    run = Path("runs") / run.resolve().name if is_exported(run) else run
     out = Path(args.out) if args.out else run / "samples" / f"{method}_{steps}{tag}"
     out.parent.mkdir(parents=True, exist_ok=True)
     x, levels = x.cpu(), meta["levels"]
