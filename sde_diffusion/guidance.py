@@ -107,6 +107,12 @@ def guided_score(model: ScoreModel, y: torch.Tensor | None = None, guidance: flo
     ``model`` itself without y; (1 + w) s(x|y) - w s(x|null) for a conditional model (w = ``guidance``);
     plus ``scale`` grad log p_phi(y | x_t) with a noisy ``classifier`` (the model may then be
     unconditional). Labels are checked against both models' classes."""
+    if not isinstance(model, ScoreModel):
+        raise TypeError(f"model must be a ScoreModel, got {type(model).__name__}.")
+    if classifier is not None and not isinstance(classifier, NoisyClassifier):
+        raise TypeError(f"classifier must be a NoisyClassifier, got {type(classifier).__name__}.")
+    if y is not None and (not isinstance(y, torch.Tensor) or y.ndim != 1 or y.is_floating_point()):
+        raise ValueError(f"y must be an integer tensor of labels, shape (N,); got {getattr(y, 'dtype', y)!r}.")
     if y is None:
         if guidance or classifier is not None:
             raise ValueError("guidance and a classifier need a label (the class to steer towards).")

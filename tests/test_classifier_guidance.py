@@ -121,3 +121,14 @@ def test_bad_classifier_input_exits_2_with_one_line(run, tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, (argv, err)
+
+
+def test_guided_score_bad_input(model):
+    with pytest.raises(TypeError, match="model must be a ScoreModel"):
+        guided_score(lambda x, t: x, torch.zeros(2, dtype=torch.long))
+    with pytest.raises(TypeError, match="classifier must be a NoisyClassifier"):
+        guided_score(model, torch.zeros(2, dtype=torch.long), classifier=load_classifier())
+    with pytest.raises(ValueError, match="y must be an integer tensor of labels"):
+        guided_score(model, torch.zeros(2))
+    with pytest.raises(ValueError, match="needs a conditional model .* or a noisy classifier"):
+        guided_score(model, torch.zeros(2, dtype=torch.long))
