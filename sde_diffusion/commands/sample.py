@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     nfe = int(world.sum(torch.tensor(sum(r.nfe for r in results), device=dev)))
     if not world.main:
         return 0
-    tag = "" if args.label is None else f"_label{args.label}_w{args.guidance:g}" + (
+    tag = "" if args.label is None else f"_label{args.label}" + (
+        f"_w{args.guidance:g}" if model.num_classes is not None else "") + (
         f"_c{scale:g}" if classifier is not None else "")
     run = Path(args.checkpoint)  # an exported model's folder (e.g. the package's assets) is not written to
     run = Path("runs") / run.resolve().name if is_exported(run) else run
