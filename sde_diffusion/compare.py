@@ -180,7 +180,7 @@ def checkpoint_target(path: str, sde: str | None, n: int, device: torch.device, 
 
 def quantize(x: torch.Tensor, levels: int | None) -> torch.Tensor:
     """Discrete data: samples rounded to their level's bin centre (the images a user would see)."""
-    from .data import DATA_RANGE, continuous_to_levels, levels_to_continuous
+    from .dequantize import DATA_RANGE, continuous_to_levels, levels_to_continuous
 
     if levels is None:
         return x

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -223,8 +222,3 @@ def train(cfg: Config | None, out: str | Path, *, resume: bool = False,
     world.sum(torch.zeros((), device=device))  # a barrier: rank 0 has written the last checkpoint
     return TrainResult(out, step, stop.requested is not None, latest(out), ema.module, cfg)
 
-
-if __name__ == "__main__":
-    from .cli import main
-
-    sys.exit(main(["train", *sys.argv[1:]]))

@@ -9,7 +9,7 @@ from _tiny import tiny_config
 
 from sde_diffusion import VPSDE, ring2d
 from sde_diffusion.cli import main
-from sde_diffusion.data import continuous_to_levels
+from sde_diffusion.dequantize import continuous_to_levels
 from sde_diffusion.likelihood import bits_per_dim, log_likelihood
 
 SDE, GM = VPSDE(), ring2d()

@@ -23,7 +23,7 @@ from sklearn.mixture import GaussianMixture as SklearnGMM
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto without ipywidgets
 from sde_diffusion import (DDPMSchedule, GaussianMixture, VPSDE, bits_per_dim, ddpm_vlb_bits_per_dim,
                            load_dataset, log_likelihood, random_mixture, ring2d)
-from sde_diffusion.data import bin_width, continuous_to_levels, levels_to_continuous
+from sde_diffusion.dequantize import bin_width, continuous_to_levels, levels_to_continuous
 from sde_diffusion.vlb import ScheduleMarginal
 
 plt.rcParams.update({"figure.dpi": 72, "axes.grid": True, "grid.alpha": 0.3})

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..classifier_training import load_noisy_classifier
-    from ..data import DATA_RANGE, continuous_to_levels
+    from ..dequantize import DATA_RANGE, continuous_to_levels
     from ..distributed import chunk_seed, setup
     from ..shipped import is_exported, load_model
     from ..train import draw_samples
