@@ -93,8 +93,9 @@ def classifier_guided(score_fn: ScoreFn, log_prob: LogProbFn, y: torch.Tensor, s
         raise ValueError(f"scale must be a number >= 0, got {scale!r}.")
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
+        # grad for a copy of x only, also when the caller runs under no_grad or inference_mode
+        with torch.inference_mode(False), torch.enable_grad():
+            xg = x.detach().clone().requires_grad_(True)
             picked = log_prob(xg, t).gather(1, y.reshape(-1, 1)).sum()
             grad, = torch.autograd.grad(picked, xg)
         return score_fn(x, t) + scale * grad

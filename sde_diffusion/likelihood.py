@@ -60,8 +60,8 @@ def _score_and_quadratic_forms(score_fn: ScoreFn, x: torch.Tensor, t: torch.Tens
     probes None: q = tr J (1, N), from one forward pass and D vector-Jacobian products e_d^T J;
     probes v (P, N, ...): q_p = v_p^T J v_p, from one forward pass and P vector-Jacobian products.
     """
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
+    with torch.inference_mode(False), torch.enable_grad():  # for a copy of x only, whatever the caller's mode
+        x = x.detach().clone().requires_grad_(True)
         s = checks.same_shape("score_fn", score_fn(x, t), x)
         if not s.requires_grad:
             raise ValueError("score_fn returned a tensor without a graph to x (detached, or computed under "

@@ -31,6 +31,7 @@ def available() -> list[str]:
     return list(METHODS)
 
 
+@torch.no_grad()  # inference records no graph; a score_fn may still enable grad for x (guidance)
 def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], method: str = "euler_maruyama",
            steps: int = 1000, *, eps: float = 1e-3, denoise: bool = True,
            generator: torch.Generator | None = None, device: torch.device | str | None = None,
@@ -44,6 +45,7 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], method: str = "eul
     ``inpaint = (mask, x_known)`` holds the known part (mask True or 1) by its forward marginal at
     every step and returns it exactly (``solvers.inpaint``; every method: ``ode`` and ``sde`` then
     integrate one grid interval per call).
+    Runs under ``torch.no_grad()``: the samples carry no autograd graph (grad_fn None).
     """
     spec = get(method)
     if not isinstance(sde, SDE):
