@@ -7,6 +7,12 @@ Multiply by D/2 for the sum-over-dimensions form with the 1/2 of Song et al. (20
 DSM (Song et al. 2021, eq. 7): with x_t = m x_0 + s z, grad log p(x_t | x_0) = -z / s, so
     lambda(t) ||s_theta(x_t, t) + z / s||^2 = lambda(t) / s^2 ||eps_theta(x_t, t) - z||^2,
 with eps_theta = -s s_theta. For lambda = s^2 ("sigma2") this is exactly the eps-prediction MSE.
+Every parameterization is trained through this one eps error (``ScoreModel`` converts).
+
+EDM's weighting ("edm", Karras et al. 2022, sec. 5) for an ``edm`` model: with sigma = s / m and
+x0_theta = D = c_skip x_ve + c_out F, eps_theta - z = -(D - x0) / sigma, so EDM's
+lambda_edm ||D - x0||^2 = (sigma^2 + sd^2) / (sigma sd)^2 ||D - x0||^2 = ||F - F_target||^2 (unit weight on
+the net's own output, F_target = (x0 - c_skip x_ve) / c_out) is ((sigma^2 + sd^2) / sd^2) ||eps_theta - z||^2.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from .models.score_model import ScoreModel
 from .schedule import DDPMSchedule
 from .sde import SDE
 
-WEIGHTINGS = ("sigma2", "likelihood", "none")
+WEIGHTINGS = ("sigma2", "likelihood", "none", "edm")
 _BISECTIONS = 64  # halves [eps, T] to below float64 resolution
 
 
@@ -65,7 +71,8 @@ def dsm_loss(model: ScoreModel, x0: torch.Tensor, *, weighting: str = "sigma2", 
     """E_{t ~ U(eps, T)} E_z [lambda(t) mean_d (s_theta(x_t, t) + z / s(t))^2]  (see module doc).
 
     ``weighting``: ``sigma2`` (lambda = s^2, the eps-MSE), ``likelihood`` (lambda = g^2, Song et al.
-    2021a "Maximum likelihood training") or ``none`` (lambda = 1). With ``importance_sampling``
+    2021a "Maximum likelihood training"), ``none`` (lambda = 1) or, for an edm model, ``edm``
+    (lambda = s^2 (sigma^2 + sd^2) / sd^2: the MSE of the net's output F, see the module). With ``importance_sampling``
     (likelihood only) t ~ q(t) = g^2 / (s^2 Z) and each term is divided by (T - eps) q(t), which
     leaves the expectation unchanged and gives Z / (T - eps) ||eps_theta - z||^2 / D per sample.
     ``t`` (N,) and ``noise`` (shaped like x0) may be given to fix the draws (with importance_sampling,
@@ -78,6 +85,9 @@ def dsm_loss(model: ScoreModel, x0: torch.Tensor, *, weighting: str = "sigma2", 
     sde, n = model.sde, x0.shape[0]
     if not (isinstance(eps, (int, float)) and 0 < eps < sde.T):
         raise ValueError(f"eps must lie in (0, T) = (0, {sde.T:g}), got {eps!r}.")
+    if weighting == "edm" and model.sigma_data is None:
+        raise ValueError(f"weighting 'edm' needs an edm model (parameterization='edm'), got "
+                         f"{model.parameterization!r}.")
     if importance_sampling and weighting != "likelihood":
         raise ValueError(f"importance_sampling needs weighting='likelihood', got {weighting!r}.")
     draw = {"generator": generator, "device": x0.device, "dtype": x0.dtype}
@@ -92,9 +102,12 @@ def dsm_loss(model: ScoreModel, x0: torch.Tensor, *, weighting: str = "sigma2", 
     else:
         t = eps + (sde.T - eps) * torch.rand(n, **draw) if t is None \
             else checks.time(t, sde.T, batch=n, like=x0)
-        _, s = sde.marginal(t)
-        weight = {"sigma2": torch.ones_like(s), "likelihood": sde.diffusion(t).square() / s.square(),
-                  "none": 1 / s.square()}[weighting]
+        m, s = sde.marginal(t)
+        if weighting == "edm":
+            weight = 1 + (s / m).square() / model.sigma_data.to(s.dtype).square()
+        else:
+            weight = {"sigma2": torch.ones_like(s), "likelihood": sde.diffusion(t).square() / s.square(),
+                      "none": 1 / s.square()}[weighting]
     z = torch.randn(x0.shape, **draw) if noise is None else checks.same_shape("noise", noise, x0)
     m, s = sde.marginal(t)
     xt = checks.bcast(m, x0) * x0 + checks.bcast(s, x0) * z

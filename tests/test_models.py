@@ -51,6 +51,70 @@ def test_every_parameterization_recovers_the_exact_score(sde):
         torch.testing.assert_close(model.x0(x, t), x0, **TOL)
 
 
+def _edm_oracle(gm, sde, x, t, sd):
+    """The net F that makes EDM's D(x_ve; sigma) = c_skip x_ve + c_out F(c_in x_ve, c_noise) the exact
+    denoiser E[x_0 | x_t] (Tweedie), transcribed from Karras et al. 2022, Table 1 (not the package's
+    ``edm_scalings``). It checks that it is called with c_in x_ve and c_noise = t."""
+    m, s = (v[:, None] for v in sde.marginal(t))
+    sigma = s / m
+    c_skip, c_out = sd**2 / (sigma**2 + sd**2), sigma * sd / (sigma**2 + sd**2) ** 0.5
+    c_in = 1 / (sigma**2 + sd**2) ** 0.5
+    x0 = (x + s**2 * gm.score_at(x, t, sde)) / m
+
+    def net(inp, c_noise):
+        torch.testing.assert_close(inp, c_in * x / m, **TOL)
+        torch.testing.assert_close(c_noise, t, rtol=0, atol=0)
+        return (x0 - c_skip * x / m) / c_out
+    return net
+
+
+@pytest.mark.parametrize("sde", SDES, ids=IDS)
+@pytest.mark.parametrize("sd", [0.5, 1.3])
+def test_edm_with_the_exact_denoiser_gives_the_exact_score(sde, sd):
+    """EDM preconditioning around the mixture's exact denoiser reproduces the exact score, eps and x0,
+    equal to what the eps-, score- and x0-oracles give (test above), to float64 rounding."""
+    gm, x, t, m, s = _inputs(sde)
+    score = gm.score_at(x, t, sde)
+    model = ScoreModel(_edm_oracle(gm, sde, x, t, sd), sde, "edm", sigma_data=sd).double()
+    torch.testing.assert_close(model.score(x, t), score, **TOL)
+    torch.testing.assert_close(model.eps(x, t), -s * score, **TOL)
+    torch.testing.assert_close(model.x0(x, t), (x + s**2 * score) / m, **TOL)
+    torch.testing.assert_close(model.predict(x, t), model.x0(x, t), rtol=0, atol=0)  # edm predicts x0
+
+
+def test_edm_sigma_zero_is_the_identity_and_sigma_data_is_saved():
+    """At s = 0 (VE, t = 0) c_skip = 1 and c_out = 0: x0 = x exactly, whatever the net returns; the
+    data std is a buffer, so a state_dict carries it into a freshly built model."""
+    sde = VESDE()
+    model = build_model("mlp", sde, parameterization="edm", sigma_data=0.7, dim=2, hidden=8).double()
+    x = torch.randn(5, 2, dtype=torch.float64)
+    torch.testing.assert_close(model.x0(x, 0.0), x, rtol=0, atol=0)
+    fresh = build_model("mlp", sde, parameterization="edm", dim=2, hidden=8).double()
+    fresh.load_state_dict(model.state_dict())
+    assert float(fresh.sigma_data) == pytest.approx(0.7)
+
+
+@pytest.mark.parametrize("sde", SDES, ids=IDS)
+def test_edm_weighting_is_the_mse_of_the_net_output(sde):
+    """dsm_loss(weighting="edm") per sample = mean_d (F - F_target)^2 with F_target = (x0 - c_skip x_ve)
+    / c_out (Karras et al. 2022, eq. 8), written out from Table 1 here."""
+    from sde_diffusion.losses import dsm_loss
+    torch.manual_seed(0)
+    sd = 0.8
+    model = build_model("mlp", sde, parameterization="edm", sigma_data=sd, dim=3, hidden=16).double()
+    _randomize(model.net)
+    g = torch.Generator().manual_seed(3)
+    x0, z = torch.randn(32, 3, generator=g, dtype=torch.float64), torch.randn(32, 3, generator=g, dtype=torch.float64)
+    t = 0.01 + (sde.T - 0.01) * torch.rand(32, generator=g, dtype=torch.float64)
+    m, s = (v[:, None] for v in sde.marginal(t))
+    xt, sigma = m * x0 + s * z, s / m
+    c_skip, c_out = sd**2 / (sigma**2 + sd**2), sigma * sd / (sigma**2 + sd**2) ** 0.5
+    F = model.net(xt / m / (sigma**2 + sd**2) ** 0.5, t)
+    want = (F - (x0 - c_skip * xt / m) / c_out).square().mean(1)
+    got = dsm_loss(model, x0, weighting="edm", t=t, noise=z, reduction="none")
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
 def test_x0_is_the_posterior_mean():
     """For a single Gaussian N(mu, v I): E[x_0 | x_t] = mu + m v / (m^2 v + s^2) (x - m mu), which the
     x0 view of the exact score must reproduce (an independent check of x0 = (x + s^2 score) / m)."""
@@ -175,6 +239,8 @@ def test_build_model_passes_options():
     (lambda: build_model("mlp", VPSDE(), dim=2, width=3), "unknown option.*width.*allowed: dim, hidden"),
     (lambda: ScoreModel(MLPScore(2), VPSDE(), "v"), "unknown parameterization 'v'; allowed: eps, score, x0"),
     (lambda: ScoreModel(MLPScore(2), "vp"), "sde must be an SDE"),
+    (lambda: ScoreModel(MLPScore(2), VPSDE(), "edm", sigma_data=0.0), "sigma_data must be a finite number > 0"),
+    (lambda: ScoreModel(MLPScore(2), VPSDE(), "edm", input_scaling=True), "input_scaling is part of the edm"),
     (lambda: MLPScore(2, embedding="rff"), "unknown embedding 'rff'"),
     (lambda: MLPScore(2, emb_dim=63), "emb_dim must be even"),
     (lambda: MLPScore(2)(torch.randn(4, 3), torch.rand(4)), r"x must have shape \(N, 2\)"),

@@ -2,10 +2,11 @@
 
 from .embeddings import FourierEmbedding, LabelEmbedding, SinusoidalEmbedding, time_embedding
 from .mlp import MLPScore
-from .score_model import NETS, PARAMETERIZATIONS, ScoreModel, build_model, convert, from_eps, to_eps
+from .score_model import (NETS, PARAMETERIZATIONS, PREDICTIONS, ScoreModel, build_model, convert, edm_scalings,
+                          from_eps, to_eps)
 from .unet import UNet
 
 __all__ = [
     "MLPScore", "UNet", "ScoreModel", "build_model", "convert", "to_eps", "from_eps", "NETS",
-    "PARAMETERIZATIONS", "FourierEmbedding", "SinusoidalEmbedding", "LabelEmbedding", "time_embedding",
+    "PARAMETERIZATIONS", "PREDICTIONS", "edm_scalings", "FourierEmbedding", "SinusoidalEmbedding", "LabelEmbedding", "time_embedding",
 ]

@@ -5,7 +5,19 @@ The one place where the three parameterisations convert. With x_t = m(t) x_0 + s
     score = -eps / s,      eps = -s score,      x0 = (x - s eps) / m = (x + s^2 score) / m,
     eps = (x - m x0) / s.
 For the exact score, x0 is Tweedie's E[x_0 | x_t] and eps is E[z | x_t]. At t = 0 (s = 0) the
-score of an eps- or x0-model and the eps of an x0-model are undefined (division by s = 0).
+score of an eps-, x0- or edm-model and the eps of an x0- or edm-model are undefined (division by s = 0).
+
+``edm`` (Karras et al. 2022, sec. 5 and Table 1, preconditioning): in the VE view sigma = s / m,
+x_ve = x / m, the net F is wrapped as the denoiser
+    x0 = D(x_ve; sigma) = c_skip x_ve + c_out F(c_in x_ve, c_noise),
+    c_skip = sd^2 / (sigma^2 + sd^2),  c_out = sigma sd / sqrt(sigma^2 + sd^2),
+    c_in = 1 / sqrt(sigma^2 + sd^2),   c_noise = t,
+with sd = sigma_data, the data's standard deviation. c_noise is the SDE time t, a monotone function of
+sigma, as in Table 1's VP column ((M - 1) t), which the backbones' time embeddings expect; EDM's own
+log(sigma) / 4 measured worse at low noise with t ~ U(eps, T) training (benchmarks/trained_models.py). F's input and target have unit variance at every
+noise level, and at high noise x0 -> the bounded c_out F, so the score -(x - m x0) / s^2 keeps the
+Gaussian tail -x / s^2 for inputs far outside the training data (an eps-net would have to output eps = x
+there, which a bounded network cannot extrapolate).
 """
 
 from __future__ import annotations
@@ -22,13 +34,22 @@ from ..sde import SDE, ScoreFn
 from .mlp import MLPScore
 from .unet import UNet
 
-PARAMETERIZATIONS = ("eps", "score", "x0")
+PREDICTIONS = ("eps", "score", "x0")          # what convert() maps between
+PARAMETERIZATIONS = (*PREDICTIONS, "edm")     # what a net may be trained as (edm predicts x0)
+
+
+def edm_scalings(sigma: torch.Tensor, sigma_data: float | torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(c_skip, c_out, c_in) of EDM's preconditioning (Karras et al. 2022, Table 1) at the VE noise
+    level sigma = s / m; sigma = 0 gives c_skip = 1, c_out = 0: D = x."""
+    sd2, sig2 = sigma_data ** 2, sigma.square()
+    return sd2 / (sig2 + sd2), sigma * sigma_data / (sig2 + sd2).sqrt(), 1 / (sig2 + sd2).sqrt()
 
 
 def to_eps(value: torch.Tensor, kind: str, x: torch.Tensor, m: torch.Tensor,
            s: torch.Tensor) -> torch.Tensor:
     """eps from a ``kind`` in {eps, score, x0} prediction at x; m, s per sample (N,) or scalars."""
-    checks.one_of("parameterization", kind, PARAMETERIZATIONS)
+    checks.one_of("parameterization", kind, PREDICTIONS)
     if kind == "eps":
         return value
     if kind == "score":
@@ -39,7 +60,7 @@ def to_eps(value: torch.Tensor, kind: str, x: torch.Tensor, m: torch.Tensor,
 def from_eps(eps: torch.Tensor, kind: str, x: torch.Tensor, m: torch.Tensor,
              s: torch.Tensor) -> torch.Tensor:
     """The ``kind`` in {eps, score, x0} prediction from eps at x: eps, -eps / s or (x - s eps) / m."""
-    checks.one_of("parameterization", kind, PARAMETERIZATIONS)
+    checks.one_of("parameterization", kind, PREDICTIONS)
     if kind == "eps":
         return eps
     if kind == "score":
@@ -53,8 +74,8 @@ def convert(value: torch.Tensor, source: str, target: str, x: torch.Tensor, m: t
 
     score <-> x0 goes directly: score = -(x - m x0) / s^2, x0 = (x + s^2 score) / m.
     """
-    checks.one_of("parameterization", source, PARAMETERIZATIONS)
-    checks.one_of("parameterization", target, PARAMETERIZATIONS)
+    checks.one_of("parameterization", source, PREDICTIONS)
+    checks.one_of("parameterization", target, PREDICTIONS)
     if (source, target) == ("score", "x0"):
         return (x + bcast(s.square(), x) * value) / bcast(m, x)
     if (source, target) == ("x0", "score"):
@@ -69,10 +90,13 @@ class ScoreModel(nn.Module):
     ``net`` is an nn.Module (or any callable of that signature, e.g. an analytic oracle).
     With ``input_scaling`` the net sees x / sqrt(m^2 + s^2) (unit-variance data then gives a
     unit-variance input at every t: the identity for VP, essential for VE with large sigma_max).
+    ``edm`` (see the module) calls net(c_in x / m, t) and reads its output through c_skip, c_out;
+    ``sigma_data`` is kept as a buffer, so it travels with the weights (training sets it from the
+    data unless the config names it; 0.5 is EDM's value for images in [-1, 1]).
     """
 
     def __init__(self, net: Callable, sde: SDE, parameterization: str = "eps", *,
-                 input_scaling: bool = False):
+                 input_scaling: bool = False, sigma_data: float | torch.Tensor = 0.5):
         super().__init__()
         if not callable(net):
             raise TypeError(f"net must be an nn.Module or a callable net(x, t[, y]), "
@@ -82,6 +106,20 @@ class ScoreModel(nn.Module):
         self.net, self.sde = net, sde
         self.parameterization = checks.one_of("parameterization", parameterization, PARAMETERIZATIONS)
         self.input_scaling = bool(input_scaling)
+        if self.parameterization == "edm":
+            if input_scaling:
+                raise ValueError("input_scaling is part of the edm parameterization (c_in); leave it off.")
+            sd = torch.as_tensor(sigma_data, dtype=torch.float64)  # exact unless the model is cast
+            if sd.numel() != 1 or not bool(torch.isfinite(sd) & (sd > 0)):
+                raise ValueError(f"sigma_data must be a finite number > 0, got {sigma_data!r}.")
+            self.register_buffer("sigma_data", sd.reshape(()).clone())
+        else:
+            self.sigma_data = None
+
+    def with_net(self, net: Callable) -> "ScoreModel":
+        """The same parameterization, SDE and scalings around another net (e.g. a DDP wrapper of it)."""
+        return ScoreModel(net, self.sde, self.parameterization, input_scaling=self.input_scaling,
+                          sigma_data=0.5 if self.sigma_data is None else self.sigma_data)
 
     @property
     def num_classes(self) -> int | None:
@@ -90,7 +128,7 @@ class ScoreModel(nn.Module):
 
     def predict(self, x: torch.Tensor, t: Time, y: torch.Tensor | None = None, *,
                 kind: str | None = None, marginal: tuple | None = None) -> torch.Tensor:
-        """The ``kind`` prediction (default: the net's own parameterization) at (x, t).
+        """The ``kind`` prediction (default: the net's own parameterization; x0 for edm) at (x, t).
 
         ``marginal`` = (m, s), each (N,), replaces ``sde.marginal(t)``: for a discrete DDPM chain,
         (sqrt(abar_i), sqrt(1 - abar_i)) at t = i / T_steps in (0, 1].
@@ -102,9 +140,18 @@ class ScoreModel(nn.Module):
         else:
             t = checks.time(t, max(self.sde.T, 1.0), batch=x.shape[0], like=x)
             m, s = marginal
-        inp = x / bcast((m.square() + s.square()).sqrt(), x) if self.input_scaling else x
-        out = checks.same_shape("net", self.net(inp, t) if y is None else self.net(inp, t, y), x)
-        return convert(out, self.parameterization, kind or self.parameterization, x, m, s)
+        if self.parameterization == "edm":
+            sigma, x_ve = s / m, x / bcast(m, x)
+            c_skip, c_out, c_in = edm_scalings(sigma, self.sigma_data.to(x.dtype))
+            out = bcast(c_skip, x) * x_ve + bcast(c_out, x) * self._net(bcast(c_in, x) * x_ve, t, y, x)
+            source = "x0"
+        else:
+            inp = x / bcast((m.square() + s.square()).sqrt(), x) if self.input_scaling else x
+            out, source = self._net(inp, t, y, x), self.parameterization
+        return convert(out, source, kind or source, x, m, s)
+
+    def _net(self, inp: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+        return checks.same_shape("net", self.net(inp, t) if y is None else self.net(inp, t, y), x)
 
     def score(self, x: torch.Tensor, t: Time, y: torch.Tensor | None = None) -> torch.Tensor:
         """grad_x log p_t(x [| y]) = -eps / s(t)."""
@@ -141,13 +188,14 @@ NETS = {"mlp": MLPScore, "unet": UNet}
 
 
 def build_model(kind: str, sde: SDE, *, parameterization: str = "eps", input_scaling: bool = False,
-                **net_kwargs) -> ScoreModel:
-    """``ScoreModel(NETS[kind](**net_kwargs), sde, parameterization)`` with ``kind`` in {mlp, unet};
+                sigma_data: float = 0.5, **net_kwargs) -> ScoreModel:
+    """``ScoreModel(NETS[kind](**net_kwargs), sde, parameterization, ...)`` with ``kind`` in {mlp, unet};
     an unknown keyword fails naming it and the allowed ones."""
     cls = NETS[checks.one_of("model kind", kind, NETS)]
     allowed = [p for p in inspect.signature(cls).parameters]
     unknown = sorted(set(net_kwargs) - set(allowed))
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(unknown)} for model {kind!r}; allowed: "
-                         f"{', '.join(allowed + ['parameterization', 'input_scaling'])}.")
-    return ScoreModel(cls(**net_kwargs), sde, parameterization, input_scaling=input_scaling)
+                         f"{', '.join(allowed + ['parameterization', 'input_scaling', 'sigma_data'])}.")
+    return ScoreModel(cls(**net_kwargs), sde, parameterization, input_scaling=input_scaling,
+                      sigma_data=sigma_data)

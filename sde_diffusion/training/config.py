@@ -42,14 +42,15 @@ class SDEConfig:
 @dataclass
 class ModelConfig:
     kind: str = "mlp"                                       # mlp | unet
-    parameterization: str = "eps"                           # eps | score | x0
+    parameterization: str = "eps"                           # eps | score | x0 | edm
     params: dict = field(default_factory=dict)             # backbone arguments
+    sigma_data: Optional[float] = None                      # edm: data std; null = estimated from the training data
 
 
 @dataclass
 class LossConfig:
     kind: str = "dsm"                 # dsm (continuous t) | ddpm (L_simple on the schedule)
-    weighting: str = "sigma2"         # sigma2 | likelihood | none
+    weighting: str = "sigma2"         # sigma2 | likelihood | none | edm (edm models)
     eps: float = 1e-5                 # t ~ U(eps, T)
     importance_sampling: bool = False
 
@@ -183,7 +184,7 @@ def _validate(cfg: Config) -> Config:
     _one_of("sde.name", cfg.sde.name, SDE_NAMES)
     _check_model(cfg.model)
     _one_of("loss.kind", cfg.loss.kind, ("dsm", "ddpm"))
-    _one_of("loss.weighting", cfg.loss.weighting, ("sigma2", "likelihood", "none"))
+    _one_of("loss.weighting", cfg.loss.weighting, ("sigma2", "likelihood", "none", "edm"))
     if cfg.loss.kind == "ddpm" and cfg.sde.name != "ddpm":
         raise ValueError(f"loss.kind: 'ddpm' needs sde.name 'ddpm' (a discrete schedule), "
                          f"got sde.name {cfg.sde.name!r}.")

@@ -84,11 +84,19 @@ def _global_draws(cfg: Config, schedule, x0: torch.Tensor, gen: torch.Generator)
     return {"t": t, "noise": torch.randn(x0.shape, dtype=x0.dtype, **draw)}
 
 
-def _build(cfg: Config, meta: dict, device: torch.device) -> ScoreModel:
+def _build(cfg: Config, meta: dict, device: torch.device, data: torch.Tensor) -> ScoreModel:
+    """The run's model; an edm model's sigma_data is ``model.sigma_data`` or else the std of the
+    training ``data`` over all its values (a buffer, saved with the weights)."""
     try:
-        return build_model(cfg.model.kind, build_sde(cfg), **model_kwargs(cfg, meta)).to(device)
+        model = build_model(cfg.model.kind, build_sde(cfg), **model_kwargs(cfg, meta))
     except (TypeError, ValueError) as e:
         raise ValueError(f"model.params: {e}") from None
+    if model.sigma_data is not None:
+        sd = cfg.model.sigma_data if cfg.model.sigma_data is not None else float(data.double().std())
+        if not (math.isfinite(sd) and sd > 0):
+            raise ValueError(f"model.sigma_data: must be a finite number > 0, got {sd}.")
+        model.sigma_data.fill_(sd)
+    return model.to(device)
 
 
 def train(cfg: Config | None, out: str | Path, *, resume: bool = False,
@@ -109,7 +117,7 @@ def train(cfg: Config | None, out: str | Path, *, resume: bool = False,
     meta = {"event_shape": list(ds.shape), "levels": ds.levels, "num_classes": ds.num_classes,
             "dataset": ds.name}
     torch.manual_seed(tc.seed)
-    model = _build(cfg, meta, device).train()
+    model = _build(cfg, meta, device, ds.x).train()
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
     ema.module.eval()
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
@@ -141,8 +149,7 @@ def train(cfg: Config | None, out: str | Path, *, resume: bool = False,
     if tc.bf16 and not use_bf16:
         warnings.warn(f"train.bf16 applies on CUDA only; training in float32 on {device}.")
 
-    trainee = model if world.size == 1 else ScoreModel(ddp(model.net, world, device), model.sde,
-                                                       model.parameterization, input_scaling=model.input_scaling)
+    trainee = model if world.size == 1 else model.with_net(ddp(model.net, world, device))
 
     def loss_of(x0, y):
         y = y if conditional else None
