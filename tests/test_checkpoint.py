@@ -115,10 +115,10 @@ def test_missing_and_foreign_paths(fresh, tmp_path):
 
 
 def test_other_architecture_is_refused_naming_the_parameter(run):
-    other = build_model("mlp", VPSDE(), dim=2, hidden=32, blocks=1, emb_dim=8)
+    other = build_model("mlp", VPSDE(), parameterization="edm", dim=2, hidden=32, blocks=1, emb_dim=8)
     with pytest.raises(ValueError, match=r"does not fit this architecture: net\.\S+ has shape"):
         load_weights(other, latest(run[0]))
-    deeper = build_model("mlp", VPSDE(), dim=2, hidden=16, blocks=2, emb_dim=8)
+    deeper = build_model("mlp", VPSDE(), parameterization="edm", dim=2, hidden=16, blocks=2, emb_dim=8)
     with pytest.raises(ValueError, match=r"does not fit this architecture: missing \['net\.blocks\.1"):
         load_weights(deeper, latest(run[0]))
 
