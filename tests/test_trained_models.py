@@ -88,10 +88,6 @@ _MEMORY = textwrap.dedent("""
     import json, resource, torch, solvers
     from sde_diffusion.models import build_model
     from sde_diffusion.sde import VPSDE
-from sde_diffusion.training.config import load_config
-from sde_diffusion.training.data import load_dataset
-from sde_diffusion.training.train import train
-from _tiny import CONFIGS
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = build_model("mlp", VPSDE(), dim=2, hidden=32, blocks=1, emb_dim=8)
