@@ -10,7 +10,7 @@ sampling, with ``solvers.sample`` as shipped (no_grad) and without it (its undec
 behaviour that kept every step's graph), each in a fresh subprocess.
 
     python benchmarks/trained_models.py --quick          # about 3 minutes on one core
-    python benchmarks/trained_models.py --out benchmarks/results   # about 10 minutes
+    python benchmarks/trained_models.py --out benchmarks/results   # about 12 minutes
 """
 
 from __future__ import annotations
@@ -61,21 +61,21 @@ def escaped_share(x: torch.Tensor, data: torch.Tensor) -> float:
     return float(((x - centre).norm(dim=1) > 3 * radius).double().mean())
 
 
-def train_model(config: str, overrides: list[str], out: Path):
+def train_model(config: str, overrides: list[str], out: Path, device: torch.device):
     cfg = load_config(ROOT / "configs" / config, overrides + ["train.sample_every=0", "train.ckpt_every=100000"])
     start = time.process_time()
-    result = train(cfg, out, progress=False)
+    result = train(cfg, out, device=device, progress=False)
     return result.model.eval(), cfg, time.process_time() - start
 
 
-def sampler_rows(name: str, model, cfg, methods, steps, n: int) -> list[dict]:
-    target = model_target(model, cfg, torch.device("cpu"), n)
-    data = load_dataset(cfg.data.name, split="train", path=cfg.data.path, n=cfg.data.n).x
+def sampler_rows(name: str, model, cfg, methods, steps, n: int, device: torch.device) -> list[dict]:
+    target = model_target(model, cfg, device, n)
+    data = load_dataset(cfg.data.name, split="train", path=cfg.data.path, n=cfg.data.n).x.to(device)
     rows = []
     for method in methods:
         for k in steps:
             res = solvers.sample(model, model.sde, (n, *target.shape), method=method, steps=k,
-                                 generator=torch.Generator().manual_seed(1))
+                                 generator=torch.Generator(device).manual_seed(1))
             quality = target.quality(res.x)[0]
             rows.append({"model": name, "method": method, "steps": k, "nfe": res.nfe,
                          "metric": target.metric, "quality/floor": quality / target.floor,
@@ -106,12 +106,12 @@ def table(rows: list[dict], keys: list[str]) -> str:
 
 def pivot(rows: list[dict], steps) -> str:
     """One line per (model, method): quality/floor (escaped %) at each step count."""
-    keys = sorted({(r["model"], r["method"]) for r in rows}, key=lambda k: [r["model"] for r in rows].index(k[0]))
+    keys = list(dict.fromkeys((r["model"], r["method"]) for r in rows))
     lines = ["| model | sampler | " + " | ".join(f"{k} steps" for k in steps) + " |", "|---|---|" + "---|" * len(steps)]
     for model, method in keys:
         cells = {r["steps"]: r for r in rows if r["model"] == model and r["method"] == method}
         lines.append(f"| {model} | {method} | " + " | ".join(
-            f"{cells[k]['quality/floor']:.2f} ({100 * cells[k]['escaped']:.2g}%)" for k in steps) + " |")
+            f"{cells[k]['quality/floor']:.2f} ({100 * cells[k]['escaped']:.3g}%)" for k in steps) + " |")
     return "\n".join(lines)
 
 
@@ -120,28 +120,30 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="shorter training and fewer samples (~3 min)")
     p.add_argument("--steps", type=int, nargs="+", default=[10, 20, 50, 100])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="where to train and sample (the memory rows run on the CPU)")
     p.add_argument("--out", default=None, help="folder for trained_models.csv / .md (default: print only)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    toy_steps, digit_steps, n_toy, n_digits, n_bpd = (1000, 300, 2000, 300, 50) if a.quick else (3000, 1500, 4000, 300, 100)
+    dev = torch.device(a.device)
+    toy_steps, digit_steps, n_toy, n_digits, n_bpd = (1000, 300, 2000, 300, 50) if a.quick else (6000, 1500, 4000, 300, 100)
     rows, bpd, trained = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for data in ("moons", "ring"):
             for par in PARAMETERIZATIONS:
                 name = f"{data} {par}"
                 model, cfg, cpu = train_model("toy_vp.yaml", [f"data.name={data}", f"model.parameterization={par}",
-                                                              f"train.steps={toy_steps}"], Path(tmp) / name)
+                                                              f"train.steps={toy_steps}"], Path(tmp) / name, dev)
                 trained.append({"model": name, "train steps": toy_steps, "train CPU s": round(cpu)})
-                rows += sampler_rows(name, model, cfg, TOY_METHODS, a.steps, n_toy)
+                rows += sampler_rows(name, model, cfg, TOY_METHODS, a.steps, n_toy, dev)
                 print(f"{name}: trained in {cpu:.0f} CPU s", flush=True)
         for par in PARAMETERIZATIONS:
             name = f"digits {par}"
             model, cfg, cpu = train_model("digits_vp.yaml", [f"model.parameterization={par}",
-                                                             f"train.steps={digit_steps}"], Path(tmp) / name)
+                                                             f"train.steps={digit_steps}"], Path(tmp) / name, dev)
             trained.append({"model": name, "train steps": digit_steps, "train CPU s": round(cpu)})
-            rows += sampler_rows(name, model, cfg, DIGIT_METHODS, a.steps, n_digits)
-            test = load_dataset("digits", split="test").x[:n_bpd]
-            v = nll_per_sample(model, test, 17, generator=torch.Generator().manual_seed(0), batch_size=n_bpd,
+            rows += sampler_rows(name, model, cfg, DIGIT_METHODS, a.steps, n_digits, dev)
+            test = load_dataset("digits", split="test").x[:n_bpd].to(dev)
+            v = nll_per_sample(model, test, 17, generator=torch.Generator(dev).manual_seed(0), batch_size=n_bpd,
                                divergence="hutchinson")
             bpd.append({"model": name, "test bits/dim": float(v.mean()), "s.e.": float(v.std() / len(v) ** 0.5),
                         "digits": len(v)})
