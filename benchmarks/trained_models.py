@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
-    toy_steps, digit_steps, n_toy, n_digits, n_bpd = (1000, 300, 2000, 300, 50) if a.quick else (6000, 1500, 4000, 300, 100)
+    quick, full = (1000, 300, 2000, 300, 50), (6000, 1500, 4000, 300, 100)
+    toy_steps, digit_steps, n_toy, n_digits, n_bpd = quick if a.quick else full
     rows, bpd, trained = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for data in ("moons", "ring"):

@@ -72,8 +72,8 @@ def dsm_loss(model: ScoreModel, x0: torch.Tensor, *, weighting: str = "sigma2", 
 
     ``weighting``: ``sigma2`` (lambda = s^2, the eps-MSE), ``likelihood`` (lambda = g^2, Song et al.
     2021a "Maximum likelihood training"), ``none`` (lambda = 1) or, for an edm model, ``edm``
-    (lambda = s^2 (sigma^2 + sd^2) / sd^2: the MSE of the net's output F, see the module). With ``importance_sampling``
-    (likelihood only) t ~ q(t) = g^2 / (s^2 Z) and each term is divided by (T - eps) q(t), which
+    (lambda = s^2 (sigma^2 + sd^2) / sd^2: the MSE of the net's output F, see the module). With
+    ``importance_sampling`` (likelihood only) t ~ q(t) = g^2 / (s^2 Z) and each term is divided by (T - eps) q(t), which
     leaves the expectation unchanged and gives Z / (T - eps) ||eps_theta - z||^2 / D per sample.
     ``t`` (N,) and ``noise`` (shaped like x0) may be given to fix the draws (with importance_sampling,
     t must come from q(t), ``sample_importance_time``); ``generator`` draws the rest.

@@ -8,5 +8,6 @@ from .unet import UNet
 
 __all__ = [
     "MLPScore", "UNet", "ScoreModel", "build_model", "convert", "to_eps", "from_eps", "NETS",
-    "PARAMETERIZATIONS", "PREDICTIONS", "edm_scalings", "FourierEmbedding", "SinusoidalEmbedding", "LabelEmbedding", "time_embedding",
+    "PARAMETERIZATIONS", "PREDICTIONS", "edm_scalings", "FourierEmbedding", "SinusoidalEmbedding",
+    "LabelEmbedding", "time_embedding",
 ]

