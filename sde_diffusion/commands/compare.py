@@ -28,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "and a single --sde are given")
     p.add_argument("--steps", default=DEFAULT_STEPS, help=f"comma-separated step counts (default {DEFAULT_STEPS})")
     p.add_argument("--n", type=int, default=4000, help="samples per run (default 4000)")
+    p.add_argument("--repeats", type=int, default=3, help="independent repeats per cell, each with its own "
+                   "samples, held-out set and floor; tables give mean +- standard error (default 3)")
     p.add_argument("--show-steps", type=int, help="step count of the sample figures (default: the largest)")
     p.add_argument("--nll", action="store_true", help="also the test NLL by the probability-flow ODE "
                    "(bits/dim or nats/dim, with standard error) and the DDPM bound where it applies")
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     variants = compare.parse_methods(args.methods or compare.DEFAULT_METHODS)
     steps = compare.parse_steps(args.steps)
-    for name in ("n", "nll_n"):
+    for name in ("n", "nll_n", "repeats"):
         if getattr(args, name) < 2:
             raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 2, got {getattr(args, name)}.")
     if args.show_steps is not None and args.show_steps not in steps:
@@ -61,21 +63,27 @@ def run(args: argparse.Namespace) -> int:
         target = compare.analytic_target(model_name.split(":", 1)[1], args.sde or "all", args.n, dev, seed)
         default_out = f"compare_{model_name.split(':', 1)[1]}"
     show = args.show_steps or max(steps)
+    pairs = compare.plan(target, variants, steps, explicit=args.methods is not None and args.sde is not None)
+    for note in target.notes:  # before any compute: every change to what was asked
+        print(f"note: {note}", flush=True)
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        rows, shown = compare.run_compare(target, variants, steps, args.n, dev, seed=seed, show_steps=show,
-                                          explicit=args.methods is not None and args.sde is not None,
-                                          progress=not args.no_progress)
+        rows, shown = compare.run_compare(target, pairs, steps, target.n, dev, repeats=args.repeats, seed=seed,
+                                          show_steps=show, progress=not args.no_progress)
         nll_rows = None
         if args.nll:
             nll_rows = (nll_table.model_rows(model, cfg, dev, n=args.nll_n, seed=seed) if args.checkpoint
                         else nll_table.analytic_rows(target, args.nll_n, dev, seed))
     out = Path(args.out) if args.out else Path("reports") / default_out
     files = report.write_compare(out, target, rows, shown, show, nll_rows)
-    print(report.text_table(rows, report.compare_columns(rows)))
+    print(report.text_table(files["cells"], report.compare_columns(files["cells"])))
     if nll_rows:
         print()
         print(report.text_table(nll_rows, report.NLL_COLUMNS))
+    print()
+    for line in files["lines"]:
+        print(line)
     for note in target.notes:
         print(f"note: {note}")
-    print(f"\nreport: {files['report']}\ntable: {files['csv']}\nplot: {files['plot']}\nsamples: {out}/samples_*.png")
+    print(f"\nreport: {files['report']}\ntables: {files['csv']} (every repeat), {files['summary']} (means)\n"
+          f"plot: {files['plot']}\nsamples: {out}/samples_*.png")
     return 0
