@@ -229,7 +229,7 @@ def test_a_broken_score_ranks_below_and_a_tied_pair_is_tied():
 
 def test_escaped_share_counts_the_planted_points_and_the_warning_threshold():
     """1000 in-range points plus planted ones: vectors at 3.2 x the data's radius count, at 2.8 x they
-    do not; images count with a value 0.6 beyond [-1, 1] (margin 0.25 x 2 = 0.5), not with 0.4."""
+    do not; images count with a value 1.1 beyond [-1, 1] (margin 0.5 x 2 = 1), not with 0.9."""
     from sde_diffusion.evaluation.metrics import escaped
     from sde_diffusion.evaluation.summary import ESCAPE_THRESHOLD, escape_warnings
 
@@ -245,7 +245,7 @@ def test_escaped_share_counts_the_planted_points_and_the_warning_threshold():
         assert float(share) * len(x) == pytest.approx(planted, abs=1e-6)
         assert float(largest) == pytest.approx(3.2 * radius, rel=1e-5)
     images = torch.rand(100, 1, 8, 8, generator=g) * 2 - 1
-    images[:5, 0, 0, 0], images[5:9, 0, 3, 3] = 1.6, -1.4
+    images[:5, 0, 0, 0], images[5:9, 0, 3, 3] = 2.1, -1.9
     share, _ = escaped(images, box=(-1.0, 1.0))
     assert float(share) * 100 == pytest.approx(5, abs=1e-6)
     cell = {"sde": "vp", "method": "heun", "kind": "ode", "steps": 20, "max_norm": 9.0}

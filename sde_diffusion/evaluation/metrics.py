@@ -47,7 +47,7 @@ def nll_gap(log_prob, samples: torch.Tensor, reference: torch.Tensor) -> torch.T
 
 
 def escaped(x: torch.Tensor, *, reference: torch.Tensor | None = None, box: tuple[float, float] | None = None,
-            factor: float = 3.0, margin: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
+            factor: float = 3.0, margin: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
     """(share of samples outside the data's range, largest sample norm), both 0-dim tensors.
 
     Vector data (``reference`` (M, D) given): with centre c = mean of the reference and radius

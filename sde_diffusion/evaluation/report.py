@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import csv
 import math
+import textwrap
 from pathlib import Path
 
 import torch
 
 from .compare import FIELDS, Target
-from .summary import SUMMARY_FIELDS, escape_warnings, floor_text, pm, rank, ranking_text, summarise
+from .summary import SUMMARY_FIELDS, escape_warnings, floor_text, pm, rank, ranking_text, rises, summarise
 
 NLL_COLUMNS = ["sde", "estimate", "value", "stderr", "unit", "n"]
 PM = ("quality", "floor", "ratio", "nll_gap")  # shown as mean +- s.e.
@@ -81,7 +82,9 @@ def plot_quality(cells: list[dict], path: Path, title: str) -> Path:
     sdes = list(dict.fromkeys(r["sde"] for r in cells))
     labels = list(dict.fromkeys(r["method"] for r in cells))
     colour = {label: plt.get_cmap("tab10")(i % 10) for i, label in enumerate(labels)}  # one colour per method
-    fig, axes = plt.subplots(1, len(sdes), figsize=(4.4 * len(sdes), 4.2), squeeze=False)
+    ncol = min(len(labels), 2 * len(sdes), 4)
+    fig, axes = plt.subplots(1, len(sdes), figsize=(4.4 * len(sdes), 4.2 + 0.17 * math.ceil(len(labels) / ncol)),
+                             squeeze=False, layout="constrained")
     handles = {}
     for ax, sde in zip(axes[0], sdes):
         for label in labels:
@@ -97,11 +100,11 @@ def plot_quality(cells: list[dict], path: Path, title: str) -> Path:
                ylabel=f"{cells[0]['metric']} / noise floor", title=f"SDE: {sde}")
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))  # NFE: plain decades
         ax.xaxis.set_minor_formatter(ticker.NullFormatter())
-    fig.suptitle(title, fontsize=10)
-    fig.legend(handles=list(handles.values()), loc="lower center", ncol=min(len(handles), 4), fontsize=8,
-               title="solid: SDE samplers, dashed: ODE samplers; dotted line: the noise floor", title_fontsize=8)
-    rows_of_legend = math.ceil(len(handles) / 4)
-    fig.tight_layout(rect=(0, 0.07 + 0.05 * rows_of_legend, 1, 0.95))
+        ax.yaxis.set_major_formatter(ticker.LogFormatter())  # plain numbers, also at minor ticks in a short range
+        ax.yaxis.set_minor_formatter(ticker.LogFormatter(minor_thresholds=(1, 0.5)))
+    fig.suptitle(textwrap.fill(title, 50 * len(sdes)), fontsize=10)
+    fig.legend(handles=list(handles.values()), loc="outside lower center", ncol=ncol, fontsize=8,
+               title="solid: SDE samplers, dashed: ODE samplers\ndotted line: the noise floor", title_fontsize=8)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -156,9 +159,12 @@ def sample_figure(x: torch.Tensor, target: Target, path: Path, title: str) -> Pa
 
 def summary_lines(target: Target, rows: list[dict], cells: list[dict]) -> list[str]:
     """The floor's spread, the ranking at each step count (``summary.rank``) and escape warnings."""
-    lines = [floor_text(rows)[0].upper() + floor_text(rows)[1:]]
+    lines = [floor_text(rows, cells)]
     for s in sorted({c["steps"] for c in cells}):
         lines.append(f"At {s} steps, {ranking_text(rank([c for c in cells if c['steps'] == s]))}")
+    up = rises(cells)
+    lines.append("Every curve falls or stays level within 2 combined s.e. as the steps grow." if not up else
+                 "Rising beyond 2 combined s.e. with more steps (more repeats or samples would tell): " + "; ".join(up))
     return lines + [f"warning: {w}" for w in escape_warnings(cells)]
 
 
@@ -189,7 +195,7 @@ def write_compare(out: Path, target: Target, rows: list[dict], shown: dict, show
            "floor: 1 is as good as fresh data (below 1 can mean over-concentrated samples). NFE counts score "
            "evaluations; wall_s is the median seconds per cell, score_share the part of it inside the score, "
            "ms_per_nfe = wall / NFE. escaped: share of samples outside the data's range (vectors: beyond 3x the "
-           "data's radius from its centre; images: outside the pixel range by more than a quarter of it), "
+           "data's radius from its centre; images: a value outside the pixel range by more than half of it), "
            "max_norm their largest distance from the centre. Every repeat is in results.csv, the means in "
            "summary.csv.", ""]
     if not math.isnan(cells[0]["nll_gap"]):

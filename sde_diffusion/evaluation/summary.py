@@ -31,7 +31,10 @@ SUMMARY_FIELDS = ["sde", "method", "kind", "steps", "repeats", "nfe", "metric", 
 
 
 def _mean_se(values: list[float]) -> tuple[float, float]:
-    if not all(math.isfinite(v) for v in values):
+    """(mean, s.e.) over repeats; (NaN, NaN) if any is NaN (no such figure), (inf, NaN) if any is inf."""
+    if any(math.isnan(v) for v in values):
+        return math.nan, math.nan
+    if any(math.isinf(v) for v in values):
         return math.inf, math.nan
     return mean_se(torch.tensor(values, dtype=torch.float64))
 
@@ -125,17 +128,32 @@ def escape_warnings(cells: list[dict], threshold: float = ESCAPE_THRESHOLD) -> l
     return out
 
 
-def floor_text(rows: list[dict]) -> str:
-    """The floor with its s.e. over repeats, its relative s.e., and whether that resolves a 10%
-    difference between methods (a cell's s.e. is about the floor's where quality is near it)."""
+def floor_text(rows: list[dict], cells: list[dict]) -> str:
+    """The floor with its s.e. over repeats and its relative s.e., and the cells' median relative
+    s.e. of quality (what the rankings use), each said to resolve a 10% difference or not."""
     floors = list({r["repeat"]: r["floor"] for r in rows}.values())
     f, se = _mean_se(floors)
     if math.isnan(se):
-        return f"noise floor {f:.4g} (one repeat: no interval; use --repeats >= 2)."
+        return f"Noise floor {f:.4g} (one repeat: no interval; use --repeats >= 2)."
+    need = RESOLVES_10_PERCENT
+    verdict = lambda rel: (f"enough to separate methods that differ by 10% (that needs below {need:.1%})"  # noqa: E731
+                           if rel <= need else f"too large to separate methods that differ by 10% (that needs "
+                           f"below {need:.1%}, about {math.ceil(len(floors) * (rel / need) ** 2)} repeats)")
     rel = se / f
-    text = f"noise floor {pm(f, se)} over {len(floors)} repeats (relative s.e. {rel:.1%})"
-    if rel > RESOLVES_10_PERCENT:
-        need = math.ceil(len(floors) * (rel / RESOLVES_10_PERCENT) ** 2)
-        return (text + f": too large to separate methods that differ by 10% (that needs a relative s.e. below "
-                f"{RESOLVES_10_PERCENT:.1%}, about {need} repeats).")
-    return text + f": enough to separate methods that differ by 10% (needs below {RESOLVES_10_PERCENT:.1%})."
+    cell_rel = statistics.median([c["quality_se"] / c["quality"] for c in cells if math.isfinite(c["quality"])
+                                  and c["quality"] > 0 and math.isfinite(c["quality_se"])] or [math.nan])
+    return (f"Noise floor {pm(f, se)} over {len(floors)} repeats, relative s.e. {rel:.1%} (the ratio's s.e. "
+            f"includes it): {verdict(rel)}. The cells' quality has a median relative s.e. of {cell_rel:.1%} "
+            f"(the rankings use it): {verdict(cell_rel)}.")
+
+
+def rises(cells: list[dict], key: str = "ratio") -> list[str]:
+    """Curves that rise beyond noise with more steps: for each (sde, method), consecutive step
+    counts a < b with mean(b) - mean(a) > SEPARATION combined s.e. (more steps should not be worse)."""
+    out = []
+    for sde, method in dict.fromkeys((c["sde"], c["method"]) for c in cells):
+        curve = sorted((c for c in cells if c["sde"] == sde and c["method"] == method), key=lambda c: c["steps"])
+        for a, b in zip(curve, curve[1:]):
+            if not _close(a, b, key) and b[key] > a[key]:
+                out.append(f"{method} on {sde} from {a['steps']} to {b['steps']} steps")
+    return out
