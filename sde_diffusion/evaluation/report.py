@@ -157,15 +157,19 @@ def sample_figure(x: torch.Tensor, target: Target, path: Path, title: str) -> Pa
     return scatter(x, target.reference, path, title)
 
 
+def monotone_text(cells: list[dict]) -> str:
+    """Whether every curve falls or stays level within noise as the steps grow (``summary.rises``)."""
+    up = rises(cells)
+    return ("Every curve falls or stays level within 2 combined s.e. as the steps grow." if not up else
+            "Rising beyond 2 combined s.e. with more steps: " + "; ".join(up) + ".")
+
+
 def summary_lines(target: Target, rows: list[dict], cells: list[dict]) -> list[str]:
     """The floor's spread, the ranking at each step count (``summary.rank``) and escape warnings."""
     lines = [floor_text(rows, cells)]
     for s in sorted({c["steps"] for c in cells}):
         lines.append(f"At {s} steps, {ranking_text(rank([c for c in cells if c['steps'] == s]))}")
-    up = rises(cells)
-    lines.append("Every curve falls or stays level within 2 combined s.e. as the steps grow." if not up else
-                 "Rising beyond 2 combined s.e. with more steps (more repeats or samples would tell): " + "; ".join(up))
-    return lines + [f"warning: {w}" for w in escape_warnings(cells)]
+    return lines + [monotone_text(cells)] + [f"warning: {w}" for w in escape_warnings(cells)]
 
 
 def write_compare(out: Path, target: Target, rows: list[dict], shown: dict, show_steps: int,
