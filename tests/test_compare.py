@@ -166,7 +166,8 @@ def test_a_checkpoint_must_match_the_requested_sde(tmp_path, capsys):
     cap = int(printed[note].split("note: n = ")[1].split()[0])
     assert 0 < cap < 100000 and printed[note].endswith(f"the smaller split holds {cap}.")
     head = (tmp_path / "c" / "report.md").read_text().split("| sde |")[0]
-    assert "Changes to what was asked" in head and printed[note][len("note: "):] in head and f"n = {cap} samples" in head
+    assert "Changes to what was asked" in head and printed[note][len("note: "):] in head
+    assert f"n = {cap} samples" in head
 
 
 # -- repeats, rankings, escapes, timing and notices -------------------------------------------------
@@ -240,7 +241,8 @@ def test_escaped_share_counts_the_planted_points_and_the_warning_threshold():
     direction = torch.nn.functional.normalize(torch.randn(20, 2, generator=g), dim=1)
     inside = ref[torch.randperm(2000, generator=g)[:1000]]
     for planted in (7, 15):
-        x = torch.cat([inside, centre + 3.2 * radius * direction[:planted], centre + 2.8 * radius * direction[planted:]])
+        x = torch.cat([inside, centre + 3.2 * radius * direction[:planted],
+                       centre + 2.8 * radius * direction[planted:]])
         share, largest = escaped(x, reference=ref)
         assert float(share) * len(x) == pytest.approx(planted, abs=1e-6)
         assert float(largest) == pytest.approx(3.2 * radius, rel=1e-5)
@@ -260,7 +262,7 @@ def test_timed_score_counts_the_time_inside_the_score():
     import time
 
     import solvers
-    from sde_diffusion.evaluation.compare import TimedScore
+    from sde_diffusion.evaluation.timing import TimedScore
     from sde_diffusion.sde import VPSDE
 
     def slow(x, t):

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from .. import checks
 from .metrics import escaped, nll_gap, sliced_w2
+from .timing import TimedScore, sync
 from ..sde import SDE, SDES, ScoreFn, get_sde
 
 DEFAULT_METHODS = "ancestral,euler_maruyama,pc,ode:solver=rk4,ddim,heun,dpm_solver"
@@ -165,14 +166,12 @@ def analytic_target(name: str, sde: str, n: int, device: torch.device, seed: int
             return float(sliced_w2(x, held_out, generator=proj())), float(nll_gap(gm.log_prob, x, held_out))
         return Scorer(quality, float(sliced_w2(fresh, held_out, generator=proj())))
     return Target(f"analytic:{name}", {s: get_sde(s) for s in sde_names(sde)}, gm.score, (gm.dim,), "SW2",
-                  functools.lru_cache(scorer), ref, n, vector_escape(ref), log_prob=gm.log_prob)
+                  functools.lru_cache(scorer), ref, n, escape_of(reference=ref), log_prob=gm.log_prob)
 
 
-def vector_escape(ref: torch.Tensor) -> Callable[[torch.Tensor], tuple[float, float]]:
-    def escape(x: torch.Tensor) -> tuple[float, float]:
-        share, largest = escaped(x, reference=ref)
-        return float(share), float(largest)
-    return escape
+def escape_of(**where) -> Callable[[torch.Tensor], tuple[float, float]]:
+    """x -> (share escaped, largest norm) as floats, by ``metrics.escaped(x, **where)``."""
+    return lambda x: tuple(float(v) for v in escaped(x, **where))
 
 
 def model_target(model, cfg, device: torch.device, n: int, seed: int = 0, name: str = "model") -> Target:
@@ -196,10 +195,7 @@ def model_target(model, cfg, device: torch.device, n: int, seed: int = 0, name: 
         def scorer(r: int) -> Scorer:
             return Scorer(lambda x: (float(frechet(features(quantize(x, test.levels)), f_ref)), math.nan),
                           float(frechet(features(subset(train, m, r, 3)), f_ref)))
-
-        def escape(x: torch.Tensor) -> tuple[float, float]:
-            share, largest = escaped(x, box=DATA_RANGE)
-            return float(share), float(largest)
+        escape = escape_of(box=DATA_RANGE)
     else:
         metric, m = "SW2", min(n, len(test), len(train))
         if m < n:
@@ -211,7 +207,7 @@ def model_target(model, cfg, device: torch.device, n: int, seed: int = 0, name: 
             proj = lambda: torch.Generator(device).manual_seed(sub_seed(seed, r, 2))  # noqa: E731
             return Scorer(lambda x: (float(sliced_w2(x.to(held_out.dtype), held_out, generator=proj())), math.nan),
                           float(sliced_w2(subset(train, m, r, 3), held_out, generator=proj())))
-        n, escape = m, vector_escape(test.x.to(device))
+        n, escape = m, escape_of(reference=test.x.to(device))
     return Target(name, {sde_name: model.sde}, lambda sde: model, test.shape, metric, functools.lru_cache(scorer),
                   ref, n, escape, levels=test.levels, notes=notes)
 
@@ -275,37 +271,6 @@ def plan(target: Target, variants: list[Variant], steps: list[int], explicit: bo
     return pairs
 
 
-class TimedScore:
-    """score_fn(x, t) that keeps the time spent inside it: perf_counter on the CPU; on CUDA a pair of
-    events per call, summed by ``seconds()`` after one synchronize per cell (no host sync per step)."""
-
-    def __init__(self, score_fn: ScoreFn, device: torch.device):
-        self.score_fn, self.cuda = score_fn, device.type == "cuda"
-        self.cpu_s, self.events = 0.0, []
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            out = self.score_fn(x, t)
-            end.record()
-            self.events.append((start, end))
-            return out
-        t0 = time.perf_counter()
-        out = self.score_fn(x, t)
-        self.cpu_s += time.perf_counter() - t0
-        return out
-
-    def seconds(self) -> float:
-        """Seconds inside the score so far (call after the device has synchronized)."""
-        return self.cpu_s + sum(a.elapsed_time(b) for a, b in self.events) / 1000
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run_compare(target: Target, variants: list[Variant] | list[tuple[str, Variant]], steps: list[int],
                 n: int | None, device: torch.device, *, repeats: int = 1, seed: int = 0,
                 show_steps: int | None = None, explicit: bool = False,
@@ -332,12 +297,12 @@ def run_compare(target: Target, variants: list[Variant] | list[tuple[str, Varian
                 bar.set_postfix_str(f"repeat {r} {sde_name} {v.label} {s}")
                 score = TimedScore(target.score(sde), device)
                 gen = torch.Generator(device).manual_seed(sub_seed(seed, r, 0))
-                _sync(device)
+                sync(device)
                 t0 = time.perf_counter()
                 with torch.no_grad():
                     res = solvers.sample(score, sde, (n, *target.shape), v.method, s, generator=gen, device=device,
                                          **v.options_for(s))
-                _sync(device)
+                sync(device)
                 wall = time.perf_counter() - t0
                 finite = bool(torch.isfinite(res.x).all())
                 q, gap = scorer.quality(res.x) if finite else (math.inf, math.inf)

@@ -53,7 +53,8 @@ def run_demo(out: Path, *, checkpoint: str | None = None, sizes: DemoSizes = Dem
             raise ValueError(f"show_steps {sizes.show_steps} must be one of the step counts {steps!r}.")
     out.mkdir(parents=True, exist_ok=True)
     gm = compare.analytic_target(sizes.analytic, "all", sizes.analytic_n, device, seed)
-    rows_a, shown_a = compare.run_compare(gm, compare.parse_methods(ANALYTIC_METHODS), compare.parse_steps(sizes.analytic_steps), None, device,
+    rows_a, shown_a = compare.run_compare(gm, compare.parse_methods(ANALYTIC_METHODS),
+                                          compare.parse_steps(sizes.analytic_steps), None, device,
                                           repeats=sizes.analytic_repeats, seed=seed, show_steps=sizes.show_steps,
                                           progress=progress)
     files_a = report.write_compare(out / sizes.analytic, gm, rows_a, shown_a, sizes.show_steps, heading="Samplers")

@@ -92,9 +92,10 @@ def plot_quality(cells: list[dict], path: Path, title: str) -> Path:
                         key=lambda r: r["nfe"])
             if rs:
                 y, se = [r["ratio"] for r in rs], [0.0 if math.isnan(r["ratio_se"]) else r["ratio_se"] for r in rs]
-                handles[label] = ax.errorbar([r["nfe"] for r in rs], y, yerr=[[min(e, 0.95 * v) for e, v in zip(se, y)], se],
-                                             marker=".", capsize=2, label=f"{label} ({rs[0]['kind'].upper()})",
-                                             color=colour[label], linestyle="-" if rs[0]["kind"] == "sde" else "--")
+                low = [min(e, 0.95 * v) for e, v in zip(se, y)]  # stay above 0 on the log axis
+                handles[label] = ax.errorbar([r["nfe"] for r in rs], y, yerr=[low, se], marker=".", capsize=2,
+                                             label=f"{label} ({rs[0]['kind'].upper()})", color=colour[label],
+                                             linestyle="-" if rs[0]["kind"] == "sde" else "--")
         ax.axhline(1.0, color="grey", lw=0.8, ls=":")
         ax.set(xscale="log", yscale="log", xlabel="NFE (score evaluations)",
                ylabel=f"{cells[0]['metric']} / noise floor", title=f"SDE: {sde}")
