@@ -135,6 +135,7 @@ def test_compare_all_sdes_skips_vp_only_methods_on_ve_with_a_note(tmp_path, caps
     (["--model", "ring2d"], "--model must read analytic:NAME"),
     (["--model", "analytic:nosuch"], "unknown analytic model 'nosuch'"),
     (["--show-steps", "7", "--steps", "10"], "--show-steps 7 is not one of --steps 10"),
+    (["--repeats", "1"], "--repeats must be an integer >= 2, got 1"),
 ])
 def test_bad_input_exits_2_with_one_line(args, message, tmp_path, capsys):
     assert main(["compare", "--n", "50", "--out", str(tmp_path / "x"), "--no-progress", *args]) == 2
