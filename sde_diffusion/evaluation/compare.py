@@ -165,12 +165,19 @@ def model_target(model, cfg, device: torch.device, n: int, seed: int = 0, name: 
                   levels=test.levels, notes=notes)
 
 
-def checkpoint_target(path: str, sde: str | None, n: int, device: torch.device, seed: int = 0):
-    """``model_target`` of a run directory or checkpoint; ``sde`` (if given) must be the one it was
-    trained with. Returns (target, model, cfg)."""
+def checkpoint_target(path: str, sde: str | None, n: int, device: torch.device, seed: int = 0,
+                      data: str | None = None):
+    """``model_target`` of a run directory, a checkpoint or ``diffusers:PATH``; ``sde`` (if given) must
+    be the one it was trained with; ``data`` (a .npy/.npz file) replaces the model's data. Returns
+    (target, model, cfg)."""
     from ..training.checkpoint import load_checkpoint
+    from ..training.shipped import DIFFUSERS, load_model, with_data
 
-    model, cfg = load_checkpoint(path, device=device)
+    if path.startswith(DIFFUSERS):
+        model, cfg, _ = load_model(path, device=device)
+    else:
+        model, cfg = load_checkpoint(path, device=device)
+    cfg = with_data(cfg, data)
     trained = "vp" if cfg.sde.name == "ddpm" else cfg.sde.name
     if sde is not None and sde != trained:
         raise ValueError(f"checkpoint {path!r} was trained with the {cfg.sde.name} SDE ({model.sde}), not "
