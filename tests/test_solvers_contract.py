@@ -31,8 +31,14 @@ def test_available_lists_every_method():
 def test_ancestral_is_ddpm_algorithm_2_bit_for_bit(variance, device, dtype):
     """DDPM Algorithm 2 transcribed: x_T ~ N(0, I); for i = T..1: z ~ N(0, I) if i > 1 else 0,
     x_{i-1} = 1/sqrt(alpha_i) (x_i - (1 - alpha_i)/sqrt(1 - abar_i) eps(x_i, i)) + sigma_i z, with
-    eps(x, i) = -sqrt(1 - abar_i) score(x, i/T). Same noise, same coefficients: equal bits."""
+    eps(x, i) = -sqrt(1 - abar_i) score(x, i/T), with the test's own tables (beta_i linear from
+    beta_1 to beta_T, abar_i = prod_j (1 - beta_j), beta_tilde_i = (1 - abar_{i-1}) / (1 - abar_i) beta_i),
+    not DDPMSchedule's. Same noise, same coefficients: equal bits."""
     sched, n = DDPMSchedule(T=50, beta_1=2e-3, beta_T=0.4), 64
+    betas = torch.linspace(2e-3, 0.4, 50, dtype=torch.float64)
+    alphas = 1 - betas
+    abars = torch.cumprod(alphas, 0)
+    abars_prev = torch.cat([torch.ones(1, dtype=torch.float64), abars[:-1]])
     sde, gm = sched.to_sde(), ring2d()
     score = gm.score(sde)
     res = sample(score, sde, (n, 2), "ancestral", sched.T, schedule=sched, variance=variance,
@@ -40,9 +46,9 @@ def test_ancestral_is_ddpm_algorithm_2_bit_for_bit(variance, device, dtype):
     gen = torch.Generator(device).manual_seed(0)
     x = torch.randn((n, 2), generator=gen, device=device, dtype=dtype)
     c = lambda v: v.to(device=device, dtype=dtype)  # noqa: E731
-    sig2 = sched.betas if variance == "beta" else sched.posterior_variance
+    sig2 = betas if variance == "beta" else (1 - abars_prev) / (1 - abars) * betas
     for i in range(sched.T, 0, -1):
-        alpha, abar = sched.alphas[i - 1], sched.alphas_cumprod[i - 1]
+        alpha, abar = alphas[i - 1], abars[i - 1]
         z = torch.randn(x.shape, generator=gen, device=device, dtype=dtype) if i > 1 else torch.zeros_like(x)
         eps = -c((1 - abar).sqrt()) * score(x, torch.full((n,), i / sched.T, device=device, dtype=dtype))
         x = c(1 / alpha.sqrt()) * (x - c((1 - alpha) / (1 - abar).sqrt()) * eps) + c(sig2[i - 1].sqrt()) * z
