@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from . import checks
 from .checks import bcast
-from .data import bin_width, levels_to_continuous
+from .dequantize import bin_width, levels_to_continuous
 from .sde import SDE, ScoreFn
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from . import checks
-from .data import bin_width, levels_to_continuous
+from .dequantize import bin_width, levels_to_continuous
 from .schedule import DDPMSchedule
 from .sde import ScoreFn
 

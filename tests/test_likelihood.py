@@ -12,7 +12,7 @@ import torch
 
 import sde_diffusion.likelihood as lik
 from sde_diffusion import SubVPSDE, VESDE, VPSDE, bits_per_dim, log_likelihood, random_mixture, ring2d
-from sde_diffusion.data import bin_width, continuous_to_levels
+from sde_diffusion.dequantize import bin_width, continuous_to_levels
 
 EPS = 1e-5
 SDES = [VPSDE(), SubVPSDE(), VESDE()]

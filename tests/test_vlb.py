@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sde_diffusion import DDPMSchedule, GaussianMixture, VPSDE, bits_per_dim, ddpm_vlb_bits_per_dim
-from sde_diffusion.data import bin_width, continuous_to_levels
+from sde_diffusion.dequantize import bin_width, continuous_to_levels
 from sde_diffusion.vlb import ScheduleMarginal, _decoder_log_prob, ddpm_vlb_terms
 
 F64 = torch.float64

@@ -23,7 +23,7 @@ from sklearn.mixture import GaussianMixture as SklearnGMM
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto without ipywidgets
 from sde_diffusion import (DDPMSchedule, GaussianMixture, VPSDE, bits_per_dim, ddpm_vlb_bits_per_dim,
                            load_dataset, log_likelihood, random_mixture, ring2d)
-from sde_diffusion.data import bin_width, continuous_to_levels, levels_to_continuous
+from sde_diffusion.dequantize import bin_width, continuous_to_levels, levels_to_continuous
 from sde_diffusion.vlb import ScheduleMarginal
 
 plt.rcParams.update({"figure.dpi": 72, "axes.grid": True, "grid.alpha": 0.3})
@@ -243,8 +243,8 @@ plt.legend()
 #   learned nothing beyond the covariance.
 
 # %%
-from sde_diffusion.nll_table import ddpm_chain, gaussian_bpd, mean_se
-from sde_diffusion.shipped import load_shipped
+from sde_diffusion.evaluation.nll_table import ddpm_chain, gaussian_bpd, mean_se
+from sde_diffusion.training.shipped import load_shipped
 
 unet, cfg, meta = load_shipped()
 chain = ddpm_chain(cfg, unet.sde)

@@ -27,28 +27,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p, "seed of the dequantization noise, probes and subset (default 0)")
 
 
-def nll_per_sample(model, x: torch.Tensor, levels: int | None, *, generator, batch_size: int,
-                   **kwargs) -> torch.Tensor:
-    """Bits/dim per sample (discrete data, levels given) or nats/dim (continuous), shape (N,)."""
-    from ..data import DATA_RANGE, continuous_to_levels
-    from ..likelihood import bits_per_dim, log_likelihood
-
-    out = []
-    for chunk in x.split(batch_size):
-        if levels:
-            k = continuous_to_levels(chunk, levels, DATA_RANGE)
-            out.append(bits_per_dim(model, model.sde, k, levels=levels, data_range=DATA_RANGE,
-                                    generator=generator, **kwargs))
-        else:
-            lp = log_likelihood(model, model.sde, chunk, generator=generator, **kwargs).log_prob
-            out.append(-lp / chunk[0].numel())
-    return torch.cat(out)
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..data import load_dataset
-    from ..distributed import chunk_seed, setup
-    from ..shipped import load_model
+    from ..training.data import load_dataset
+    from ..evaluation.nll_table import nll_per_sample
+    from ..training.distributed import chunk_seed, setup
+    from ..training.shipped import load_model
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be an integer >= 1, got {args.batch_size}.")

@@ -13,9 +13,10 @@ import time
 
 import torch
 
-from .data import DATA_RANGE, bin_width
-from .schedule import DDPMSchedule
-from .sde import VPSDE
+from ..dequantize import DATA_RANGE, bin_width, continuous_to_levels
+from ..likelihood import bits_per_dim, log_likelihood
+from ..schedule import DDPMSchedule
+from ..sde import VPSDE
 
 
 def mean_se(v: torch.Tensor) -> tuple[float, float]:
@@ -47,7 +48,7 @@ def gaussian_bpd(train_x: torch.Tensor, test_k: torch.Tensor, levels: int, gen: 
 def ddpm_chain(cfg, sde) -> DDPMSchedule | None:
     """The DDPM chain whose continuous limit is the run's SDE: the config's schedule (``ddpm``), or
     T = 1000 steps beta_i = beta(i/T)/T of a linear VP-SDE; None where there is no such chain."""
-    from .config import build_schedule
+    from ..training.config import build_schedule
 
     schedule = build_schedule(cfg) if cfg is not None else None
     if schedule is None and isinstance(sde, VPSDE):
@@ -58,7 +59,6 @@ def ddpm_chain(cfg, sde) -> DDPMSchedule | None:
 def analytic_rows(target, n: int, device: torch.device, seed: int = 0) -> list[dict]:
     """Per SDE: nats/dim by the PF-ODE with the exact score (exact divergence up to 16 dimensions,
     else Hutchinson with one Rademacher probe) on n held-out points, and the true -log p_0 / D."""
-    from .likelihood import log_likelihood
 
     x = target.reference[:n]
     dim = x[0].numel()
@@ -72,14 +72,28 @@ def analytic_rows(target, n: int, device: torch.device, seed: int = 0) -> list[d
     return rows
 
 
+def nll_per_sample(model, x: torch.Tensor, levels: int | None, *, generator, batch_size: int,
+                   **kwargs) -> torch.Tensor:
+    """Bits/dim per sample (discrete data, levels given) or nats/dim (continuous), shape (N,)."""
+    out = []
+    for chunk in x.split(batch_size):
+        if levels:
+            k = continuous_to_levels(chunk, levels, DATA_RANGE)
+            out.append(bits_per_dim(model, model.sde, k, levels=levels, data_range=DATA_RANGE,
+                                    generator=generator, **kwargs))
+        else:
+            lp = log_likelihood(model, model.sde, chunk, generator=generator, **kwargs).log_prob
+            out.append(-lp / chunk[0].numel())
+    return torch.cat(out)
+
+
 def model_rows(model, cfg, device: torch.device, n: int | None = None, n_vlb: int = 50, seed: int = 0,
                rtol: float = 1e-5) -> list[dict]:
     """Test-set NLL of a trained model: PF-ODE (Hutchinson, dopri5) on n test samples (all if None);
     for discrete data also the DDPM bound on n_vlb samples where a chain applies, and the Gaussian
     baseline. Bits/dim for discrete data, nats/dim for continuous."""
-    from .commands.nll import nll_per_sample
-    from .data import load_dataset
-    from .vlb import ddpm_vlb_bits_per_dim
+    from ..training.data import load_dataset
+    from ..vlb import ddpm_vlb_bits_per_dim
 
     test = load_dataset(cfg.data.name, split="test", path=cfg.data.path)
     if n is not None and n < len(test):
