@@ -32,7 +32,8 @@ def vp(t):
 def ve(t):
     """(m, s, f, g) of the VE-SDE at t."""
     sig = SMIN * (SMAX / SMIN) ** t
-    return torch.ones_like(t), torch.sqrt(sig**2 - SMIN**2), torch.zeros_like(t), sig * math.sqrt(2 * math.log(SMAX / SMIN))
+    g = sig * math.sqrt(2 * math.log(SMAX / SMIN))
+    return torch.ones_like(t), torch.sqrt(sig**2 - SMIN**2), torch.zeros_like(t), g
 
 
 def vp_lam(t):

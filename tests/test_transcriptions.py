@@ -77,7 +77,8 @@ def _reverse_diffusion(sde_name):
 
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
 def test_reverse_diffusion_predictor(sde_name):
-    torch.testing.assert_close(package("reverse_diffusion", sde_name), chain(_reverse_diffusion(sde_name), start()), **TOL)
+    ref = chain(_reverse_diffusion(sde_name), start())
+    torch.testing.assert_close(package("reverse_diffusion", sde_name), ref, **TOL)
 
 
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
@@ -181,7 +182,7 @@ def test_vlb_terms_are_the_kl_divergences_of_the_two_gaussians(variance):
             j = step - 1
             xi = abar[j].sqrt() * x0 + (1 - abar[j]).sqrt() * z_all[j]
             eps = eps_fn(xi, torch.full((n,), step / T, dtype=F64))
-            q_mean = abar_prev[j].sqrt() * beta[j] / (1 - abar[j]) * x0 + alpha[j].sqrt() * (1 - abar_prev[j]) / (1 - abar[j]) * xi
+            q_mean = (abar_prev[j].sqrt() * beta[j] * x0 + alpha[j].sqrt() * (1 - abar_prev[j]) * xi) / (1 - abar[j])
             p_mean = (xi - beta[j] / (1 - abar[j]).sqrt() * eps) / alpha[j].sqrt()
             ref += kl_divergence(Normal(q_mean, bt[j].sqrt()), Normal(p_mean, sig2[j].sqrt())).sum(1)
         torch.testing.assert_close(kl, ref, **TOL)
