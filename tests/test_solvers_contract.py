@@ -185,6 +185,7 @@ def _never(x, t):
     (VPSDE(), "sde", {"solver": "heun"}, "allowed: euler, milstein, srk"),
     (VPSDE(), "ddim", {"eta": 1.5}, r"eta must be a number in \[0, 1\]"),
     (VPSDE(), "dpm_solver", {"order": 4}, "allowed: 1, 2, 3"),
+    (VPSDE(), "dpm_solver", {"solver_type": "taylor"}, "allowed: midpoint, heun"),
     (VPSDE(), "heun", {"grid": "cosine"}, "allowed: uniform, edm, logsnr"),
     (VESDE(), "ddim", {}, "needs a VP-type SDE"),
     (VESDE(), "dpm_solver", {}, "needs a VP-type SDE"),
@@ -217,3 +218,22 @@ def test_score_of_wrong_shape_is_reported():
 def test_registry_declares_capabilities():
     assert {m.kind for m in METHODS.values()} == {"sde", "ode"}
     assert {n for n, m in METHODS.items() if m.vp_only} == {"ddim", "dpm_solver"}
+
+
+def test_adaptive_ode_steps_set_the_tolerance():
+    """One rule for the Python API and ``compare``: an adaptive solver without rtol/atol runs at
+    rtol = atol = solvers.probability_flow.tolerance(steps) = 100/steps^3, so more steps mean more
+    score evaluations and a smaller error; explicit tolerances override it."""
+    from solvers.probability_flow import tolerance
+
+    sde, gm = VPSDE(), ring2d(std=0.2)
+    x_T = sde.prior_sample((16, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    kw = dict(x_T=x_T, dtype=torch.float64, denoise=False)
+    run = lambda steps, **o: sample(gm.score(sde), sde, (16, 2), "ode", steps, **kw, **o)  # noqa: E731
+    assert tolerance(10) == pytest.approx(0.1) and tolerance(100) == pytest.approx(1e-4)
+    ref = run(1, rtol=1e-10, atol=1e-10).x
+    coarse, fine = run(10), run(100)
+    assert torch.equal(coarse.x, run(10, rtol=tolerance(10), atol=tolerance(10)).x)
+    assert torch.equal(fine.x, run(7, rtol=1e-4, atol=1e-4).x)
+    assert coarse.nfe < fine.nfe
+    assert (fine.x - ref).abs().max() < (coarse.x - ref).abs().max()
