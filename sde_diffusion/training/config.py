@@ -4,25 +4,21 @@ A YAML file may name ``base:`` files (a path or a list, relative to itself); the
 then the file's own keys on top (mappings merge recursively). Every value is checked against the
 schema when loaded: an unknown key or a wrong type raises a ValueError naming the key path, e.g.
 ``train.lr: expected float, got 'abc'``. OmegaConf does the loading, merging, override parsing and
-type checking; this module holds the schema, the toolkit's value checks and what a config builds.
+type checking (``config_loading.py``); this module holds the schema, the toolkit's value checks and
+what a config builds.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
-
-import yaml
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from typing import Optional
 
 from ..schedule import DDPMSchedule
 from ..sde import SDE, SDES, get_sde
+from .config_loading import apply_overrides, read_yaml, typed
 
 SDE_NAMES = (*SDES, "ddpm")  # "ddpm": the discrete DDPMSchedule, whose continuous limit is a VP-SDE
 
@@ -203,106 +199,10 @@ def build_schedule(cfg: Config) -> DDPMSchedule | None:
         raise ValueError(f"sde.params: {e}") from None
 
 
-# -- files, composition, overrides, types: OmegaConf, with today's rules and messages ------------------
-def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
-    """The raw mapping of a YAML file with its ``base`` files (relative to it) merged underneath."""
-    path = Path(path)
-    if path.resolve() in _seen:
-        raise ValueError(f"{path}: circular 'base' chain.")
-    if not path.is_file():
-        raise ValueError(f"config file {str(path)!r} does not exist.")
-    try:
-        conf = OmegaConf.load(path)
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]}).") from None
-    if not isinstance(conf, DictConfig):
-        raise ValueError(f"{path}: expected a mapping at the top level.")
-    bases = conf.pop("base", [])
-    layers = [read_yaml(path.parent / b, _seen + (path.resolve(),)) for b in ([bases] if isinstance(bases, str) else bases)]
-    try:
-        return OmegaConf.to_container(OmegaConf.merge(*layers, conf))
-    except TypeError:  # OmegaConf merges a list onto a mapping (or the reverse) only in a typed field
-        raise ValueError(f"{path}: a key holds a list in one file and a mapping in another.") from None
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply ``key.path=value`` strings (values parsed as YAML by OmegaConf.from_dotlist) to a raw
-    mapping; a value replaces the key's whole value (``sde.params={...}`` drops the old params)."""
-    conf = OmegaConf.create(raw)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        parts = key.split(".")
-        if not sep or not all(parts):
-            raise ValueError(f"override {item!r} must look like key.path=value.")
-        for i in range(1, len(parts)):
-            node = OmegaConf.select(conf, ".".join(parts[:i]), throw_on_resolution_failure=False)
-            if node is not None and not isinstance(node, DictConfig):
-                raise ValueError(f"override {item!r}: {'.'.join(parts[:i])} is not a section.")
-        try:
-            value = OmegaConf.to_container(OmegaConf.from_dotlist([item]))
-        except yaml.YAMLError:
-            value = text
-        else:
-            for p in parts:
-                value = value[p]
-        OmegaConf.update(conf, key, value, merge=False)
-    return OmegaConf.to_container(conf)
-
-
-def _scalar(tp: Any) -> Any:
-    """``T`` for ``Optional[T]``, else ``tp``."""
-    if typing.get_origin(tp) in (Union, types.UnionType):
-        return next(a for a in typing.get_args(tp) if a is not type(None))
-    return tp
-
-
-def _prepare(raw: Any, cls: type = Config, path: str = "") -> dict:
-    """``raw`` under the rules OmegaConf does not share: an empty section means its defaults; an integral
-    number (2.0, 1e4, which YAML 1.1 reads as text) is an int; a str or bool key takes only text or
-    true/false (OmegaConf would turn 5 into "5" and 3 or "yes" into True), or a ``${key}`` reference."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path.rstrip('.') or 'config'}: expected a mapping, got {raw!r}.")
-    hints, out = typing.get_type_hints(cls), dict(raw)
-    for key, value in raw.items():
-        tp = _scalar(hints.get(key))  # an unknown key is OmegaConf's to refuse
-        if dataclasses.is_dataclass(tp):
-            out[key] = _prepare(value, tp, f"{path}{key}.")
-        elif tp is int and isinstance(value, (float, str)):
-            try:
-                number = float(value)
-            except ValueError:
-                continue
-            out[key] = int(number) if number.is_integer() else number
-        elif tp in (str, bool) and value is not None and not isinstance(value, tp) and "${" not in str(value):
-            raise ValueError(f"{path}{key}: expected {tp.__name__}, got {value!r}.")
-    return out
-
-
-def _message(e: OmegaConfBaseException, raw: dict) -> str:
-    """OmegaConf's error as today's one line naming the key."""
-    key, tp, value = e.full_key, Config, raw
-    if isinstance(e, ConfigKeyError) and dataclasses.is_dataclass(e.object_type):
-        return f"{key}: unknown key; allowed: {', '.join(f.name for f in dataclasses.fields(e.object_type))}."
-    for part in key.split(".") if isinstance(e, ValidationError) and key else ():
-        tp, value = _scalar(typing.get_type_hints(tp)[part]), value.get(part)
-        if tp is dict:  # the params mappings; OmegaConf types nothing below them
-            return f"{key}: expected a mapping of names to values, got {value!r}."
-    if tp is not Config:
-        return f"{key}: expected {tp.__name__}, got {value!r}."
-    return f"{key + ': ' if key else ''}{str(e.msg or e).splitlines()[0]}."
-
-
+# -- loading (the machinery is config_loading.py, on OmegaConf) ---------------------------------------
 def from_dict(raw: dict) -> Config:
-    """A validated Config from a plain mapping (e.g. a checkpoint's config.json): OmegaConf checks the
-    keys and types against the dataclasses, then the toolkit's own value checks run."""
-    raw = _prepare(raw)
-    try:
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), raw))
-    except OmegaConfBaseException as e:
-        raise ValueError(_message(e, raw)) from None
-    return _validate(cfg)
+    """A validated Config from a plain mapping (e.g. a checkpoint's config.json)."""
+    return _validate(typed(Config, raw))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:

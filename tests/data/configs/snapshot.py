@@ -6,7 +6,7 @@ Run at commit 68e1786, before the loader moved to OmegaConf:
 
 It wrote, next to itself, ``<name>.json`` = ``to_dict(load_config("configs/<name>.yaml"))`` for every
 shipped config, ``overrides.json`` (override combinations from the tests and the README with the loaded
-result) and ``errors.json`` (bad input with the exact one-line message). tests/test_config_snapshot.py
+result) and ``errors.json`` (bad input with the exact one-line message). tests/test_config_loading.py
 compares today's loader with these files field by field. Rerunning this script now would snapshot
 the new loader against itself: do not, unless a change of the loaded values is intended.
 """

@@ -46,3 +46,22 @@ def test_bad_input_gets_the_same_message(case, tmp_path):
     with pytest.raises(ValueError) as e:
         load_config(tmp_path / case["config"] if case["config"] else None, case["overrides"])
     assert str(e.value).replace(str(tmp_path), "{dir}") == case["message"]
+
+
+def test_a_value_may_refer_to_another_and_is_saved_resolved(tmp_path):
+    (tmp_path / "c.yaml").write_text(f"base: {ROOT / 'configs' / 'toy_vp.yaml'}\nclassifier:\n  seed: ${{train.seed}}\n")
+    cfg = load_config(tmp_path / "c.yaml", ["train.seed=7"])
+    assert cfg.classifier.seed == 7 and to_dict(cfg)["classifier"]["seed"] == 7
+    assert from_dict(to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize("text, message", [
+    ("base: 3\n", "c.yaml: base must be a file name or a list of them, got 3."),
+    ("base: [a.yaml]\ntrain: [1]\n", "c.yaml: a key holds a list in one file and a mapping in another."),
+])
+def test_bad_base_chains_get_one_line(tmp_path, text, message):
+    (tmp_path / "a.yaml").write_text("train: {lr: 0.1}\n")
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(ValueError) as e:
+        load_config(tmp_path / "c.yaml")
+    assert str(e.value) == f"{tmp_path}/{message}"
