@@ -17,6 +17,7 @@ import shlex
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -332,3 +333,19 @@ def test_readme_example_runs(tmp_path, monkeypatch, capsys):
     assert cli.main(shlex.split(commands[1])[1:]) == 0
     bpd = float(re.search(r"bits/dim: ([-\d.]+)", capsys.readouterr().out).group(1))
     assert math.isfinite(bpd) and bpd > 0
+
+
+def test_sample_takes_a_diffusers_model_string(tmp_path):
+    """`sample --checkpoint diffusers:PATH` (the same as --diffusers PATH) draws from the folder's
+    model: the .npz holds the UNet's shape and 8-bit levels, and the samples equal those of
+    ``solvers.sample`` on ``from_diffusers(PATH)`` with the same seed (to float32 rounding)."""
+    tiny_unet().to(torch.float32).save_pretrained(tmp_path / "m")
+    out = tmp_path / "s"
+    assert cli.main(["sample", "--checkpoint", f"diffusers:{tmp_path / 'm'}", "--method", "ddim", "--steps", "3",
+                     "--n", "2", "--out", str(out), "--device", "cpu"]) == 0
+    saved = np.load(out.with_suffix(".npz"))
+    assert saved["x"].shape == (2, 1, 8, 8) and saved["levels"].max() <= 255 and int(saved["nfe"]) == 4
+    model = from_diffusers(tmp_path / "m")
+    with torch.no_grad():
+        ref = solvers.sample(model, model.sde, (2, 1, 8, 8), "ddim", 3, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(saved["x"], ref.x.numpy(), rtol=1e-5, atol=1e-5 * float(ref.x.abs().max()))
