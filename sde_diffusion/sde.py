@@ -270,9 +270,15 @@ class DiscreteVPSDE(SDE):
     ``alphas_cumprod[k]``) is knot k + 1, t = (k + 1) / N (DPM-Solver's t_n = (n + 1) / N); a model's
     timestep input at continuous t is ``model_timestep(t)`` = N t - 1, linear between knots (in
     (-1, 0) below the first knot t = 1/N, where the model was never trained).
+    ``interpolation="cubic"`` takes instead the monotone cubic Hermite interpolant of log m (slopes
+    the harmonic means of neighbouring secants, Fritsch & Carlson 1980): the same knots (so the same
+    chain), f continuous and <= 0. The staircase beta(t) of ``linear`` costs adaptive ODE solvers
+    dearly: PF-ODE log p of a 4-D mixture at rtol = atol = 1e-5 took 512 NFE and erred by 0.017
+    nats, against 68 NFE and 0.0016 (as the smooth VPSDE: 62, 0.0015) with ``cubic``.
     """
 
     alphas_cumprod: tuple[float, ...] = field(repr=False)
+    interpolation: str = "linear"
 
     def __post_init__(self):
         abar = torch.as_tensor(self.alphas_cumprod, dtype=torch.float64).detach().cpu()
@@ -282,15 +288,16 @@ class DiscreteVPSDE(SDE):
             raise ValueError("alphas_cumprod must decrease strictly and lie in (0, 1) (each beta_i in (0, 1)); "
                              f"got values in [{float(abar.min()):g}, {float(abar.max()):g}].")
         object.__setattr__(self, "alphas_cumprod", tuple(abar.tolist()))
+        checks.one_of("interpolation", self.interpolation, ("linear", "cubic"))
 
     @classmethod
-    def from_betas(cls, betas) -> "DiscreteVPSDE":
+    def from_betas(cls, betas, interpolation: str = "linear") -> "DiscreteVPSDE":
         """From beta_1..beta_N: abar_i = prod_{j<=i} (1 - beta_j), in float64."""
-        return cls(torch.cumprod(1 - torch.as_tensor(betas, dtype=torch.float64), 0))
+        return cls(torch.cumprod(1 - torch.as_tensor(betas, dtype=torch.float64), 0), interpolation)
 
     @classmethod
     def from_beta_schedule(cls, name: str, num_train_timesteps: int = 1000, beta_start: float = 1e-4,
-                           beta_end: float = 0.02) -> "DiscreteVPSDE":
+                           beta_end: float = 0.02, interpolation: str = "linear") -> "DiscreteVPSDE":
         """diffusers' named schedules, in float64: ``linear`` (betas linspace(beta_start, beta_end, N)),
         ``scaled_linear`` (linspace(sqrt(beta_start), sqrt(beta_end), N)^2) and ``squaredcos_cap_v2``
         (Nichol & Dhariwal's cosine, beta_i = min(1 - abar(i/N)/abar((i-1)/N), 0.999), s = 0.008)."""
@@ -299,15 +306,16 @@ class DiscreteVPSDE(SDE):
         checks.one_of("beta schedule", name, ("linear", "scaled_linear", "squaredcos_cap_v2"))
         n = checks.positive_int("num_train_timesteps", num_train_timesteps)
         if name == "squaredcos_cap_v2":
-            return cls.from_betas(DDPMSchedule(T=n, kind="cosine").betas)
+            return cls.from_betas(DDPMSchedule(T=n, kind="cosine").betas, interpolation)
         if name == "linear":
-            return cls.from_betas(DDPMSchedule(T=n, beta_1=beta_start, beta_T=beta_end).betas)
+            return cls.from_betas(DDPMSchedule(T=n, beta_1=beta_start, beta_T=beta_end).betas, interpolation)
         checks.positive("beta_start", beta_start)
         checks.positive("beta_end", beta_end)
-        return cls.from_betas(torch.linspace(beta_start**0.5, beta_end**0.5, n, dtype=torch.float64).square())
+        return cls.from_betas(torch.linspace(beta_start**0.5, beta_end**0.5, n, dtype=torch.float64).square(),
+                              interpolation)
 
     def __repr__(self) -> str:
-        return f"DiscreteVPSDE(N={self.N}, abar_N={self.alphas_cumprod[-1]:.4g})"
+        return f"DiscreteVPSDE(N={self.N}, abar_N={self.alphas_cumprod[-1]:.4g}, {self.interpolation})"
 
     @property
     def N(self) -> int:
@@ -315,31 +323,37 @@ class DiscreteVPSDE(SDE):
         return len(self.alphas_cumprod)
 
     @cached_property
-    def _knots(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(t_i = i/N, log m(t_i)) for i = 0..N, float64 on the CPU."""
+    def _knots(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(t_i = i/N, log m(t_i), the cubic's slopes d_i per knot interval) for i = 0..N, float64."""
         log_m = 0.5 * torch.tensor((1.0,) + self.alphas_cumprod, dtype=torch.float64).log()
-        return torch.arange(self.N + 1, dtype=torch.float64) / self.N, log_m
+        sec = log_m[1:] - log_m[:-1]  # all < 0
+        d = torch.cat([sec[:1], 2 * sec[:-1] * sec[1:] / (sec[:-1] + sec[1:]), sec[-1:]])
+        return torch.arange(self.N + 1, dtype=torch.float64) / self.N, log_m, d
 
-    def _interval(self, t):
-        """(log m at the interval's left knot, slope f, t minus that knot) for t in ((i-1)/N, i/N]."""
-        knots, log_m = (v.to(device=t.device, dtype=t.dtype) for v in self._knots)
+    def _log_m(self, t):
+        """(log m(t), f(t) = d log m/dt) on the interval ((i-1)/N, i/N] holding t, u = N t - (i-1) in (0, 1]:
+        linear y0 + u D, or cubic y0 + d0 u + (3D - 2 d0 - d1) u^2 + (d0 + d1 - 2D) u^3, D = y1 - y0."""
+        knots, log_m, d = (v.to(device=t.device, dtype=t.dtype) for v in self._knots)
         i = (torch.searchsorted(knots, t.contiguous()) - 1).clamp(0, self.N - 1)
-        slope = (log_m[i + 1] - log_m[i]) * self.N
-        return log_m[i], slope, t - knots[i]
+        u, y0, D = (t - knots[i]) * self.N, log_m[i], log_m[i + 1] - log_m[i]
+        if self.interpolation == "linear":
+            return y0 + u * D, D * self.N
+        d0, d1 = d[i], d[i + 1]
+        b, c = 3 * D - 2 * d0 - d1, d0 + d1 - 2 * D
+        return y0 + u * (d0 + u * (b + u * c)), (d0 + u * (2 * b + 3 * u * c)) * self.N
 
     def model_timestep(self, t: Time) -> torch.Tensor:
         """A discrete model's timestep input at t: N t - 1, diffusers' integer k at knot t = (k+1)/N."""
         return self.N * checks.time(t, self.T) - 1
 
     def _drift_coef(self, t):
-        return self._interval(t)[1]
+        return self._log_m(t)[1]
 
     def _diffusion(self, t):
-        return (-2 * self._interval(t)[1]).sqrt()
+        return (-2 * self._log_m(t)[1]).clamp_min(0).sqrt()
 
     def _marginal(self, t):
-        log_m0, slope, dt = self._interval(t)
-        log_m = log_m0 + slope * dt
+        log_m = self._log_m(t)[0]
         return log_m.exp(), (-torch.expm1(2 * log_m)).sqrt()
 
 

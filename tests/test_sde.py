@@ -9,8 +9,9 @@ from sde_diffusion import VESDE, VPSDE, CosineVPSDE, DDPMSchedule, SubVPSDE, get
 from sde_diffusion.sde import SDES, DiscreteVPSDE
 
 ALL_SDES = [VPSDE(), SubVPSDE(), VESDE(), CosineVPSDE(), DiscreteVPSDE.from_beta_schedule("linear"),
-            DiscreteVPSDE.from_beta_schedule("squaredcos_cap_v2")]
-IDS = [type(s).__name__ for s in ALL_SDES[:-1]] + ["DiscreteVPSDE-cos"]
+            DiscreteVPSDE.from_beta_schedule("squaredcos_cap_v2"),
+            DiscreteVPSDE.from_beta_schedule("squaredcos_cap_v2", interpolation="cubic")]
+IDS = [type(s).__name__ for s in ALL_SDES[:-2]] + ["DiscreteVPSDE-cos", "DiscreteVPSDE-cos-cubic"]
 
 
 def left_derivatives(sde, t, h):
@@ -178,15 +179,18 @@ def closed_form_betas(name: str, n: int) -> torch.Tensor:
     return (1 - abar(i / n) / abar((i - 1) / n)).clamp(max=0.999)
 
 
+@pytest.mark.parametrize("interpolation", ["linear", "cubic"])
 @pytest.mark.parametrize("name", TABLES)
-def test_discrete_sde_at_every_knot(name):
+def test_discrete_sde_at_every_knot(name, interpolation):
     """At every knot t_i = i/N (N = 1000): m(t_i)^2 = abar_i to float64 rounding (abar_i from the betas'
-    closed form), f = (N/2) log(1 - beta_i) on the interval ending at t_i, and the consistency ODEs at
-    every knot and midpoint. With h = 1e-2 / (N max(1, |f|)) the difference stays on one interval and
-    errs by (2 |f| h)^2 / 3 < 1e-9 relative; rounding adds ~8e-16 / 2h < 1e-9 (1 + g^2) (s^2 near 1 while
-    d(s^2)/dt = -2 f m^2 is small: the two terms of 2 f s^2 + g^2 nearly cancel)."""
+    closed form); f = (N/2) log(1 - beta_i) on the interval ending at t_i (linear) or f continuous
+    across the knots and < 0 (cubic: monotone); and the consistency ODEs at every knot and midpoint.
+    With h = 1e-3 / (N max(1, |f|)) the difference stays on one interval and errs by (2 |f| h)^2 / 3
+    < 1e-11 relative for linear log m, and by about (N h)^2 < 1e-6 times the cubic's relative curvature
+    for cubic; rounding adds ~8e-16 / 2h < 1e-9 (1 + |f|) (s^2 near 1 while d(s^2)/dt = -2 f m^2 is
+    small: the two terms of 2 f s^2 + g^2 nearly cancel)."""
     n = 1000
-    sde = DiscreteVPSDE.from_beta_schedule(name, n, *TABLES[name])
+    sde = DiscreteVPSDE.from_beta_schedule(name, n, *TABLES[name], interpolation=interpolation)
     betas = closed_form_betas(name, n)
     abar = torch.cumprod(1 - betas, 0)
     i = torch.arange(1, n + 1, dtype=torch.float64)
@@ -195,12 +199,15 @@ def test_discrete_sde_at_every_knot(name):
     torch.testing.assert_close(s.square(), 1 - abar, rtol=1e-12, atol=0)
     t = torch.cat([i / n, (i - 0.5) / n])
     f, g = sde.drift_coef(t), sde.diffusion(t)
-    torch.testing.assert_close(f, 0.5 * n * torch.log(1 - betas).repeat(2), rtol=1e-9, atol=0)
-    dm, dv = left_derivatives(sde, t, 1e-2 / (n * f.abs().clamp_min(1)))
+    if interpolation == "linear":
+        torch.testing.assert_close(f, 0.5 * n * torch.log(1 - betas).repeat(2), rtol=1e-9, atol=0)
+    else:
+        torch.testing.assert_close(sde.drift_coef(i[:-1] / n + 1e-12), f[: n - 1], rtol=1e-6, atol=0)
+        assert float(sde.drift_coef(torch.linspace(0, 1, 100001, dtype=torch.float64)).max()) < 0
+    dm, dv = left_derivatives(sde, t, 1e-3 / (n * f.abs().clamp_min(1)))
     m, s = sde.marginal(t)
-    torch.testing.assert_close(dm, f * m, rtol=1e-6, atol=1e-12)
-    rhs = 2 * f * s**2 + g**2
-    assert bool(((dv - rhs).abs() <= 1e-6 * rhs.abs() + 1e-9 * (1 + g**2)).all())
+    for lhs, rhs in ((dm, f * m), (dv, 2 * f * s**2 + g**2)):
+        assert bool(((lhs - rhs).abs() <= 1e-5 * rhs.abs() + 1e-9 * (1 + f.abs())).all())
 
 
 def test_discrete_sde_transition_between_knots_is_the_ddpm_step():
@@ -232,6 +239,7 @@ def test_discrete_sde_against_the_linear_vp_limit():
     (lambda: DiscreteVPSDE((1.0, 0.5)), r"lie in \(0, 1\)"),
     (lambda: DiscreteVPSDE([[0.9]]), "1-D table"),
     (lambda: DiscreteVPSDE.from_beta_schedule("cosine"), "unknown beta schedule 'cosine'"),
+    (lambda: DiscreteVPSDE((0.9, 0.5), "spline"), "unknown interpolation 'spline'; allowed: linear, cubic"),
 ])
 def test_discrete_sde_bad_tables(build, match):
     with pytest.raises(ValueError, match=match):

@@ -41,7 +41,7 @@ def import_diffusers():
     return diffusers
 
 
-def schedule_sde(config: dict) -> DiscreteVPSDE:
+def schedule_sde(config: dict, interpolation: str = "linear") -> DiscreteVPSDE:
     """The ``DiscreteVPSDE`` of a scheduler config: ``trained_betas`` if given, else ``beta_schedule``
     (linear, scaled_linear, squaredcos_cap_v2) with beta_start, beta_end and num_train_timesteps."""
     if config.get("rescale_betas_zero_snr"):
@@ -52,12 +52,12 @@ def schedule_sde(config: dict) -> DiscreteVPSDE:
         betas = config["trained_betas"]
         if len(betas) != n:
             raise ValueError(f"trained_betas has {len(betas)} values but num_train_timesteps is {n}.")
-        return DiscreteVPSDE.from_betas(betas)
+        return DiscreteVPSDE.from_betas(betas, interpolation)
     if "beta_schedule" not in config:
         raise ValueError(f"scheduler {config.get('_class_name', '?')} has no discrete beta schedule "
                          "(beta_schedule or trained_betas); use e.g. a DDPMScheduler or DDIMScheduler config.")
     return DiscreteVPSDE.from_beta_schedule(config["beta_schedule"], n, config.get("beta_start", 1e-4),
-                                            config.get("beta_end", 0.02))
+                                            config.get("beta_end", 0.02), interpolation)
 
 
 class DiffusersNet(nn.Module):
@@ -101,11 +101,13 @@ def _read_folder(path: Path) -> tuple[nn.Module, dict]:
     return unet, dict(DEFAULT_SCHEDULER)
 
 
-def from_diffusers(source: Any, scheduler: Any = None) -> ScoreModel:
+def from_diffusers(source: Any, scheduler: Any = None, *, interpolation: str = "linear") -> ScoreModel:
     """A ``ScoreModel`` (eval mode) on the scheduler's ``DiscreteVPSDE`` from ``source``: a local folder
     (str or Path) written by ``UNet2DModel.save_pretrained`` or a pipeline's ``save_pretrained``, or a
     UNet object (any module ``unet(x, timestep[, class_labels=y])``) with ``scheduler`` a scheduler
-    object or its config dict (default: DDPMScheduler()'s), or a tuple (unet, scheduler)."""
+    object or its config dict (default: DDPMScheduler()'s), or a tuple (unet, scheduler).
+    ``interpolation`` of log m between the knots: ``linear`` (Lu et al.) or ``cubic`` (smooth beta(t),
+    far cheaper for the probability-flow likelihood; the same chain at the knots)."""
     if isinstance(source, tuple):
         source, scheduler = source
     if isinstance(source, (str, Path)):
@@ -120,7 +122,7 @@ def from_diffusers(source: Any, scheduler: Any = None) -> ScoreModel:
     prediction = config.get("prediction_type", "epsilon")
     if prediction not in PREDICTIONS:
         raise ValueError(f"unknown prediction_type {prediction!r}; allowed: {', '.join(PREDICTIONS)}.")
-    sde = schedule_sde(config)
+    sde = schedule_sde(config, interpolation)
     return ScoreModel(DiffusersNet(unet, sde), sde, PREDICTIONS[prediction]).eval()
 
 
