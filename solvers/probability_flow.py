@@ -21,7 +21,9 @@ def ode(ctx: Context, x: torch.Tensor, solver: str, rtol: float, atol: float) ->
     heun2, heun3, rk4) steps along the time grid; adaptive ones (dopri5, ...) choose their own steps
     to ``rtol``/``atol`` (default 1e-5 each, as in Song et al. 2021) and ignore ``steps`` except as
     the output times of ``return_trajectory``. When inpainting, one ``odeint`` call per grid interval
-    (the known part is held in between; adaptive solvers then restart their step control each time)."""
+    (the known part is held in between; adaptive solvers then restart their step control each time).
+    torchdiffeq synchronises with the host (time checks; adaptive step-size control every step); the
+    drift itself does not."""
     sde = ctx.sde
     times = ctx.grid if solver in FIXED or ctx.trajectory is not None else ctx.grid[[0, -1]]
     tol = {} if solver in FIXED else {"rtol": rtol, "atol": atol}
