@@ -23,14 +23,14 @@ from pathlib import Path
 import torch
 
 import solvers
-from sde_diffusion.checkpoint import latest, load_checkpoint
-from sde_diffusion.config import load_config
-from sde_diffusion.data import load_dataset
-from sde_diffusion.features import load_classifier
-from sde_diffusion.classifier_training import load_noisy_classifier, train_noisy_classifier
+from sde_diffusion.training.checkpoint import latest, load_checkpoint
+from sde_diffusion.training.config import load_config
+from sde_diffusion.training.data import load_dataset
+from sde_diffusion.evaluation.features import load_classifier
+from sde_diffusion.training.classifier_training import load_noisy_classifier, train_noisy_classifier
 from sde_diffusion.guidance import classifier_guided
-from sde_diffusion.train import train
-from sde_diffusion.viz import save_samples
+from sde_diffusion.training.train import train
+from sde_diffusion.training.viz import save_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,7 @@
 
 For each data set x SDE x sampler x step count: NFE, sliced W2 to fresh true samples and the noise
 floor (mean SW2 between independent true sets of the same size), the mean true-NLL gap
-E_samples[-log p_0] - E_true[-log p_0] (nats per sample; see ``sde_diffusion.metrics.nll_gap``),
+E_samples[-log p_0] - E_true[-log p_0] (nats per sample; see ``sde_diffusion.evaluation.metrics.nll_gap``),
 wall seconds, and the solver's own overhead: wall time minus time inside the score function.
 Writes samplers.md, samplers.csv and samplers.png (SW2/floor against NFE, log-log; SDE samplers
 solid, ODE samplers dashed) under --out.
@@ -22,7 +22,7 @@ import torch
 
 from sde_diffusion import get_sde
 from sde_diffusion.analytic import preset
-from sde_diffusion.metrics import nll_gap, sliced_w2
+from sde_diffusion.evaluation.metrics import nll_gap, sliced_w2
 from solvers import METHODS, sample
 
 # label -> (method, options); dopri5 is swept over tolerances instead of steps

@@ -27,12 +27,13 @@ from pathlib import Path
 
 import torch
 
-from sde_diffusion.commands.nll import nll_per_sample
-from sde_diffusion.config import load_config
-from sde_diffusion.data import DATA_RANGE, load_dataset
-from sde_diffusion.nll_table import ddpm_chain, gaussian_bpd, mean_se
-from sde_diffusion.train import draw_samples, train
-from sde_diffusion.viz import save_samples
+from sde_diffusion.evaluation.nll_table import nll_per_sample
+from sde_diffusion.training.config import load_config
+from sde_diffusion.dequantize import DATA_RANGE
+from sde_diffusion.training.data import load_dataset
+from sde_diffusion.evaluation.nll_table import ddpm_chain, gaussian_bpd, mean_se
+from sde_diffusion.training.train import draw_samples, train
+from sde_diffusion.training.viz import save_samples
 from sde_diffusion.vlb import ddpm_vlb_bits_per_dim
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,10 +1,10 @@
 """sde-diffusion: score-based generative modelling in continuous time."""
 
 from .analytic import GaussianMixture, grid2d, random_mixture, ring2d
-from .checkpoint import load_checkpoint
-from .config import Config, load_config
-from .data import Dataset, available_datasets, batches, load_dataset
-from .classifier_training import load_noisy_classifier, train_noisy_classifier
+from .training.checkpoint import load_checkpoint
+from .training.config import Config, load_config
+from .training.data import Dataset, available_datasets, batches, load_dataset
+from .training.classifier_training import load_noisy_classifier, train_noisy_classifier
 from .guidance import NoisyClassifier, classifier_guided, guided_score, train_classifier
 from .likelihood import LikelihoodResult, bits_per_dim, log_likelihood
 from .losses import ddpm_loss, dsm_loss

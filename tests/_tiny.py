@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from sde_diffusion.config import load_config
+from sde_diffusion.training.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = ["data.n=256", "model.params={hidden: 16, blocks: 1, emb_dim: 8}", "train.batch_size=32",

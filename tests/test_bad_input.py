@@ -14,7 +14,7 @@ import torch
 from _tiny import tiny_config
 
 from sde_diffusion import ScoreModel, MLPScore, VPSDE, get_sde, ring2d
-from sde_diffusion.cli import main
+from sde_diffusion.commands.cli import main
 from sde_diffusion.likelihood import bits_per_dim, log_likelihood
 from solvers import METHODS, available, sample
 
@@ -221,7 +221,7 @@ def test_methods_declare_what_they_refuse():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from sde_diffusion.train import train
+    from sde_diffusion.training.train import train
     out = tmp_path_factory.mktemp("bad_input") / "run"
     train(tiny_config("train.steps=2"), out, progress=False)
     return out
@@ -231,7 +231,7 @@ def tiny_run(tmp_path_factory):
 def nan_weights(monkeypatch):
     """load_checkpoint as the CLI calls it (through shipped.load_model), with every weight of the
     loaded model set to NaN."""
-    import sde_diffusion.shipped as shipped
+    import sde_diffusion.training.shipped as shipped
     load = shipped.load_checkpoint
 
     def poisoned(*args, **kwargs):
@@ -266,7 +266,7 @@ def test_cli_model_producing_nan_exits_2_naming_where(argv, message, tiny_run, n
 def test_cli_impossible_solver_parameters_exit_2(argv, message, tiny_run, tmp_path, capsys):
     if argv[0] == "sample":  # the tiny run is VP: ask for an SDE-restricted sampler on VE instead
         ve = tmp_path / "ve"
-        from sde_diffusion.train import train
+        from sde_diffusion.training.train import train
         train(tiny_config("train.steps=1", base="toy_ve"), ve, progress=False)
         run = ve
     else:

@@ -8,11 +8,11 @@ import pytest
 import torch
 from _tiny import tiny_config
 
-from sde_diffusion import checkpoint as ckpt_mod
-from sde_diffusion.checkpoint import latest, load_checkpoint, load_weights, read_state, resolve
+from sde_diffusion.training import checkpoint as ckpt_mod
+from sde_diffusion.training.checkpoint import latest, load_checkpoint, load_weights, read_state, resolve
 from sde_diffusion.models import build_model
 from sde_diffusion.sde import VESDE, VPSDE
-from sde_diffusion.train import TrainingError, train
+from sde_diffusion.training.train import TrainingError, train
 
 
 @pytest.fixture(scope="module")

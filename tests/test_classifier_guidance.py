@@ -20,11 +20,11 @@ import pytest
 import torch
 
 import solvers
-from sde_diffusion.classifier_training import held_out_accuracy, load_noisy_classifier
-from sde_diffusion.cli import main
-from sde_diffusion.features import load_classifier
+from sde_diffusion.training.classifier_training import held_out_accuracy, load_noisy_classifier
+from sde_diffusion.commands.cli import main
+from sde_diffusion.evaluation.features import load_classifier
 from sde_diffusion.guidance import guided_score
-from sde_diffusion.shipped import SHIPPED, load_shipped
+from sde_diffusion.training.shipped import SHIPPED, load_shipped
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "digits_classifier.yaml")

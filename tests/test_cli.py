@@ -12,9 +12,9 @@ import pytest
 import torch
 from _tiny import CONFIGS, TINY
 
-from sde_diffusion.checkpoint import load_checkpoint
-from sde_diffusion.cli import COMMANDS, main
-from sde_diffusion.data import load_dataset
+from sde_diffusion.training.checkpoint import load_checkpoint
+from sde_diffusion.commands.cli import COMMANDS, main
+from sde_diffusion.training.data import load_dataset
 from sde_diffusion.likelihood import log_likelihood
 
 
@@ -30,10 +30,10 @@ def test_every_subcommand_has_help_device_and_seed(command, capsys):
 
 def test_module_entry_point_and_bad_input_in_a_real_process():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ok = subprocess.run([sys.executable, "-m", "sde_diffusion.train", "--help"], env=env,
+    ok = subprocess.run([sys.executable, "-m", "sde_diffusion", "train", "--help"], env=env,
                         capture_output=True, text=True)
     assert ok.returncode == 0 and "--resume" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "sde_diffusion.cli", "train", "--config",
+    bad = subprocess.run([sys.executable, "-m", "sde_diffusion", "train", "--config",
                           str(CONFIGS / "toy_vp.yaml"), "train.lr=abc"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr == "sde-diffusion train: error: train.lr: expected float, got 'abc'.\n"

@@ -11,8 +11,8 @@ import torch
 from _tiny import tiny_config
 
 from sde_diffusion.analytic import ring2d
-from sde_diffusion.cli import main
-from sde_diffusion.features import (FEATURES, accuracy, frechet_distance, gaussian_frechet, load_classifier,
+from sde_diffusion.commands.cli import main
+from sde_diffusion.evaluation.features import (FEATURES, accuracy, frechet_distance, gaussian_frechet, load_classifier,
                                     moments)
 
 
@@ -46,7 +46,7 @@ def test_frechet_distance_of_samples_is_that_of_their_moments_and_zero_on_itself
 
 
 def test_shipped_classifier_loads_and_classifies_the_test_digits():
-    """The committed weights (python -m sde_diffusion.features) score 98.7% on the 300 test digits;
+    """The committed weights (python -m sde_diffusion.evaluation.features) score 98.7% on the 300 test digits;
     95% leaves room for a different BLAS, not for a broken file or feature map."""
     net = load_classifier()
     assert accuracy(net, "test") > 0.95
@@ -121,7 +121,7 @@ def test_bad_input_exits_2_with_one_line(args, message, tmp_path, capsys):
 
 
 def test_a_checkpoint_must_match_the_requested_sde(tmp_path, capsys):
-    from sde_diffusion.train import train
+    from sde_diffusion.training.train import train
 
     run = tmp_path / "run"
     train(tiny_config("train.steps=4"), run, device="cpu", progress=False)

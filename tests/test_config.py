@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from sde_diffusion.config import (Config, build_schedule, build_sde, differences, from_dict,
+from sde_diffusion.training.config import (Config, build_schedule, build_sde, differences, from_dict,
                                   load_config, to_dict)
 from sde_diffusion.schedule import DDPMSchedule
 from sde_diffusion.sde import VESDE, VPSDE

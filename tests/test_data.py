@@ -18,8 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sde_diffusion import data
-from sde_diffusion.data import (DATASETS, Dataset, batches, continuous_to_levels, fixed_split,
+from sde_diffusion.training import data
+from sde_diffusion.training.data import (DATASETS, Dataset, batches, continuous_to_levels, fixed_split,
                                 levels_to_continuous, load_dataset)
 
 

@@ -7,9 +7,9 @@ import re
 import pytest
 import torch
 
-from sde_diffusion.cli import main
-from sde_diffusion.demo import DemoSizes, run_demo
-from sde_diffusion.shipped import SHIPPED, load_shipped
+from sde_diffusion.commands.cli import main
+from sde_diffusion.evaluation.demo import DemoSizes, run_demo
+from sde_diffusion.training.shipped import SHIPPED, load_shipped
 
 SMALL = DemoSizes(ring_n=400, ring_steps="5,20", digits_n=100, digits_steps="5,20", nll_n=40, vlb_n=4,
                   nll_rtol=1e-3, show_steps=20)

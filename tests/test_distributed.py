@@ -20,8 +20,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from sde_diffusion.checkpoint import load_checkpoint
-from sde_diffusion.config import load_config
+from sde_diffusion.training.checkpoint import load_checkpoint
+from sde_diffusion.training.config import load_config
 
 OVERRIDES = ["train.steps=20", "train.batch_size=64", "train.ckpt_every=20", "train.log_every=10",
              "train.sample_every=0", "train.warmup=1", "data.n=512", "sample.n=8", "sample.steps=5",
@@ -39,7 +39,7 @@ def _train_rank(rank: int, world: int, port: int, out: str, overrides: list[str]
                       RANK=str(rank), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     import torch.distributed as dist
-    from sde_diffusion.train import train
+    from sde_diffusion.training.train import train
 
     try:
         result = train(load_config("configs/toy_vp.yaml", overrides), out, device="cpu", progress=False)
@@ -56,7 +56,7 @@ def _spawn(out, overrides, world=2):
 @pytest.fixture(scope="module", params=[[], ["loss.weighting=likelihood", "loss.importance_sampling=true"]],
                 ids=["uniform-t", "importance-sampled-t"])
 def runs(request, tmp_path_factory):
-    from sde_diffusion.train import train
+    from sde_diffusion.training.train import train
 
     overrides = OVERRIDES + request.param
     multi, single = tmp_path_factory.mktemp("ddp"), tmp_path_factory.mktemp("single")
@@ -88,7 +88,7 @@ def test_two_processes_equal_one_process_on_the_whole_batch(runs):
 
 
 def test_shards_are_disjoint_and_cover_in_order():
-    from sde_diffusion.distributed import World
+    from sde_diffusion.training.distributed import World
 
     for n in (0, 1, 7, 64):
         for size in (1, 2, 3):
@@ -99,9 +99,9 @@ def test_shards_are_disjoint_and_cover_in_order():
 
 
 def test_bad_distributed_config(monkeypatch, tmp_path):
-    from sde_diffusion import train as train_module
+    from sde_diffusion.training import train as train_module
 
-    from sde_diffusion.distributed import World
+    from sde_diffusion.training.distributed import World
 
     monkeypatch.setattr(train_module, "setup", lambda device: (World(0, 3), torch.device("cpu")))
     with pytest.raises(ValueError, match="multiple of the 3 processes"):
@@ -116,7 +116,7 @@ def _cli_rank(rank: int, world: int, port: int, argv: list[str], log: str) -> No
     import contextlib
 
     import torch.distributed as dist
-    from sde_diffusion.cli import main
+    from sde_diffusion.commands.cli import main
 
     try:
         with open(f"{log}.{rank}", "w") as f, contextlib.redirect_stdout(f):
@@ -135,7 +135,7 @@ def test_sharded_nll_equals_one_process(runs, tmp_path, capsys):
     """6 samples in batches of 2 (3 batches: ranks take 2 and 1), Hutchinson with per-batch seeds:
     every per-sample figure is computed by the same operations on the same numbers, so the printed
     mean and standard error are identical."""
-    from sde_diffusion.cli import main
+    from sde_diffusion.commands.cli import main
 
     multi, _ = runs
     argv = ["nll", "--checkpoint", str(multi), "--n", "6", "--batch-size", "2", "--divergence", "hutchinson",
@@ -147,7 +147,7 @@ def test_sharded_nll_equals_one_process(runs, tmp_path, capsys):
 
 
 def test_sharded_sample_equals_one_process(runs, tmp_path):
-    from sde_diffusion.cli import main
+    from sde_diffusion.commands.cli import main
 
     multi, _ = runs
     argv = ["sample", "--checkpoint", str(multi), "--n", "10", "--batch-size", "3", "--steps", "20",

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 import solvers
-from sde_diffusion import data
+from sde_diffusion.training import data
 from sde_diffusion.analytic import GaussianMixture, ring2d
-from sde_diffusion.config import load_config
+from sde_diffusion.training.config import load_config
 from sde_diffusion.guidance import NoisyClassifier, classifier_guided, train_classifier
 from sde_diffusion.models import ScoreModel
 from sde_diffusion.sde import VPSDE
@@ -107,7 +107,7 @@ def _sample(score_fn, seed):
 @pytest.fixture(scope="module")
 def cfg_model(tmp_path_factory):
     """A conditional MLP trained by ``train`` with label dropout p_uncond = 0.2 (about 10 s)."""
-    from sde_diffusion.train import train
+    from sde_diffusion.training.train import train
 
     data.register("ring_modes")(_ring_with_modes)
     cfg = load_config("configs/toy_vp.yaml", ["data.name=ring_modes", "model.params.num_classes=8",
@@ -130,7 +130,7 @@ def test_classifier_free_guidance_lands_in_the_requested_mode(cfg_model):
 
 
 def test_cli_sample_label_and_guidance(cfg_model, tmp_path):
-    from sde_diffusion.cli import main
+    from sde_diffusion.commands.cli import main
 
     out = tmp_path / "s"
     args = ["sample", "--checkpoint", str(cfg_model.out), "--n", str(N), "--steps", "200", "--seed", "7"]

@@ -23,8 +23,8 @@ import pytest
 import torch
 
 import solvers
-from sde_diffusion.features import load_classifier
-from sde_diffusion.shipped import load_shipped
+from sde_diffusion.evaluation.features import load_classifier
+from sde_diffusion.training.shipped import load_shipped
 
 CFG = Path(__file__).resolve().parent.parent / "sde_diffusion" / "assets" / "digits_cfg"
 N_PER_LABEL = 20

@@ -8,7 +8,7 @@ import torch
 from _tiny import tiny_config
 
 from sde_diffusion import VPSDE, ring2d
-from sde_diffusion.cli import main
+from sde_diffusion.commands.cli import main
 from sde_diffusion.dequantize import continuous_to_levels
 from sde_diffusion.likelihood import bits_per_dim, log_likelihood
 
@@ -42,7 +42,7 @@ def test_bits_per_dim_same_seed_same_value():
 
 def test_cli_nll_same_seed_same_output(tmp_path, capsys):
     """Seed -> probes (and dequantization on discrete data): the printed NLL repeats exactly."""
-    from sde_diffusion.train import train
+    from sde_diffusion.training.train import train
     run = tmp_path / "run"
     train(tiny_config("train.steps=2"), run, progress=False)
     outputs = []
@@ -62,7 +62,7 @@ def test_sigint_then_resume_equals_uninterrupted(tmp_path):
 
     from test_train import ENV, _assert_same_run, _train_cmd, _wait_for
 
-    from sde_diffusion.checkpoint import latest, read_state
+    from sde_diffusion.training.checkpoint import latest, read_state
 
     steps = ["train.steps=600", "train.ckpt_every=50", "train.log_every=10"]
     straight = subprocess.Popen(_train_cmd(tmp_path / "straight", *steps), env=ENV,

@@ -90,7 +90,7 @@ def test_float64_stochastic_samplers_reach_the_noise_floor(name):
     """Stochastic samplers draw different noise in float64, so they are checked on quality instead:
     the ring2d criterion of test_solvers_quality (factor 2.35 of the noise floor, N = 2000)."""
     from test_solvers_quality import DATA, PAIRS, factor
-    from sde_diffusion.metrics import sliced_w2
+    from sde_diffusion.evaluation.metrics import sliced_w2
     sde, gm, n = VPSDE(), ring2d(), 2000
     g = torch.Generator().manual_seed(1)
     ref = gm.sample(n, g, dtype=torch.float64)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from sde_diffusion import CosineVPSDE, SubVPSDE, VESDE, VPSDE, random_mixture, ring2d
-from sde_diffusion.metrics import sliced_w2
+from sde_diffusion.evaluation.metrics import sliced_w2
 from solvers import METHODS, sample
 
 PAIRS = 8

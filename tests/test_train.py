@@ -14,12 +14,12 @@ from _tiny import CONFIGS, TINY, tiny_config
 from safetensors.torch import load_file
 
 from sde_diffusion import ring2d
-from sde_diffusion import train as train_mod
-from sde_diffusion.checkpoint import latest, load_checkpoint, read_state
-from sde_diffusion.data import load_dataset
-from sde_diffusion.metrics import sliced_w2
-from sde_diffusion.runs import TrainingDiverged
-from sde_diffusion.train import draw_samples, train
+from sde_diffusion.training import train as train_mod
+from sde_diffusion.training.checkpoint import latest, load_checkpoint, read_state
+from sde_diffusion.training.data import load_dataset
+from sde_diffusion.evaluation.metrics import sliced_w2
+from sde_diffusion.training.runs import TrainingDiverged
+from sde_diffusion.training.train import draw_samples, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +62,7 @@ def test_same_seed_same_curve_other_seed_other_curve(tmp_path):
 
 
 def _train_cmd(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "sde_diffusion.train", "--config", str(CONFIGS / "toy_vp.yaml"),
+    return [sys.executable, "-m", "sde_diffusion", "train", "--config", str(CONFIGS / "toy_vp.yaml"),
             *TINY, *extra, "--out", str(out), "--device", "cpu", "--no-progress"]
 
 
@@ -201,7 +201,7 @@ def test_one_minute_toy_model_matches_the_ring(tmp_path):
     """
     gm = ring2d()
     cfg_overrides = ["train.steps=2500", "train.sample_every=0", "sample.n=16", "sample.steps=2"]
-    from sde_diffusion.config import load_config
+    from sde_diffusion.training.config import load_config
 
     result = train(load_config(CONFIGS / "toy_vp.yaml", cfg_overrides), tmp_path, progress=False)
     model, cfg = result.model, result.config

@@ -31,7 +31,7 @@ import torch
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto without ipywidgets
 import solvers
 from sde_diffusion import GaussianMixture, VPSDE, random_mixture, ring2d
-from sde_diffusion.metrics import sliced_w2
+from sde_diffusion.evaluation.metrics import sliced_w2
 
 plt.rcParams.update({"figure.dpi": 72, "axes.grid": True, "grid.alpha": 0.3})
 sde = VPSDE(beta_min=0.1, beta_max=20.0)
@@ -233,8 +233,8 @@ fig.tight_layout()
 
 # %%
 from einops import rearrange
-from sde_diffusion.compare import model_target, parse_methods, run_compare
-from sde_diffusion.shipped import load_shipped
+from sde_diffusion.evaluation.compare import model_target, parse_methods, run_compare
+from sde_diffusion.training.shipped import load_shipped
 
 digits_model, cfg, meta = load_shipped()
 target = model_target(digits_model, cfg, torch.device("cpu"), n=300)

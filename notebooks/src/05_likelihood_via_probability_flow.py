@@ -243,8 +243,8 @@ plt.legend()
 #   learned nothing beyond the covariance.
 
 # %%
-from sde_diffusion.nll_table import ddpm_chain, gaussian_bpd, mean_se
-from sde_diffusion.shipped import load_shipped
+from sde_diffusion.evaluation.nll_table import ddpm_chain, gaussian_bpd, mean_se
+from sde_diffusion.training.shipped import load_shipped
 
 unet, cfg, meta = load_shipped()
 chain = ddpm_chain(cfg, unet.sde)

@@ -44,8 +44,8 @@ import torch
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto without ipywidgets
 import solvers
 import sde_diffusion
-from sde_diffusion.features import load_classifier
-from sde_diffusion.shipped import load_shipped
+from sde_diffusion.evaluation.features import load_classifier
+from sde_diffusion.training.shipped import load_shipped
 
 torch.manual_seed(0)
 model, cfg, meta = load_shipped(Path(sde_diffusion.__file__).parent / "assets" / "digits_cfg")
@@ -133,8 +133,8 @@ assert max(accuracy[f"w = {w:g}"] for w in weights[1:]) >= accuracy["w = 0"]
 # %%
 import tempfile
 
-from sde_diffusion.classifier_training import train_noisy_classifier
-from sde_diffusion.config import load_config
+from sde_diffusion.training.classifier_training import train_noisy_classifier
+from sde_diffusion.training.config import load_config
 from sde_diffusion.guidance import guided_score
 
 uncond, _, _ = load_shipped()

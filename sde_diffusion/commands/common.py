@@ -42,8 +42,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, example: str, overrides: 
 def run_config(args: argparse.Namespace, seed_key: str):
     """(Config, run directory) of a training subcommand: --config with overrides (--seed sets
     ``seed_key``), or with --resume alone the config of the run's latest checkpoint."""
-    from ..checkpoint import latest, read_config
-    from ..config import apply_overrides, from_dict, load_config, to_dict
+    from ..training.checkpoint import latest, read_config
+    from ..training.config import apply_overrides, from_dict, load_config, to_dict
 
     if args.config is None and not args.resume:
         raise ValueError("--config is required (unless --resume continues a run in --out).")
@@ -62,7 +62,7 @@ def run_config(args: argparse.Namespace, seed_key: str):
 def run_training(args: argparse.Namespace, seed_key: str, trainer, command: str):
     """``trainer(cfg, out, resume=, device=, progress=)`` under the subcommand's config; the result, or
     None after printing a TrainingError (a fault mid-run, naming the last good checkpoint) as one line."""
-    from ..runs import TrainingError
+    from ..training.runs import TrainingError
 
     cfg, out = run_config(args, seed_key)
     dev = device(args.device)

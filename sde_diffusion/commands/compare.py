@@ -14,7 +14,7 @@ HELP = ("compare samplers by step count on one model: NFE, quality against held-
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..compare import DEFAULT_METHODS, DEFAULT_STEPS
+    from ..evaluation.compare import DEFAULT_METHODS, DEFAULT_STEPS
 
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", default=None,
@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import compare, nll_table, report
+    from ..evaluation import compare, nll_table, report
 
     variants = compare.parse_methods(args.methods or compare.DEFAULT_METHODS)
     steps = compare.parse_steps(args.steps)

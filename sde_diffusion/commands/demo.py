@@ -30,7 +30,7 @@ QUICK = dict(ring_n=1000, ring_steps="10,20", digits_n=200, digits_steps="10,20"
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..demo import DemoSizes, run_demo
+    from ..evaluation.demo import DemoSizes, run_demo
 
     if args.threads < 1:
         raise ValueError(f"--threads must be an integer >= 1, got {args.threads}.")

@@ -28,10 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import load_dataset
-    from ..nll_table import nll_per_sample
-    from ..distributed import chunk_seed, setup
-    from ..shipped import load_model
+    from ..training.data import load_dataset
+    from ..evaluation.nll_table import nll_per_sample
+    from ..training.distributed import chunk_seed, setup
+    from ..training.shipped import load_model
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be an integer >= 1, got {args.batch_size}.")

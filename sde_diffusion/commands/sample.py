@@ -36,12 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..classifier_training import load_noisy_classifier
+    from ..training.classifier_training import load_noisy_classifier
     from ..dequantize import DATA_RANGE, continuous_to_levels
-    from ..distributed import chunk_seed, setup
-    from ..shipped import is_exported, load_model
-    from ..train import draw_samples
-    from ..viz import save_samples
+    from ..training.distributed import chunk_seed, setup
+    from ..training.shipped import is_exported, load_model
+    from ..training.train import draw_samples
+    from ..training.viz import save_samples
 
     for name in ("steps", "n", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:

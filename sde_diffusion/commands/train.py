@@ -15,8 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..distributed import is_main
-    from ..train import train
+    from ..training.distributed import is_main
+    from ..training.train import train
 
     result = run_training(args, "train.seed", train, "train")
     if result is not None and is_main():

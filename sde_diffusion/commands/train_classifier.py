@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..classifier_training import train_noisy_classifier
+    from ..training.classifier_training import train_noisy_classifier
 
     result = run_training(args, "classifier.seed", train_noisy_classifier, "train-classifier")
     if result is None:

@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-from . import analytic
+from .. import analytic
 
 
 def ring(n: int, gen: torch.Generator) -> torch.Tensor:

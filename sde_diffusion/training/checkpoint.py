@@ -206,7 +206,7 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu", sde
 
     With ``sde``, a checkpoint trained under a different SDE is refused, naming both.
     """
-    from .models import build_model
+    from ..models import build_model
 
     ckpt = resolve(path)
     manifest = read_manifest(ckpt)

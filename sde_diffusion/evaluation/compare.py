@@ -26,9 +26,9 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from . import checks
+from .. import checks
 from .metrics import nll_gap, sliced_w2
-from .sde import SDE, SDES, ScoreFn, get_sde
+from ..sde import SDE, SDES, ScoreFn, get_sde
 
 DEFAULT_METHODS = "ancestral,euler_maruyama,pc,ode:solver=rk4,ddim,heun,dpm_solver"
 DEFAULT_STEPS = "10,20,50,100,200,500,1000"
@@ -121,7 +121,7 @@ def sde_names(sde: str) -> list[str]:
 
 def analytic_target(name: str, sde: str, n: int, device: torch.device, seed: int = 0) -> Target:
     """An analytic mixture (``analytic.preset``): exact score, SW2 and its floor, true-NLL gap."""
-    from .analytic import preset
+    from ..analytic import preset
 
     gm = preset(name)
     g = torch.Generator(device).manual_seed(seed + 123)
@@ -139,7 +139,7 @@ def analytic_target(name: str, sde: str, n: int, device: torch.device, seed: int
 def model_target(model, cfg, device: torch.device, n: int, seed: int = 0, name: str = "model") -> Target:
     """A trained ScoreModel with its config: SW2 (vectors) or classifier FD (images) against the
     test split of the config's data, the floor from a train subset of the same size."""
-    from .data import load_dataset
+    from ..training.data import load_dataset
 
     test = load_dataset(cfg.data.name, split="test", path=cfg.data.path)
     train = load_dataset(cfg.data.name, split="train", path=cfg.data.path)
@@ -168,7 +168,7 @@ def model_target(model, cfg, device: torch.device, n: int, seed: int = 0, name: 
 def checkpoint_target(path: str, sde: str | None, n: int, device: torch.device, seed: int = 0):
     """``model_target`` of a run directory or checkpoint; ``sde`` (if given) must be the one it was
     trained with. Returns (target, model, cfg)."""
-    from .checkpoint import load_checkpoint
+    from ..training.checkpoint import load_checkpoint
 
     model, cfg = load_checkpoint(path, device=device)
     trained = "vp" if cfg.sde.name == "ddpm" else cfg.sde.name
@@ -180,7 +180,7 @@ def checkpoint_target(path: str, sde: str | None, n: int, device: torch.device, 
 
 def quantize(x: torch.Tensor, levels: int | None) -> torch.Tensor:
     """Discrete data: samples rounded to their level's bin centre (the images a user would see)."""
-    from .dequantize import DATA_RANGE, continuous_to_levels, levels_to_continuous
+    from ..dequantize import DATA_RANGE, continuous_to_levels, levels_to_continuous
 
     if levels is None:
         return x

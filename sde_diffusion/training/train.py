@@ -28,9 +28,9 @@ from .checkpoint import atomic_write_text, latest, load_weights, model_kwargs, r
 from .config import Config, build_schedule, build_sde, to_dict
 from .data import batches, load_dataset
 from .distributed import ddp, setup
-from .guidance import NoisyClassifier, guided_score
-from .losses import ddpm_loss, dsm_loss, sample_importance_time
-from .models import ScoreModel, build_model
+from ..guidance import NoisyClassifier, guided_score
+from ..losses import ddpm_loss, dsm_loss, sample_importance_time
+from ..models import ScoreModel, build_model
 from .runs import (StopOnSignal, TrainingError, check_finite, open_run, prepare_out_dir, rewind_metrics,
                    write_metrics)
 from .viz import save_samples

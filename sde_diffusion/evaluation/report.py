@@ -102,7 +102,7 @@ def side_by_side(paths: list[Path], path: Path, width: float = 10.0) -> Path:
 
 def sample_figure(x: torch.Tensor, target: Target, path: Path, title: str) -> Path:
     """An image grid (first 64), or a scatter over held-out data (first two coordinates)."""
-    from .viz import save_samples
+    from ..training.viz import save_samples
 
     if x.ndim == 4:
         return save_samples(x[:64], path, levels=target.levels, title=title)

@@ -1,10 +1,10 @@
 """The trained digits model the package ships for ``sde-diffusion demo``, and how it is reproduced.
 
-``assets/digits_vp/`` holds the EMA weights (``ema.safetensors``), the run's ``config.json`` and
+``sde_diffusion/assets/digits_vp/`` holds the EMA weights (``ema.safetensors``), the run's ``config.json`` and
 ``meta.json`` (data shape, levels, training step, the weights' SHA-256, the command that made it):
 an inference-only export of a normal training run, without optimizer state. Reproduce it with
     sde-diffusion train --config configs/digits_vp.yaml --out runs/digits_vp
-    python -m sde_diffusion.shipped runs/digits_vp
+    python -m sde_diffusion.training.shipped runs/digits_vp
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from .checkpoint import (load_checkpoint, load_weights, model_kwargs, read_config, read_manifest, resolve,
                          sha256_file)
 
-SHIPPED = Path(__file__).resolve().parent / "assets" / "digits_vp"
+SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "digits_vp"
 COMMAND = "sde-diffusion train --config configs/digits_vp.yaml --out runs/digits_vp"
 
 
@@ -40,14 +40,14 @@ def export(run_dir: str | Path, dest: str | Path = SHIPPED, command: str = COMMA
 def load_shipped(path: str | Path = SHIPPED, device: torch.device | str = "cpu"):
     """(ScoreModel in eval mode without gradients, Config, meta) of an export, its weights verified."""
     from .config import build_sde
-    from .models import build_model
+    from ..models import build_model
 
     path = Path(path)
     try:
         meta = json.loads((path / "meta.json").read_text())
     except (OSError, ValueError):
         raise ValueError(f"{str(path)!r} is not an exported model (meta.json missing or unreadable); "
-                         f"see `python -m sde_diffusion.shipped --help`.") from None
+                         f"see `python -m sde_diffusion.training.shipped --help`.") from None
     if sha256_file(path / "ema.safetensors") != meta["sha256"]:
         raise ValueError(f"{str(path)!r}: ema.safetensors does not match meta.json's SHA-256.")
     cfg = read_config(path)

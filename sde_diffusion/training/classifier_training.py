@@ -21,11 +21,11 @@ from tqdm.auto import tqdm
 
 from .checkpoint import (atomic_write_text, kind_of, latest, load_weights, read_config, read_manifest,
                          read_state, resolve, save_checkpoint)
-from .checks import bcast
+from ..checks import bcast
 from .config import Config, build_sde, to_dict
 from .data import batches, load_dataset
 from .distributed import env_size
-from .guidance import NoisyClassifier, classifier_step
+from ..guidance import NoisyClassifier, classifier_step
 from .runs import StopOnSignal, TrainingError, check_finite, open_run, rewind_metrics, write_metrics
 
 KIND = "noisy classifier"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .dequantize import DATA_RANGE, continuous_to_levels
+from ..dequantize import DATA_RANGE, continuous_to_levels
 
 
 def save_samples(x: torch.Tensor, path: str | Path, *, levels: int | None = None,

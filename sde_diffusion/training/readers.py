@@ -1,7 +1,7 @@
 """File-format readers for users' data: ``.npy``/``.npz``, PNG folders, MNIST IDX, CIFAR-10 pickles.
 
 Each reader returns numpy arrays in one canonical layout: samples first, images as (N, C, H, W).
-Every format error is a ``ValueError`` naming the file and what was expected. ``sde_diffusion.data``
+Every format error is a ``ValueError`` naming the file and what was expected. ``sde_diffusion.training.data``
 turns these arrays into ``Dataset`` objects; nothing here knows about scaling or splits.
 """
 

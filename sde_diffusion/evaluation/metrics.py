@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from . import checks
+from .. import checks
 
 
 def sliced_w2(x: torch.Tensor, y: torch.Tensor, projections: int = 256,

@@ -7,7 +7,7 @@ For 8x8 digits an Inception network is meaningless; instead a small CNN trained 
 *train* split (``DigitsClassifier``, shipped as ``assets/digits_classifier.safetensors``) gives
 64-dimensional penultimate-layer features, and ``frechet_distance`` is FD^2 on their moments, the
 same quantity as FID with a different feature map. Reproduce the shipped weights with
-    python -m sde_diffusion.features --out sde_diffusion/assets/digits_classifier.safetensors
+    python -m sde_diffusion.evaluation.features --out sde_diffusion/assets/digits_classifier.safetensors
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import checks
+from .. import checks
 
-ASSET = Path(__file__).resolve().parent / "assets" / "digits_classifier.safetensors"
+ASSET = Path(__file__).resolve().parent.parent / "assets" / "digits_classifier.safetensors"
 FEATURES = 64
 
 
@@ -45,7 +45,7 @@ class DigitsClassifier(nn.Module):
 
 def train_classifier(epochs: int = 60, seed: int = 0, batch_size: int = 64) -> DigitsClassifier:
     """Adam on the digits train split (cross-entropy), with one-pixel random shifts as augmentation."""
-    from .data import batches, load_dataset
+    from ..training.data import batches, load_dataset
 
     torch.manual_seed(seed)
     ds = load_dataset("digits", split="train")
@@ -71,7 +71,7 @@ def load_classifier(path: str | Path = ASSET, device: torch.device | str = "cpu"
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"digits classifier weights {str(path)!r} not found; rebuild them with "
-                         "`python -m sde_diffusion.features`.")
+                         "`python -m sde_diffusion.evaluation.features`.")
     net = DigitsClassifier()
     net.load_state_dict(load_file(path))
     return net.to(device).eval().requires_grad_(False)
@@ -110,7 +110,7 @@ def frechet_distance(f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def accuracy(net: DigitsClassifier, split: str = "test") -> float:
     """Fraction of the digits ``split`` classified correctly."""
-    from .data import load_dataset
+    from ..training.data import load_dataset
 
     ds = load_dataset("digits", split=split)
     device = next(net.parameters()).device

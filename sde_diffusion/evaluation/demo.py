@@ -44,7 +44,7 @@ def _best(rows: list[dict]) -> dict:
 def run_demo(out: Path, *, checkpoint: str | None = None, sizes: DemoSizes = DemoSizes(),
              device: torch.device | str = "cpu", seed: int = 0, progress: bool = True) -> dict:
     """Run the demo into ``out``; returns the report path and the headline figures."""
-    from .shipped import COMMAND, load_shipped
+    from ..training.shipped import COMMAND, load_shipped
 
     t_start, device = time.perf_counter(), torch.device(device)
     for steps in (sizes.ring_steps, sizes.digits_steps):
@@ -61,7 +61,7 @@ def run_demo(out: Path, *, checkpoint: str | None = None, sizes: DemoSizes = Dem
         model, cfg, meta = load_shipped(device=device)
         source = f"the shipped model (`{COMMAND}`, {meta['step']} steps)"
     else:
-        from .checkpoint import load_checkpoint
+        from ..training.checkpoint import load_checkpoint
         model, cfg = load_checkpoint(checkpoint, device=device)
         model.requires_grad_(False)
         source = f"checkpoint `{checkpoint}`"

@@ -38,8 +38,9 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from . import checks, readers
-from .dequantize import DATA_RANGE, continuous_to_levels, levels_to_continuous
+from .. import checks
+from . import readers
+from ..dequantize import DATA_RANGE, continuous_to_levels, levels_to_continuous
 from .toys import TOYS
 
 MAX_ABS = 10.0

@@ -19,8 +19,8 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from .schedule import DDPMSchedule
-from .sde import SDE, SDES, get_sde
+from ..schedule import DDPMSchedule
+from ..sde import SDE, SDES, get_sde
 
 SDE_NAMES = (*SDES, "ddpm")  # "ddpm": the discrete DDPMSchedule, whose continuous limit is a VP-SDE
 
@@ -229,7 +229,7 @@ def _check_model(model: ModelConfig) -> None:
     """model.kind and the keys of model.params against the backbone's signature."""
     import inspect
 
-    from .models.score_model import NETS, PARAMETERIZATIONS
+    from ..models.score_model import NETS, PARAMETERIZATIONS
 
     _one_of("model.kind", model.kind, NETS)
     _one_of("model.parameterization", model.parameterization, PARAMETERIZATIONS)

@@ -6,8 +6,8 @@ import argparse
 import sys
 from typing import Callable
 
-from . import __version__
-from .commands import compare, demo, nll, sample, train, train_classifier
+from .. import __version__
+from . import compare, demo, nll, sample, train, train_classifier
 
 # name -> (help, add_arguments(parser), run(args) -> exit code)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],

@@ -13,10 +13,10 @@ import time
 
 import torch
 
-from .dequantize import DATA_RANGE, bin_width, continuous_to_levels
-from .likelihood import bits_per_dim, log_likelihood
-from .schedule import DDPMSchedule
-from .sde import VPSDE
+from ..dequantize import DATA_RANGE, bin_width, continuous_to_levels
+from ..likelihood import bits_per_dim, log_likelihood
+from ..schedule import DDPMSchedule
+from ..sde import VPSDE
 
 
 def mean_se(v: torch.Tensor) -> tuple[float, float]:
@@ -48,7 +48,7 @@ def gaussian_bpd(train_x: torch.Tensor, test_k: torch.Tensor, levels: int, gen: 
 def ddpm_chain(cfg, sde) -> DDPMSchedule | None:
     """The DDPM chain whose continuous limit is the run's SDE: the config's schedule (``ddpm``), or
     T = 1000 steps beta_i = beta(i/T)/T of a linear VP-SDE; None where there is no such chain."""
-    from .config import build_schedule
+    from ..training.config import build_schedule
 
     schedule = build_schedule(cfg) if cfg is not None else None
     if schedule is None and isinstance(sde, VPSDE):
@@ -92,8 +92,8 @@ def model_rows(model, cfg, device: torch.device, n: int | None = None, n_vlb: in
     """Test-set NLL of a trained model: PF-ODE (Hutchinson, dopri5) on n test samples (all if None);
     for discrete data also the DDPM bound on n_vlb samples where a chain applies, and the Gaussian
     baseline. Bits/dim for discrete data, nats/dim for continuous."""
-    from .data import load_dataset
-    from .vlb import ddpm_vlb_bits_per_dim
+    from ..training.data import load_dataset
+    from ..vlb import ddpm_vlb_bits_per_dim
 
     test = load_dataset(cfg.data.name, split="test", path=cfg.data.path)
     if n is not None and n < len(test):
