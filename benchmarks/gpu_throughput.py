@@ -26,16 +26,10 @@ import solvers
 from sde_diffusion import VPSDE, log_likelihood
 from sde_diffusion.models import build_model
 
-try:  # the layout of issue #18, and the flat one before it
-    from sde_diffusion.training.config import load_config
-    from sde_diffusion.training.data import load_dataset
-    from sde_diffusion.training.shipped import load_shipped
-    from sde_diffusion.training.train import train
-except ImportError:  # pragma: no cover - before the layout move
-    from sde_diffusion.config import load_config
-    from sde_diffusion.data import load_dataset
-    from sde_diffusion.shipped import load_shipped
-    from sde_diffusion.train import train
+from sde_diffusion.training.config import load_config
+from sde_diffusion.training.data import load_dataset
+from sde_diffusion.training.shipped import load_shipped
+from sde_diffusion.training.train import train
 
 from likelihood import scipy_reference  # benchmarks/likelihood.py: the score_sde-style RK45 reference
 
