@@ -33,7 +33,7 @@ import torch  # noqa: E402
 
 import gpu_throughput as tp  # noqa: E402
 
-SHARES = {"tests": 0.2, "sampling": 0.4, "likelihood": 0.2, "training": 0.15, "ddp": 0.05}
+SHARES = {"tests": 0.15, "sampling": 0.35, "likelihood": 0.3, "training": 0.15, "ddp": 0.05}
 # device-agnostic tests taking the ``device`` fixture (tests/conftest.py), ~5 s on a CPU core
 DEVICE_TESTS = ["tests/test_solvers_contract.py::test_same_seed_same_samples",
                 "tests/test_solvers_contract.py::test_image_shaped_batches",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import os
 import re
 import shutil
@@ -62,6 +63,8 @@ def guarded(rows: list, row: dict, budget, estimate: float, fn) -> dict | None:
         out = fn()
     except Exception as e:  # recorded, the section goes on
         rows.append({**row, "status": f"error: {type(e).__name__}: {e}"[:300]})
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # e.g. after running out of memory
         return None
     rows.append({**row, **{k: v for k, v in out.items() if not k.startswith("_")}, "status": "ok"})
     return out
@@ -94,19 +97,36 @@ def models(plan, device: torch.device) -> dict:
 
 # -- sampling ------------------------------------------------------------------------------------
 def sampling(plan, device: torch.device, budget) -> list[dict]:
+    """Every model x precision x batch x method, all at the fewest steps first (the most figures
+    per second of budget), then at the next step count; rows that would pass the budget are skipped."""
     rows: list[dict] = []
+    blocks, per_eval = [], {}
     for name, (model, shape) in models(plan, device).items():
         params = sum(p.numel() for p in model.parameters())
         for precision in ("float32", "bf16"):
             score = model if precision == "float32" else with_autocast(model, device)
             for batch in plan.batches:
-                base = {"model": name, "params": params, "precision": precision, "batch": batch}
-                per_eval = _warm_up(score, model.sde, (batch, *shape), device)
-                for steps in plan.steps:
-                    for method in METHODS:
-                        nfe = EVALS_PER_STEP.get(method, 1) * steps + 1
-                        guarded(rows, {**base, "method": method, "steps": steps}, budget, nfe * per_eval,
-                                lambda: _sample_row(score, model.sde, (batch, *shape), method, steps, device))
+                blocks.append(({"model": name, "params": params, "precision": precision, "batch": batch},
+                               score, model.sde, (batch, *shape)))
+    failed: set = set()
+    for steps in plan.steps:
+        for base, score, sde, shape in blocks:
+            key = tuple(base.values())
+            if key in failed:
+                continue
+            if key not in per_eval:  # seconds per score evaluation, from a short first run
+                warm: list[dict] = []
+                out = guarded(warm, {**base, "method": "warm-up (ddim)"}, budget, 1.0,
+                              lambda: {"s": _warm_up(score, sde, shape, device)})
+                if out is None and warm[0]["status"].startswith("error"):
+                    rows += warm  # e.g. out of memory: the block's one row
+                    failed.add(key)
+                    continue
+                per_eval[key] = out["s"] if out else math.inf  # inf: past the budget, rows listed skipped
+            for method in METHODS:
+                nfe = EVALS_PER_STEP.get(method, 1) * steps + 1
+                guarded(rows, {**base, "method": method, "steps": steps}, budget, nfe * per_eval[key],
+                        lambda: _sample_row(score, sde, shape, method, steps, device))
     return rows
 
 
