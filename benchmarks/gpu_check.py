@@ -32,6 +32,7 @@ sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 import torch  # noqa: E402
 
 import gpu_throughput as tp  # noqa: E402
+import gpu_training  # noqa: E402
 
 SHARES = {"tests": 0.15, "sampling": 0.35, "likelihood": 0.3, "training": 0.15, "ddp": 0.05}
 # device-agnostic tests taking the ``device`` fixture (tests/conftest.py), ~5 s on a CPU core
@@ -125,8 +126,8 @@ def _pytest(args: list[str], timeout: float) -> dict:
             "wall_s": wall, "exit_code": done.returncode, "failing": ", ".join(failed[:20]) or "-"}
 
 
-SECTIONS = {"tests": tests, "sampling": tp.sampling, "likelihood": tp.likelihood, "training": tp.training,
-            "ddp": tp.ddp}
+SECTIONS = {"tests": tests, "sampling": tp.sampling, "likelihood": tp.likelihood,
+            "training": gpu_training.training, "ddp": gpu_training.ddp}
 
 
 # -- the report ----------------------------------------------------------------------------------
