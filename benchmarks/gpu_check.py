@@ -119,11 +119,13 @@ def _pytest(args: list[str], timeout: float) -> dict:
         suites = ET.parse(xml).getroot()
         suites = [suites] if suites.tag == "testsuite" else list(suites)
         count = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
-        failed = [f"{c.get('classname')}::{c.get('name')}" for s in suites for c in s.iter("testcase")
-                  if c.find("failure") is not None or c.find("error") is not None]
+        bad = [(c, c.find("failure") if c.find("failure") is not None else c.find("error"))
+               for s in suites for c in s.iter("testcase")]
+        bad = [(f"{c.get('classname')}::{c.get('name')}", e.get("message", "")) for c, e in bad if e is not None]
     passed = count["tests"] - count["failures"] - count["errors"] - count["skipped"]
     return {"passed": passed, "failed": count["failures"], "errors": count["errors"], "skipped": count["skipped"],
-            "wall_s": wall, "exit_code": done.returncode, "failing": ", ".join(failed[:20]) or "-"}
+            "wall_s": wall, "exit_code": done.returncode, "failing": ", ".join(n for n, _ in bad[:20]) or "-",
+            "first_failure": bad[0][1][:300] if bad else "-"}
 
 
 SECTIONS = {"tests": tests, "sampling": tp.sampling, "likelihood": tp.likelihood,
@@ -204,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="tiny sizes and few steps (CPU CI, < 60 s)")
     p.add_argument("--out", default="reports/gpu_check")
-    p.add_argument("--budget", type=float, default=None, help="seconds for the whole run (default 450; quick 200)")
+    p.add_argument("--budget", type=float, default=None, help="seconds for the whole run (default 420; quick 200)")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
     p.add_argument("--ddp", type=int, default=None, help="processes for the DDP row (default: the GPUs present)")
     a = p.parse_args(argv)
@@ -217,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown section {unknown[0]!r}; allowed: {', '.join(SECTIONS)}")
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
     plan = Plan(**{**(QUICK if a.quick else {}), "ddp": a.ddp if a.ddp is not None else gpus})
-    budget = a.budget if a.budget is not None else (200.0 if a.quick else 450.0)
+    budget = a.budget if a.budget is not None else (200.0 if a.quick else 420.0)
     result = run(device, plan, budget, sections, Path(a.out))
     print(f"wrote {Path(a.out) / 'report.md'} and gpu_check.json ({result['wall_s']:.0f} s)")
     return 0

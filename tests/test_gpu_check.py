@@ -122,3 +122,21 @@ def test_a_row_over_its_share_is_skipped_not_run(gpu_check):
     assert not ran and rows[0]["status"].startswith("skipped: needs ~60 s")
     tp.guarded(rows, {"row": 2}, budget, 0.0, lambda: 1 / 0)
     assert rows[1]["status"] == "error: ZeroDivisionError: division by zero"
+
+
+def test_exact_divergence_variants_are_found_from_the_allowed_values(gpu_check, monkeypatch):
+    """Today: the loop only. A log_likelihood with a torch.func option (issue #15), as a new
+    divergence value or as a new keyword, is found from its one-line ValueError, nothing required."""
+    import gpu_throughput as tp
+
+    assert tp.exact_variants() == {"exact": {"divergence": "exact"}}
+
+    def future(score_fn, sde, x, *, divergence="exact", jacobian="auto", **kwargs):
+        if divergence not in ("exact", "hutchinson", "exact_func"):
+            raise ValueError(f"unknown divergence {divergence!r}; allowed: exact, hutchinson, exact_func.")
+        if jacobian not in ("auto", "func", "loop"):
+            raise ValueError(f"unknown jacobian {jacobian!r}; allowed: auto, func, loop.")
+    monkeypatch.setattr(tp, "log_likelihood", future)
+    assert tp.exact_variants() == {"exact": {"divergence": "exact"}, "exact_func": {"divergence": "exact_func"},
+                                   **{f"exact[jacobian={v}]": {"divergence": "exact", "jacobian": v}
+                                      for v in ("auto", "func", "loop")}}

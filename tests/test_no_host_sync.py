@@ -20,13 +20,24 @@ import torch
 import torchsde
 
 import solvers
-from sde_diffusion import VPSDE, checks, log_likelihood
+from sde_diffusion import VPSDE, DDPMSchedule, checks, log_likelihood
 from sde_diffusion.models import build_model
 
 EXEMPT = {"ode": "torchdiffeq: host time comparisons, adaptive step-size control",
           "sde": "torchsde: Brownian interval search on the host, seed drawn once per call"}
-STRICT = [m for m in solvers.available() if m not in EXEMPT]
 SHAPE = (4, 1, 8, 8)
+STEPS = 4
+# every sampler with its defaults, and the options that take other code paths
+CASES = [(m, {}) for m in solvers.available()] + [
+    ("dpm_solver", {"multistep": False, "order": 3}), ("dpm_solver", {"variant": "dpm_solver", "order": 3}),
+    ("ancestral", {"schedule": DDPMSchedule(T=STEPS)}), ("ddim", {"eta": 0.5}),
+    ("pc", {"predictor": "euler_maruyama", "corrector_steps": 2})]
+STRICT = [(m, o) for m, o in CASES if m not in EXEMPT]
+
+
+def _id(case):
+    name, opts = case
+    return ":".join([name] + [f"{k}={v.T if isinstance(v, DDPMSchedule) else v}" for k, v in opts.items()])
 
 
 def _model(device):
@@ -79,11 +90,11 @@ def stand_ins(monkeypatch):
     monkeypatch.setattr(torchsde, "BrownianInterval", lambda **_: None)
 
 
-@pytest.mark.parametrize("name", solvers.available())
-def test_every_sampler_reads_the_device_once_per_call(name, reads, stand_ins):
+@pytest.mark.parametrize("case", CASES, ids=map(_id, CASES))
+def test_every_sampler_reads_the_device_once_per_call(case, reads, stand_ins):
     model = _model("meta")
     with torch.no_grad():
-        x = solvers.sample(model, model.sde, SHAPE, method=name, steps=3, device="meta").x
+        x = solvers.sample(model, model.sde, SHAPE, method=case[0], steps=STEPS, device="meta", **case[1]).x
     assert x.device.type == "meta" and tuple(x.shape) == SHAPE
     assert len(reads) == 1 and reads[0][0] > 3  # one read, of every state's and score's probe
 
@@ -93,9 +104,9 @@ def test_inpainting_and_trajectories_read_the_device_once(reads):
     mask = torch.zeros(SHAPE, dtype=torch.bool, device="meta")
     known = torch.zeros(SHAPE, device="meta")
     with torch.no_grad():
-        r = solvers.sample(model, model.sde, SHAPE, method="dpm_solver", steps=3, device="meta",
+        r = solvers.sample(model, model.sde, SHAPE, method="dpm_solver", steps=STEPS, device="meta",
                            inpaint=(mask, known), return_trajectory=True)
-    assert r.trajectory.shape == (4, *SHAPE) and len(reads) == 1
+    assert r.trajectory.shape == (STEPS + 1, *SHAPE) and len(reads) == 1
 
 
 @pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
@@ -120,16 +131,16 @@ def _strict(fn):
 
 def _sample(model, name, device, **kwargs):
     with torch.no_grad():
-        return solvers.sample(model, model.sde, SHAPE, method=name, steps=4, device=device,
+        return solvers.sample(model, model.sde, SHAPE, method=name, steps=STEPS, device=device,
                               generator=torch.Generator(device).manual_seed(0), **kwargs)
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("name", STRICT)
-def test_sampler_has_no_sync_but_the_finite_check_on_cuda(name, cuda_device, reads):
-    model = _model(cuda_device)
+@pytest.mark.parametrize("case", STRICT, ids=map(_id, STRICT))
+def test_sampler_has_no_sync_but_the_finite_check_on_cuda(case, cuda_device, reads):
+    (name, opts), model = case, _model(cuda_device)
     mask = torch.rand(SHAPE, device=cuda_device) < 0.5
-    variants = [{}, {"return_trajectory": True, "inpaint": (mask, torch.zeros(SHAPE, device=cuda_device))}]
+    variants = [opts, {**opts, "return_trajectory": True, "inpaint": (mask, torch.zeros(SHAPE, device=cuda_device))}]
     for kwargs in variants:
         _sample(model, name, cuda_device, **kwargs)  # warm-up: lazy CUDA initialisation may sync
         torch.cuda.synchronize()
