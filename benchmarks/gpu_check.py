@@ -148,7 +148,7 @@ def environment(device: torch.device, plan: Plan, budget_s: float) -> dict:
 def _cell(v) -> str:
     if isinstance(v, float):
         return "-" if math.isnan(v) else f"{v:.3g}" if abs(v) < 1e4 else f"{v:.0f}"
-    return "-" if v is None else str(v).replace("|", "/")
+    return "-" if v is None else " ".join(str(v).replace("|", "/").split())
 
 
 def markdown(result: dict) -> str:
