@@ -28,7 +28,8 @@ def ode(ctx: Context, x: torch.Tensor, solver: str, rtol: float | None, atol: fl
     to ``rtol``/``atol``, each ``tolerance(steps)`` = 100/steps^3 unless given (Song et al. 2021 use
     1e-5), with ``steps`` also the output times of ``return_trajectory``. When inpainting, one
     ``odeint`` call per grid interval (the known part is held in between; adaptive solvers then
-    restart their step control each time)."""
+    restart their step control each time). torchdiffeq synchronises with the host (time checks;
+    adaptive step-size control every step); the drift itself does not."""
     sde = ctx.sde
     times = ctx.grid if solver in FIXED or ctx.trajectory is not None else ctx.grid[[0, -1]]
     rtol = tolerance(ctx.steps) if rtol is None else rtol
