@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .common import add_common, device
+from .common import add_common, add_diffusers, device, model_path
 
 HELP = ("compare samplers by step count on one model: NFE, quality against held-out data and wall "
         "time; writes report.md, results.csv, quality_vs_nfe.png and sample figures")
@@ -18,8 +18,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", default=None,
-                     help="analytic model: analytic:ring2d, analytic:grid2d or analytic:gmm64 (default ring2d)")
+                     help="analytic model: analytic:ring2d, analytic:grid2d or analytic:gmm64 (default ring2d), "
+                          "or diffusers:PATH")
     src.add_argument("--checkpoint", help="a trained run directory or checkpoint folder instead")
+    add_diffusers(src)
+    p.add_argument("--data", help="a .npy/.npz file (images as uint8 levels, or float vectors) to compare against "
+                                  "instead of the model's data: its fixed 10%% test split; needed for a diffusers model")
     p.add_argument("--sde", default=None, help="vp, subvp, ve, cosine or all (analytic default: all; "
                    "a checkpoint: the SDE it was trained with, and no other)")
     p.add_argument("--methods", default=None,
@@ -50,15 +54,18 @@ def run(args: argparse.Namespace) -> int:
     if args.show_steps is not None and args.show_steps not in steps:
         raise ValueError(f"--show-steps {args.show_steps} is not one of --steps {','.join(map(str, steps))}.")
     dev, seed = device(args.device), args.seed or 0
-    if args.checkpoint:
+    if (args.model or "").startswith("diffusers:"):  # a diffusers model string is a checkpoint
+        args.checkpoint, args.model = args.model, None
+    checkpoint = model_path(args)
+    if checkpoint:
         if args.sde == "all":
             raise ValueError("--sde all needs an analytic --model; a checkpoint has the one SDE it was trained with.")
-        target, model, cfg = compare.checkpoint_target(args.checkpoint, args.sde, args.n, dev, seed)
-        default_out = f"compare_{Path(args.checkpoint).resolve().name}"
+        target, model, cfg = compare.checkpoint_target(checkpoint, args.sde, args.n, dev, seed, data=args.data)
+        default_out = f"compare_{Path(checkpoint.removeprefix('diffusers:')).resolve().name}"
     else:
         model_name = args.model or "analytic:ring2d"
         if not model_name.startswith("analytic:"):
-            raise ValueError(f"--model must read analytic:NAME (ring2d, grid2d, gmm64), got {model_name!r}; "
+            raise ValueError(f"--model must read analytic:NAME (ring2d, grid2d, gmm64) or diffusers:PATH, got {model_name!r}; "
                              "use --checkpoint for a trained model.")
         target = compare.analytic_target(model_name.split(":", 1)[1], args.sde or "all", args.n, dev, seed)
         default_out = f"compare_{model_name.split(':', 1)[1]}"
@@ -71,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                                           show_steps=show, progress=not args.no_progress)
         nll_rows = None
         if args.nll:
-            nll_rows = (nll_table.model_rows(model, cfg, dev, n=args.nll_n, seed=seed) if args.checkpoint
+            nll_rows = (nll_table.model_rows(model, cfg, dev, n=args.nll_n, seed=seed) if checkpoint
                         else nll_table.analytic_rows(target, args.nll_n, dev, seed))
     out = Path(args.out) if args.out else Path("reports") / default_out
     files = report.write_compare(out, target, rows, shown, show, nll_rows)

@@ -14,8 +14,8 @@ them with the repeat's ``Scorer``, against held-out data of the target:
 share of escaped samples (``metrics.escaped``), the wall seconds and the seconds inside the score
 (``TimedScore``); ``summary`` turns the repeats into means +- standard errors and rankings.
 Methods are registry names with options, ``name[:option=value[:option=value]]``, e.g. ``ode:solver=rk4``.
-An adaptive ODE solver has no step count: there ``steps`` sets its tolerance rtol = atol = 100 / steps^3
-(10 -> 1e-1, 100 -> 1e-4, 1000 -> 1e-7), so a larger count still means more work.
+An adaptive ODE solver has no step count: there ``steps`` sets its tolerance (``solvers.probability_flow
+.tolerance``, rtol = atol = 100 / steps^3), so a larger count still means more work.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from ..sde import SDE, SDES, ScoreFn, get_sde
 
 DEFAULT_METHODS = "ancestral,euler_maruyama,pc,ode:solver=rk4,ddim,heun,dpm_solver"
 DEFAULT_STEPS = "10,20,50,100,200,500,1000"
-ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 FIELDS = ["sde", "method", "kind", "steps", "repeat", "nfe", "metric", "quality", "floor", "ratio", "nll_gap",
           "escaped", "max_norm", "wall_s", "score_s"]
 
@@ -55,13 +54,6 @@ class Variant:
     def kind(self) -> str:
         from solvers import METHODS
         return METHODS[self.method].kind
-
-    def options_for(self, steps: int) -> dict:
-        """The options at a step count (the tolerance of an adaptive ODE solver, see the module)."""
-        if self.method == "ode" and self.options.get("solver", "dopri5") in ADAPTIVE_SOLVERS:
-            tol = 100.0 / steps**3
-            return {"rtol": tol, "atol": tol, **self.options}
-        return dict(self.options)
 
 
 def parse_methods(text: str) -> list[Variant]:
@@ -212,12 +204,19 @@ def model_target(model, cfg, device: torch.device, n: int, seed: int = 0, name: 
                   ref, n, escape, levels=test.levels, notes=notes)
 
 
-def checkpoint_target(path: str, sde: str | None, n: int, device: torch.device, seed: int = 0):
-    """``model_target`` of a run directory or checkpoint; ``sde`` (if given) must be the one it was
-    trained with. Returns (target, model, cfg)."""
+def checkpoint_target(path: str, sde: str | None, n: int, device: torch.device, seed: int = 0,
+                      data: str | None = None):
+    """``model_target`` of a run directory, a checkpoint or ``diffusers:PATH``; ``sde`` (if given) must
+    be the one it was trained with; ``data`` (a .npy/.npz file) replaces the model's data. Returns
+    (target, model, cfg)."""
     from ..training.checkpoint import load_checkpoint
+    from ..training.shipped import DIFFUSERS, load_model, with_data
 
-    model, cfg = load_checkpoint(path, device=device)
+    if path.startswith(DIFFUSERS):
+        model, cfg, _ = load_model(path, device=device)
+    else:
+        model, cfg = load_checkpoint(path, device=device)
+    cfg = with_data(cfg, data)
     trained = "vp" if cfg.sde.name == "ddpm" else cfg.sde.name
     if sde is not None and sde != trained:
         raise ValueError(f"checkpoint {path!r} was trained with the {cfg.sde.name} SDE ({model.sde}), not "
@@ -266,7 +265,7 @@ def plan(target: Target, variants: list[Variant], steps: list[int], explicit: bo
                 target.notes.append(f"{v.label} skipped on {sde_name}: it needs a VP-type SDE.")
                 continue
             for s in steps:
-                spec.bind(sde, s, v.options_for(s))
+                spec.bind(sde, s, v.options)
             pairs.append((sde_name, v))
     return pairs
 
@@ -301,7 +300,7 @@ def run_compare(target: Target, variants: list[Variant] | list[tuple[str, Varian
                 t0 = time.perf_counter()
                 with torch.no_grad():
                     res = solvers.sample(score, sde, (n, *target.shape), v.method, s, generator=gen, device=device,
-                                         **v.options_for(s))
+                                         **v.options)
                 sync(device)
                 wall = time.perf_counter() - t0
                 finite = bool(torch.isfinite(res.x).all())
