@@ -9,8 +9,9 @@ import torch
 
 from .common import add_common, add_diffusers, device, model_path
 
-HELP = ("compare samplers by step count on one model: NFE, quality against held-out data and wall "
-        "time; writes report.md, results.csv, quality_vs_nfe.png and sample figures")
+HELP = ("compare samplers by step count on one model over independent repeats: NFE, quality against "
+        "held-out data (mean +- s.e.), escaped samples and wall time; writes report.md, results.csv, "
+        "summary.csv, quality_vs_nfe.png and sample figures")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
