@@ -8,19 +8,20 @@ from .training.classifier_training import load_noisy_classifier, train_noisy_cla
 from .guidance import NoisyClassifier, classifier_guided, guided_score, train_classifier
 from .likelihood import LikelihoodResult, bits_per_dim, log_likelihood
 from .losses import ddpm_loss, dsm_loss
-from .models import MLPScore, ScoreModel, UNet, build_model
+from .models import MLPScore, ScoreModel, UNet, build_model, from_denoiser
+from .models.diffusers_adapter import from_diffusers
 from .reverse import ReverseSDE
 from .schedule import DDPMSchedule
-from .sde import SDE, CosineVPSDE, SubVPSDE, VESDE, VPSDE, get_sde
+from .sde import SDE, CosineVPSDE, DiscreteVPSDE, SubVPSDE, VESDE, VPSDE, get_sde
 from .vlb import ddpm_vlb_bits_per_dim
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "SDE", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", "get_sde", "ReverseSDE",
+    "SDE", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", "DiscreteVPSDE", "get_sde", "ReverseSDE",
     "DDPMSchedule", "GaussianMixture", "ring2d", "grid2d", "random_mixture",
     "Dataset", "load_dataset", "available_datasets", "batches",
-    "MLPScore", "UNet", "ScoreModel", "build_model", "dsm_loss", "ddpm_loss",
+    "MLPScore", "UNet", "ScoreModel", "build_model", "from_diffusers", "from_denoiser", "dsm_loss", "ddpm_loss",
     "classifier_guided", "guided_score", "NoisyClassifier", "train_classifier", "train_noisy_classifier",
     "load_noisy_classifier",
     "log_likelihood", "LikelihoodResult", "bits_per_dim", "ddpm_vlb_bits_per_dim",

@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
@@ -254,6 +255,106 @@ class VESDE(SDE):
 
     def _marginal(self, t):
         return torch.ones_like(t), self.sigma_min * torch.expm1(2 * t * self._log_ratio).sqrt()
+
+
+@dataclass(frozen=True)
+class DiscreteVPSDE(SDE):
+    """The VP-type SDE of a discrete-time model with table abar_1..abar_N (``alphas_cumprod``), after
+    Lu et al. (2022, "DPM-Solver", sec. 3.4): log m(t) is piecewise linear in t between the knots
+        t_i = i / N,   log m(t_i) = log(abar_i) / 2,   i = 0..N  (abar_0 = 1, the data),
+    s(t)^2 = 1 - m(t)^2. On each interval ((i-1)/N, i/N] (f is taken left-continuous there):
+        f(t) = d log m/dt = (N/2) log alpha_i,   g(t)^2 = d s^2/dt - 2 f s^2 = -2 f = -N log alpha_i,
+    alpha_i = abar_i / abar_{i-1}: a piecewise-constant beta(t), and the exact transition between
+    neighbouring knots is DDPM's step x_i = sqrt(alpha_i) x_{i-1} + sqrt(1 - alpha_i) z, so the
+    discrete chain is this SDE observed at its knots. diffusers' 0-based timestep k (its
+    ``alphas_cumprod[k]``) is knot k + 1, t = (k + 1) / N (DPM-Solver's t_n = (n + 1) / N); a model's
+    timestep input at continuous t is ``model_timestep(t)`` = N t - 1, linear between knots (in
+    (-1, 0) below the first knot t = 1/N, where the model was never trained).
+    ``interpolation="cubic"`` takes instead the monotone cubic Hermite interpolant of log m (slopes
+    the harmonic means of neighbouring secants, Fritsch & Carlson 1980): the same knots (so the same
+    chain), f continuous and <= 0. The staircase beta(t) of ``linear`` costs adaptive ODE solvers
+    dearly: PF-ODE log p of a 4-D mixture at rtol = atol = 1e-5 took 512 NFE and erred by 0.017
+    nats, against 68 NFE and 0.0016 (as the smooth VPSDE: 62, 0.0015) with ``cubic``.
+    """
+
+    alphas_cumprod: tuple[float, ...] = field(repr=False)
+    interpolation: str = "linear"
+
+    def __post_init__(self):
+        abar = torch.as_tensor(self.alphas_cumprod, dtype=torch.float64).detach().cpu()
+        if abar.ndim != 1 or len(abar) < 1:
+            raise ValueError(f"alphas_cumprod must be a 1-D table of N >= 1 values, got shape {tuple(abar.shape)}.")
+        if not bool(((abar > 0) & (abar < 1)).all()) or not bool((abar[1:] < abar[:-1]).all()):
+            raise ValueError("alphas_cumprod must decrease strictly and lie in (0, 1) (each beta_i in (0, 1)); "
+                             f"got values in [{float(abar.min()):g}, {float(abar.max()):g}].")
+        object.__setattr__(self, "alphas_cumprod", tuple(abar.tolist()))
+        checks.one_of("interpolation", self.interpolation, ("linear", "cubic"))
+
+    @classmethod
+    def from_betas(cls, betas, interpolation: str = "linear") -> "DiscreteVPSDE":
+        """From beta_1..beta_N: abar_i = prod_{j<=i} (1 - beta_j), in float64."""
+        return cls(torch.cumprod(1 - torch.as_tensor(betas, dtype=torch.float64), 0), interpolation)
+
+    @classmethod
+    def from_beta_schedule(cls, name: str, num_train_timesteps: int = 1000, beta_start: float = 1e-4,
+                           beta_end: float = 0.02, interpolation: str = "linear") -> "DiscreteVPSDE":
+        """diffusers' named schedules, in float64: ``linear`` (betas linspace(beta_start, beta_end, N)),
+        ``scaled_linear`` (linspace(sqrt(beta_start), sqrt(beta_end), N)^2) and ``squaredcos_cap_v2``
+        (Nichol & Dhariwal's cosine, beta_i = min(1 - abar(i/N)/abar((i-1)/N), 0.999), s = 0.008)."""
+        from .schedule import DDPMSchedule
+
+        checks.one_of("beta schedule", name, ("linear", "scaled_linear", "squaredcos_cap_v2"))
+        n = checks.positive_int("num_train_timesteps", num_train_timesteps)
+        if name == "squaredcos_cap_v2":
+            return cls.from_betas(DDPMSchedule(T=n, kind="cosine").betas, interpolation)
+        if name == "linear":
+            return cls.from_betas(DDPMSchedule(T=n, beta_1=beta_start, beta_T=beta_end).betas, interpolation)
+        checks.positive("beta_start", beta_start)
+        checks.positive("beta_end", beta_end)
+        return cls.from_betas(torch.linspace(beta_start**0.5, beta_end**0.5, n, dtype=torch.float64).square(),
+                              interpolation)
+
+    def __repr__(self) -> str:
+        return f"DiscreteVPSDE(N={self.N}, abar_N={self.alphas_cumprod[-1]:.4g}, {self.interpolation})"
+
+    @property
+    def N(self) -> int:
+        """The number of discrete steps."""
+        return len(self.alphas_cumprod)
+
+    @cached_property
+    def _knots(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(t_i = i/N, log m(t_i), the cubic's slopes d_i per knot interval) for i = 0..N, float64."""
+        log_m = 0.5 * torch.tensor((1.0,) + self.alphas_cumprod, dtype=torch.float64).log()
+        sec = log_m[1:] - log_m[:-1]  # all < 0
+        d = torch.cat([sec[:1], 2 * sec[:-1] * sec[1:] / (sec[:-1] + sec[1:]), sec[-1:]])
+        return torch.arange(self.N + 1, dtype=torch.float64) / self.N, log_m, d
+
+    def _log_m(self, t):
+        """(log m(t), f(t) = d log m/dt) on the interval ((i-1)/N, i/N] holding t, u = N t - (i-1) in (0, 1]:
+        linear y0 + u D, or cubic y0 + d0 u + (3D - 2 d0 - d1) u^2 + (d0 + d1 - 2D) u^3, D = y1 - y0."""
+        knots, log_m, d = (v.to(device=t.device, dtype=t.dtype) for v in self._knots)
+        i = (torch.searchsorted(knots, t.contiguous()) - 1).clamp(0, self.N - 1)
+        u, y0, D = (t - knots[i]) * self.N, log_m[i], log_m[i + 1] - log_m[i]
+        if self.interpolation == "linear":
+            return y0 + u * D, D * self.N
+        d0, d1 = d[i], d[i + 1]
+        b, c = 3 * D - 2 * d0 - d1, d0 + d1 - 2 * D
+        return y0 + u * (d0 + u * (b + u * c)), (d0 + u * (2 * b + 3 * u * c)) * self.N
+
+    def model_timestep(self, t: Time) -> torch.Tensor:
+        """A discrete model's timestep input at t: N t - 1, diffusers' integer k at knot t = (k+1)/N."""
+        return self.N * checks.time(t, self.T) - 1
+
+    def _drift_coef(self, t):
+        return self._log_m(t)[1]
+
+    def _diffusion(self, t):
+        return (-2 * self._log_m(t)[1]).clamp_min(0).sqrt()
+
+    def _marginal(self, t):
+        log_m = self._log_m(t)[0]
+        return log_m.exp(), (-torch.expm1(2 * log_m)).sqrt()
 
 
 SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "cosine": CosineVPSDE}

@@ -3,6 +3,7 @@ classifier, the report files and their numbers on the analytic ring, and the err
 
 import csv
 import math
+import re
 
 import numpy as np
 import pytest
@@ -63,36 +64,58 @@ def _rows(path) -> list[dict]:
 def test_compare_on_the_ring_writes_every_file_with_sane_numbers(tmp_path, capsys):
     out = tmp_path / "cmp"
     rc = main(["compare", "--model", "analytic:ring2d", "--sde", "vp", "--methods", "euler_maruyama,heun",
-               "--steps", "3,200", "--n", "1000", "--nll", "--nll-n", "100", "--out", str(out), "--no-progress"])
+               "--steps", "3,200", "--n", "1000", "--repeats", "2", "--nll", "--nll-n", "100", "--out", str(out),
+               "--no-progress"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert str(out / "report.md") in printed and "euler_maruyama" in printed
-    for name in ("report.md", "results.csv", "nll.csv", "quality_vs_nfe.png", "samples_vp_euler_maruyama.png",
-                 "samples_vp_heun.png"):
+    for name in ("report.md", "results.csv", "summary.csv", "nll.csv", "quality_vs_nfe.png",
+                 "samples_vp_euler_maruyama.png", "samples_vp_heun.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    rows = {(r["method"], int(r["steps"])): r for r in _rows(out / "results.csv")}
+    # results.csv keeps every repeat, summary.csv one row per cell
+    assert sorted((r["method"], int(r["steps"]), int(r["repeat"])) for r in _rows(out / "results.csv")) == sorted(
+        (m, s, k) for m in ("euler_maruyama", "heun") for s in (3, 200) for k in (0, 1))
+    rows = {(r["method"], int(r["steps"])): r for r in _rows(out / "summary.csv")}
     assert set(rows) == {(m, s) for m in ("euler_maruyama", "heun") for s in (3, 200)}
     # NFE: one score call per EM step, two per Heun step (the grid ends at eps > 0), plus Tweedie
     assert [int(rows["euler_maruyama", s]["nfe"]) for s in (3, 200)] == [4, 201]
     assert [int(rows["heun", s]["nfe"]) for s in (3, 200)] == [7, 401]
     # The SW2 of a perfect sampler to the held-out set has mean = floor and s.d. ~0.18 floor at
     # n = 1000 (measured over 100 fresh sets), so at 200 steps, where both samplers are close to
-    # exact on this mixture (benchmarks/samplers.py), ratio < 2 holds with > 5 s.d. to spare.
-    # The true-NLL gap of a perfect sampler has s.d. sqrt(2 Var[log p] / n) (two independent means):
+    # exact on this mixture (benchmarks/samplers.py), a mean ratio of 2 repeats < 2 holds with > 5 s.d. to spare.
+    # The true-NLL gap of a perfect sampler has s.d. sqrt(2 Var[log p] / n) (two independent means),
+    # and the mean of 2 repeats sqrt(1/2) of that:
     sd_gap = math.sqrt(2 * float(ring2d().log_prob(ring2d().sample(20000, torch.Generator().manual_seed(7))).var())
-                       / 1000)
+                       / 1000 / 2)
     for m in ("euler_maruyama", "heun"):
         assert float(rows[m, 200]["ratio"]) < 2.0
         # 3 steps are visibly worse: the gap falls by more than 5 s.d. of a difference of two gaps
         assert float(rows[m, 3]["nll_gap"]) - float(rows[m, 200]["nll_gap"]) > 5 * math.sqrt(2) * sd_gap
     # Heun is second order: at 200 steps its bias is far below the Monte-Carlo error
     assert abs(float(rows["heun", 200]["nll_gap"])) < 5 * sd_gap
+    # wall time: the median of the repeats, most of it inside the score for these cheap solvers
+    for r in rows.values():
+        assert 0 < float(r["score_share"]) <= 1 and float(r["ms_per_nfe"]) > 0
     # --nll: the PF-ODE with the exact score recovers the true NLL (dopri5 at rtol = atol = 1e-5)
-    nll = {r["estimate"]: float(r["value"]) for r in _rows(out / "nll.csv")}
+    nll_rows = _rows(out / "nll.csv")
+    nll = {r["estimate"]: float(r["value"]) for r in nll_rows}
     pf = next(v for k, v in nll.items() if k.startswith("PF-ODE"))
     assert pf == pytest.approx(nll["true -log p_0 (analytic)"], abs=1e-2)
+    # the report holds every table and figure it names: each summary cell, each nll.csv row (its
+    # Likelihood section), and an existing file behind every image link
     md = (out / "report.md").read_text()
-    assert "![quality against NFE](quality_vs_nfe.png)" in md and "| vp | heun | ode | 200 | 401 |" in md
+    assert "| vp | heun | ode | 200 | 401 |" in md
+    for r in rows.values():
+        cell = f"{float(r['quality']):.4g} +- {float(r['quality_se']):.2g}"
+        assert f"| {r['sde']} | {r['method']} | {r['kind']} | {r['steps']} | {r['nfe']} | {cell} |" in md
+    likelihood = md.split("## Likelihood")[1].split("## ")[0]
+    for r in nll_rows:
+        assert (f"| {r['sde']} | {r['estimate']} | {r['unit']} | {float(r['value']):.4g} | {float(r['stderr']):.4g} |"
+                in likelihood)
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert links == ["quality_vs_nfe.png", "samples_vp_euler_maruyama.png", "samples_vp_heun.png"]
+    assert all((out / link).is_file() for link in links)
+    assert "Noise floor" in md and "relative s.e." in md and "At 200 steps" in md
 
 
 def test_compare_all_sdes_skips_vp_only_methods_on_ve_with_a_note(tmp_path, capsys):
@@ -112,6 +135,7 @@ def test_compare_all_sdes_skips_vp_only_methods_on_ve_with_a_note(tmp_path, caps
     (["--model", "ring2d"], "--model must read analytic:NAME"),
     (["--model", "analytic:nosuch"], "unknown analytic model 'nosuch'"),
     (["--show-steps", "7", "--steps", "10"], "--show-steps 7 is not one of --steps 10"),
+    (["--repeats", "1"], "--repeats must be an integer >= 2, got 1"),
 ])
 def test_bad_input_exits_2_with_one_line(args, message, tmp_path, capsys):
     assert main(["compare", "--n", "50", "--out", str(tmp_path / "x"), "--no-progress", *args]) == 2
@@ -130,8 +154,125 @@ def test_a_checkpoint_must_match_the_requested_sde(tmp_path, capsys):
     assert "was trained with the vp SDE" in err and "pass --sde vp" in err
     assert main(["compare", "--checkpoint", str(run), "--sde", "all", "--out", str(tmp_path / "c")]) == 2
     assert "--sde all needs an analytic --model" in capsys.readouterr().err
-    # the matching SDE runs: SW2 against the toy ring's test split, floor from a train subset
-    assert main(["compare", "--checkpoint", str(run), "--methods", "heun", "--steps", "4", "--n", "200",
-                 "--out", str(tmp_path / "c"), "--no-progress"]) == 0
-    (row,) = _rows(tmp_path / "c" / "results.csv")
-    assert row["sde"] == "vp" and row["metric"] == "SW2" and float(row["floor"]) > 0
+    # the matching SDE runs: SW2 against the toy ring's test split, floor from a train subset; n is
+    # capped to the test split's size, said before the work starts and at the head of the report
+    assert main(["compare", "--checkpoint", str(run), "--methods", "heun", "--steps", "4", "--n", "100000",
+                 "--repeats", "2", "--out", str(tmp_path / "c"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    rows = _rows(tmp_path / "c" / "results.csv")
+    assert [r["repeat"] for r in rows] == ["0", "1"]
+    assert all(r["sde"] == "vp" and r["metric"] == "SW2" and float(r["floor"]) > 0 for r in rows)
+    note = next(i for i, line in enumerate(printed) if line.startswith("note: n = "))
+    assert note < next(i for i, line in enumerate(printed) if line.lstrip().startswith("sde  method"))
+    cap = int(printed[note].split("note: n = ")[1].split()[0])
+    assert 0 < cap < 100000 and printed[note].endswith(f"the smaller split holds {cap}.")
+    head = (tmp_path / "c" / "report.md").read_text().split("| sde |")[0]
+    assert "Changes to what was asked" in head and printed[note][len("note: "):] in head
+    assert f"n = {cap} samples" in head
+
+
+# -- repeats, rankings, escapes, timing and notices -------------------------------------------------
+def _cells(target, methods, steps, repeats, seed):
+    from sde_diffusion.evaluation.compare import parse_methods, run_compare
+    from sde_diffusion.evaluation.summary import summarise
+
+    rows, _ = run_compare(target, parse_methods(methods), steps, None, torch.device("cpu"), repeats=repeats,
+                          seed=seed, progress=False)
+    return summarise(rows)
+
+
+def test_two_seeds_give_intervals_that_agree_on_every_cell():
+    """With the exact score the expected SW2 of a cell does not depend on the seed, so for two runs
+    with different seeds z = |q_1 - q_2| / sqrt(se_1^2 + se_2^2) is a Welch t statistic with about
+    2 (R - 1) = 14 degrees of freedom at R = 8 repeats: P(|z| > 3) = 0.0095 per cell (at most one
+    cell in 100). Over the 16 cells at most one may exceed 3 (false alarm about 1% for independent
+    cells; the ratio's error is mostly the floor's, shared by a run's cells, so its z move together).
+    Measured wrong formulas: one held-out set and floor per run (their noise left out of the s.e.)
+    puts 3 of 16 quality and 15 of 16 ratio cells beyond 3; std/R instead of std/sqrt(R) 8 and 15."""
+    from sde_diffusion.evaluation.compare import analytic_target
+
+    runs = [{(c["sde"], c["method"], c["steps"]): c for c in
+             _cells(analytic_target("ring2d", "all", 200, torch.device("cpu"), seed=s), "euler_maruyama,ancestral",
+                    [4, 16], 8, s)} for s in (11, 12)]
+    assert set(runs[0]) == set(runs[1]) and len(runs[0]) == 16
+    for key in ("quality", "ratio"):
+        z = [abs(a[key] - b[key]) / math.hypot(a[f"{key}_se"], b[f"{key}_se"])
+             for a, b in ((runs[0][k], runs[1][k]) for k in runs[0])]
+        assert sum(v > 3 for v in z) <= 1, (key, sorted(z))
+
+
+def test_a_broken_score_ranks_below_and_a_tied_pair_is_tied():
+    """Heun with the score scaled by 0.5 (the reverse drift loses half its pull towards the data)
+    against the exact score on the same held-out sets: its mean SW2 exceeds the correct one's by far
+    more than 2 combined s.e., so ``rank`` names the correct sampler. Euler-Maruyama at 200 steps and
+    Heun at 50 are both exact up to the sampling noise on this mixture, so neither separates."""
+    import dataclasses
+
+    from sde_diffusion.evaluation.compare import analytic_target
+    from sde_diffusion.evaluation.summary import SEPARATION, rank, ranking_text
+
+    target = analytic_target("ring2d", "vp", 300, torch.device("cpu"), seed=3)
+    exact = target.score
+    broken = dataclasses.replace(target, score=lambda sde: (lambda x, t: 0.5 * exact(sde)(x, t)))
+    good = _cells(target, "heun", [20], 4, 3)[0]
+    bad = dict(_cells(broken, "heun", [20], 4, 3)[0], method="heun, score x 0.5")
+    gap = (bad["quality"] - good["quality"]) / math.hypot(good["quality_se"], bad["quality_se"])
+    assert gap > 5 * SEPARATION
+    ranking = rank([bad, good])
+    assert ranking.winner is good and ranking.tied == [good]
+    assert ranking_text(ranking).startswith("best: heun on vp, 20 steps")
+
+    em, heun = _cells(target, "euler_maruyama", [200], 4, 3)[0], _cells(target, "heun", [50], 4, 3)[0]
+    assert abs(em["quality"] - heun["quality"]) < SEPARATION * math.hypot(em["quality_se"], heun["quality_se"])
+    ranking = rank([em, heun])
+    assert ranking.winner is None and {c["method"] for c in ranking.tied} == {"euler_maruyama", "heun"}
+    assert ranking_text(ranking).startswith("tied within noise")
+
+
+def test_escaped_share_counts_the_planted_points_and_the_warning_threshold():
+    """1000 in-range points plus planted ones: vectors at 3.2 x the data's radius count, at 2.8 x they
+    do not; images count with a value 1.1 beyond [-1, 1] (margin 0.5 x 2 = 1), not with 0.9."""
+    from sde_diffusion.evaluation.metrics import escaped
+    from sde_diffusion.evaluation.summary import ESCAPE_THRESHOLD, escape_warnings
+
+    g = torch.Generator().manual_seed(0)
+    ref = ring2d().sample(2000, g).float()
+    centre = ref.mean(0)
+    radius = float((ref - centre).norm(dim=1).max())
+    direction = torch.nn.functional.normalize(torch.randn(20, 2, generator=g), dim=1)
+    inside = ref[torch.randperm(2000, generator=g)[:1000]]
+    for planted in (7, 15):
+        x = torch.cat([inside, centre + 3.2 * radius * direction[:planted],
+                       centre + 2.8 * radius * direction[planted:]])
+        share, largest = escaped(x, reference=ref)
+        assert float(share) * len(x) == pytest.approx(planted, abs=1e-6)
+        assert float(largest) == pytest.approx(3.2 * radius, rel=1e-5)
+    images = torch.rand(100, 1, 8, 8, generator=g) * 2 - 1
+    images[:5, 0, 0, 0], images[5:9, 0, 3, 3] = 2.1, -1.9
+    share, _ = escaped(images, box=(-1.0, 1.0))
+    assert float(share) * 100 == pytest.approx(5, abs=1e-6)
+    cell = {"sde": "vp", "method": "heun", "kind": "ode", "steps": 20, "max_norm": 9.0}
+    above, below = (dict(cell, escaped=f * ESCAPE_THRESHOLD) for f in (1.5, 0.5))
+    (line,) = escape_warnings([above, below])
+    assert line.startswith("heun on vp at 20 steps: 1.5% of the samples escaped") and "probability-flow ODE" in line
+
+
+def test_timed_score_counts_the_time_inside_the_score():
+    """A score that sleeps 4 ms per call: the time inside it is at least 4 ms x NFE and at most the
+    wall time of the cell, so the score share is close to 1 (the solver's own work is ~0.1 ms/step)."""
+    import time
+
+    import solvers
+    from sde_diffusion.evaluation.timing import TimedScore
+    from sde_diffusion.sde import VPSDE
+
+    def slow(x, t):
+        time.sleep(0.004)
+        return -x
+
+    timed = TimedScore(slow, torch.device("cpu"))
+    t0 = time.perf_counter()
+    res = solvers.sample(timed, VPSDE(), (10, 2), "euler_maruyama", 10, generator=torch.Generator().manual_seed(0))
+    wall = time.perf_counter() - t0
+    assert 0.004 * res.nfe <= timed.seconds() <= wall
+    assert timed.seconds() / wall > 0.8

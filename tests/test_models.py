@@ -36,19 +36,21 @@ def _inputs(sde, n=64, dim=6, seed=0):
 
 @pytest.mark.parametrize("sde", SDES, ids=IDS)
 def test_every_parameterization_recovers_the_exact_score(sde):
-    """Oracle nets predicting the mixture's exact eps, score or x0 (= Tweedie's (x + s^2 score)/m)
-    give, through ScoreModel, the mixture's exact score, eps = -s score and x0, to rounding."""
+    """Oracle nets predicting the mixture's exact eps, score, x0 (= Tweedie's (x + s^2 score)/m) or
+    v = m eps - s x0 give, through ScoreModel, the mixture's exact score, eps = -s score, x0 and v."""
     gm, x, t, m, s = _inputs(sde)
     score = gm.score_at(x, t, sde)
     eps, x0 = -s * score, (x + s**2 * score) / m
     oracles = {"eps": gm.eps(sde), "score": gm.score(sde),
-               "x0": lambda x, t: (x + s**2 * gm.score_at(x, t, sde)) / m}
+               "x0": lambda x, t: (x + s**2 * gm.score_at(x, t, sde)) / m,
+               "v": lambda x, t: -m * s * gm.score_at(x, t, sde) - s * (x + s**2 * gm.score_at(x, t, sde)) / m}
     for kind, net in oracles.items():
         model = ScoreModel(net, sde, kind)
         torch.testing.assert_close(model.score(x, t), score, **TOL)
         torch.testing.assert_close(model(x, t), score, **TOL)
         torch.testing.assert_close(model.eps(x, t), eps, **TOL)
         torch.testing.assert_close(model.x0(x, t), x0, **TOL)
+        torch.testing.assert_close(model.predict(x, t, kind="v"), m * eps - s * x0, **TOL)
 
 
 def _edm_oracle(gm, sde, x, t, sd):
@@ -237,7 +239,7 @@ def test_build_model_passes_options():
 @pytest.mark.parametrize("call,match", [
     (lambda: build_model("resnet", VPSDE()), "unknown model kind 'resnet'; allowed: mlp, unet"),
     (lambda: build_model("mlp", VPSDE(), dim=2, width=3), "unknown option.*width.*allowed: dim, hidden"),
-    (lambda: ScoreModel(MLPScore(2), VPSDE(), "v"), "unknown parameterization 'v'; allowed: eps, score, x0"),
+    (lambda: ScoreModel(MLPScore(2), VPSDE(), "w"), "unknown parameterization 'w'; allowed: eps, score, x0, v"),
     (lambda: ScoreModel(MLPScore(2), "vp"), "sde must be an SDE"),
     (lambda: ScoreModel(MLPScore(2), VPSDE(), "edm", sigma_data=0.0), "sigma_data must be a finite number > 0"),
     (lambda: ScoreModel(MLPScore(2), VPSDE(), "edm", input_scaling=True), "input_scaling is part of the edm"),

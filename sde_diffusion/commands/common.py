@@ -30,6 +30,18 @@ def device(name: str | None) -> torch.device:
     return dev
 
 
+def add_diffusers(group) -> None:
+    """--diffusers PATH, next to --checkpoint in ``group`` (a mutually exclusive group)."""
+    group.add_argument("--diffusers", metavar="PATH",
+                       help="a local diffusers model folder (UNet2DModel or pipeline save_pretrained), the same as "
+                            "--checkpoint diffusers:PATH; needs pip install \"sde-diffusion[diffusers]\"")
+
+
+def model_path(args: argparse.Namespace) -> str | None:
+    """The model string: diffusers:PATH for --diffusers, else --checkpoint."""
+    return f"diffusers:{args.diffusers}" if getattr(args, "diffusers", None) else args.checkpoint
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, example: str, overrides: str) -> None:
     """--config, overrides, --out, --resume, --no-progress of the training subcommands."""
     parser.add_argument("--config", help=f"YAML config, e.g. {example} (optional with --resume)")

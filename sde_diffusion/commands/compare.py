@@ -7,10 +7,11 @@ from pathlib import Path
 
 import torch
 
-from .common import add_common, device
+from .common import add_common, add_diffusers, device, model_path
 
-HELP = ("compare samplers by step count on one model: NFE, quality against held-out data and wall "
-        "time; writes report.md, results.csv, quality_vs_nfe.png and sample figures")
+HELP = ("compare samplers by step count on one model over independent repeats: NFE, quality against "
+        "held-out data (mean +- s.e.), escaped samples and wall time; writes report.md, results.csv, "
+        "summary.csv, quality_vs_nfe.png and sample figures")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,8 +19,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", default=None,
-                     help="analytic model: analytic:ring2d, analytic:grid2d or analytic:gmm64 (default ring2d)")
+                     help="analytic model: analytic:ring2d, analytic:grid2d or analytic:gmm64 (default ring2d), "
+                          "or diffusers:PATH")
     src.add_argument("--checkpoint", help="a trained run directory or checkpoint folder instead")
+    add_diffusers(src)
+    p.add_argument("--data", help="a .npy/.npz file (images as uint8 levels, or float vectors) to compare against "
+                                  "instead of the model's data: its fixed 10%% test split; needed for a diffusers model")
     p.add_argument("--sde", default=None, help="vp, subvp, ve, cosine or all (analytic default: all; "
                    "a checkpoint: the SDE it was trained with, and no other)")
     p.add_argument("--methods", default=None,
@@ -28,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "and a single --sde are given")
     p.add_argument("--steps", default=DEFAULT_STEPS, help=f"comma-separated step counts (default {DEFAULT_STEPS})")
     p.add_argument("--n", type=int, default=4000, help="samples per run (default 4000)")
+    p.add_argument("--repeats", type=int, default=3, help="independent repeats per cell, each with its own "
+                   "samples, held-out set and floor; tables give mean +- standard error (default 3)")
     p.add_argument("--show-steps", type=int, help="step count of the sample figures (default: the largest)")
     p.add_argument("--nll", action="store_true", help="also the test NLL by the probability-flow ODE "
                    "(bits/dim or nats/dim, with standard error) and the DDPM bound where it applies")
@@ -42,40 +49,49 @@ def run(args: argparse.Namespace) -> int:
 
     variants = compare.parse_methods(args.methods or compare.DEFAULT_METHODS)
     steps = compare.parse_steps(args.steps)
-    for name in ("n", "nll_n"):
+    for name in ("n", "nll_n", "repeats"):
         if getattr(args, name) < 2:
             raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 2, got {getattr(args, name)}.")
     if args.show_steps is not None and args.show_steps not in steps:
         raise ValueError(f"--show-steps {args.show_steps} is not one of --steps {','.join(map(str, steps))}.")
     dev, seed = device(args.device), args.seed or 0
-    if args.checkpoint:
+    if (args.model or "").startswith("diffusers:"):  # a diffusers model string is a checkpoint
+        args.checkpoint, args.model = args.model, None
+    checkpoint = model_path(args)
+    if checkpoint:
         if args.sde == "all":
             raise ValueError("--sde all needs an analytic --model; a checkpoint has the one SDE it was trained with.")
-        target, model, cfg = compare.checkpoint_target(args.checkpoint, args.sde, args.n, dev, seed)
-        default_out = f"compare_{Path(args.checkpoint).resolve().name}"
+        target, model, cfg = compare.checkpoint_target(checkpoint, args.sde, args.n, dev, seed, data=args.data)
+        default_out = f"compare_{Path(checkpoint.removeprefix('diffusers:')).resolve().name}"
     else:
         model_name = args.model or "analytic:ring2d"
         if not model_name.startswith("analytic:"):
-            raise ValueError(f"--model must read analytic:NAME (ring2d, grid2d, gmm64), got {model_name!r}; "
+            raise ValueError(f"--model must read analytic:NAME (ring2d, grid2d, gmm64) or diffusers:PATH, got {model_name!r}; "
                              "use --checkpoint for a trained model.")
         target = compare.analytic_target(model_name.split(":", 1)[1], args.sde or "all", args.n, dev, seed)
         default_out = f"compare_{model_name.split(':', 1)[1]}"
     show = args.show_steps or max(steps)
+    pairs = compare.plan(target, variants, steps, explicit=args.methods is not None and args.sde is not None)
+    for note in target.notes:  # before any compute: every change to what was asked
+        print(f"note: {note}", flush=True)
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        rows, shown = compare.run_compare(target, variants, steps, args.n, dev, seed=seed, show_steps=show,
-                                          explicit=args.methods is not None and args.sde is not None,
-                                          progress=not args.no_progress)
+        rows, shown = compare.run_compare(target, pairs, steps, target.n, dev, repeats=args.repeats, seed=seed,
+                                          show_steps=show, progress=not args.no_progress)
         nll_rows = None
         if args.nll:
-            nll_rows = (nll_table.model_rows(model, cfg, dev, n=args.nll_n, seed=seed) if args.checkpoint
+            nll_rows = (nll_table.model_rows(model, cfg, dev, n=args.nll_n, seed=seed) if checkpoint
                         else nll_table.analytic_rows(target, args.nll_n, dev, seed))
     out = Path(args.out) if args.out else Path("reports") / default_out
     files = report.write_compare(out, target, rows, shown, show, nll_rows)
-    print(report.text_table(rows, report.compare_columns(rows)))
+    print(report.text_table(files["cells"], report.compare_columns(files["cells"])))
     if nll_rows:
         print()
         print(report.text_table(nll_rows, report.NLL_COLUMNS))
+    print()
+    for line in files["lines"]:
+        print(line)
     for note in target.notes:
         print(f"note: {note}")
-    print(f"\nreport: {files['report']}\ntable: {files['csv']}\nplot: {files['plot']}\nsamples: {out}/samples_*.png")
+    print(f"\nreport: {files['report']}\ntables: {files['csv']} (every repeat), {files['summary']} (means)\n"
+          f"plot: {files['plot']}\nsamples: {out}/samples_*.png")
     return 0

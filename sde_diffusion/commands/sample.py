@@ -7,14 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import add_common, device
+from .common import add_common, add_diffusers, device, model_path
 
 HELP = "draw samples from a checkpoint by any sampler; writes a PNG (grid or scatter) and an .npz"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True,
-                   help="run directory, checkpoint folder or exported model (e.g. sde_diffusion/assets/digits_vp)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint",
+                     help="run directory, checkpoint folder or exported model (e.g. sde_diffusion/assets/digits_vp)")
+    add_diffusers(src)
     p.add_argument("--method", help="sampler (see solvers.available(); default: the config's sample.method)")
     p.add_argument("--steps", type=int, help="number of steps (default: the config's sample.steps)")
     p.add_argument("--n", type=int, help="number of samples (default: the config's sample.n)")
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {getattr(args, name)}.")
     world, dev = setup(device(args.device))
-    model, cfg, meta = load_model(args.checkpoint, device=dev)
+    model, cfg, meta = load_model(model_path(args), device=dev)
     method, steps, n = args.method or cfg.sample.method, args.steps or cfg.sample.steps, args.n or cfg.sample.n
     shape = tuple(meta["event_shape"])
     if args.classifier_scale is not None and args.classifier is None:
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     tag = "" if args.label is None else f"_label{args.label}" + (
         f"_w{args.guidance:g}" if model.num_classes is not None else "") + (
         f"_c{scale:g}" if classifier is not None else "")
-    run = Path(args.checkpoint)  # an exported model's folder (e.g. the package's assets) is not written to
+    run = Path(args.diffusers or args.checkpoint)  # an exported model's folder (e.g. the package's assets) is not written to
     run = Path("runs") / run.resolve().name if is_exported(run) else run
     out = Path(args.out) if args.out else run / "samples" / f"{method}_{steps}{tag}"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,39 +1,45 @@
-"""Compare samplers by step count on one model: NFE, sample quality and wall time.
+"""Compare samplers by step count on one model: NFE, sample quality and wall time, over repeats.
 
-For each SDE x method x step count, ``run_compare`` draws n samples from the same seed and scores
-them against held-out data of the target:
+For each SDE x method x step count and each of R independent repeats, ``run_compare`` draws n
+samples (repeat r: seed ``sub_seed(seed, r, 0)``, the same prior noise for every method) and scores
+them with the repeat's ``Scorer``, against held-out data of the target:
   vector data   SW2, the sliced 2-Wasserstein distance (``metrics.sliced_w2``), with its noise floor:
-                the mean SW2 of 32 fresh true sets of the same size to the held-out set (analytic
-                models: what a perfect sampler scores), or SW2 of a train subset to the test set
-                (data); and for analytic models the mean true-NLL gap (``metrics.nll_gap``);
+                SW2 of n fresh true samples to a fresh held-out set of n (analytic models: what a
+                perfect sampler scores), or of a train subset to a test subset (data); for analytic
+                models also the mean true-NLL gap (``metrics.nll_gap``);
   images        FD, the Frechet distance in the features of the shipped digits classifier
                 (``features``; FD on raw pixels for images of another shape), with the floor FD
                 between a train subset and the test set.
-``ratio`` = quality / floor: 1 is as good as fresh data at this sample size.
+``ratio`` = quality / floor: 1 is as good as fresh data at this sample size. Every row also has the
+share of escaped samples (``metrics.escaped``), the wall seconds and the seconds inside the score
+(``TimedScore``); ``summary`` turns the repeats into means +- standard errors and rankings.
 Methods are registry names with options, ``name[:option=value[:option=value]]``, e.g. ``ode:solver=rk4``.
-An adaptive ODE solver has no step count: there ``steps`` sets its tolerance rtol = atol = 100 / steps^3
-(10 -> 1e-1, 100 -> 1e-4, 1000 -> 1e-7), so a larger count still means more work.
+An adaptive ODE solver has no step count: there ``steps`` sets its tolerance (``solvers.probability_flow
+.tolerance``, rtol = atol = 100 / steps^3), so a larger count still means more work.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 import yaml
 from tqdm.auto import tqdm
 
 from .. import checks
-from .metrics import nll_gap, sliced_w2
+from .metrics import escaped, nll_gap, sliced_w2
+from .timing import TimedScore, sync
 from ..sde import SDE, SDES, ScoreFn, get_sde
 
 DEFAULT_METHODS = "ancestral,euler_maruyama,pc,ode:solver=rk4,ddim,heun,dpm_solver"
 DEFAULT_STEPS = "10,20,50,100,200,500,1000"
-ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-FIELDS = ["sde", "method", "kind", "steps", "nfe", "metric", "quality", "floor", "ratio", "nll_gap", "wall_s"]
+FIELDS = ["sde", "method", "kind", "steps", "repeat", "nfe", "metric", "quality", "floor", "ratio", "nll_gap",
+          "escaped", "max_norm", "wall_s", "score_s"]
 
 
 @dataclass(frozen=True)
@@ -48,13 +54,6 @@ class Variant:
     def kind(self) -> str:
         from solvers import METHODS
         return METHODS[self.method].kind
-
-    def options_for(self, steps: int) -> dict:
-        """The options at a step count (the tolerance of an adaptive ODE solver, see the module)."""
-        if self.method == "ode" and self.options.get("solver", "dopri5") in ADAPTIVE_SOLVERS:
-            tol = 100.0 / steps**3
-            return {"rtol": tol, "atol": tol, **self.options}
-        return dict(self.options)
 
 
 def parse_methods(text: str) -> list[Variant]:
@@ -93,26 +92,47 @@ def parse_steps(text: str) -> list[int]:
     return sorted(set(steps))
 
 
+@dataclass(frozen=True)
+class Scorer:
+    """One repeat's yardstick: ``quality(x)`` -> (quality, nll_gap or NaN) against this repeat's
+    held-out set, and ``floor``, the quality of fresh data of the same size against that set."""
+
+    quality: Callable[[torch.Tensor], tuple[float, float]]
+    floor: float
+
+
 @dataclass
 class Target:
-    """What the samplers are compared on: a score per SDE, the data shape, held-out data and quality.
-
-    ``quality(x)`` -> (quality, nll_gap or NaN); ``floor`` the quality of fresh data; ``reference``
-    held-out samples (for scatter plots); ``levels`` for discrete data; ``log_prob`` the true density
-    of an analytic model (else None).
-    """
+    """What the samplers are compared on: a score per SDE, the data shape, and per repeat r a
+    ``Scorer`` (``scorer(r)``: its own held-out set and floor, from seeds independent of every
+    other repeat). ``n`` is the sample size used (the one asked for, or capped: see ``notes``);
+    ``reference`` held-out samples (scatter plots, NLL); ``escape(x)`` -> (share escaped, largest
+    norm) (``metrics.escaped``); ``levels`` for discrete data; ``log_prob`` the true density of an
+    analytic model (else None); ``notes``: every change to what the user asked, said up front."""
 
     name: str
     sdes: dict[str, SDE]
     score: Callable[[SDE], ScoreFn]
     shape: tuple[int, ...]
     metric: str
-    quality: Callable[[torch.Tensor], tuple[float, float]]
-    floor: float
+    scorer: Callable[[int], Scorer]
     reference: torch.Tensor
+    n: int
+    escape: Callable[[torch.Tensor], tuple[float, float]]
     levels: int | None = None
     log_prob: Callable | None = None
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def floor(self) -> float:
+        """The floor of repeat 0."""
+        return self.scorer(0).floor
+
+
+def sub_seed(seed: int, repeat: int, stream: int) -> int:
+    """A seed for (run seed, repeat, stream) from numpy's SeedSequence: no two triples share a stream,
+    so repeats and runs with different seeds are independent."""
+    return int(np.random.SeedSequence([seed, repeat, stream]).generate_state(1)[0])
 
 
 def sde_names(sde: str) -> list[str]:
@@ -120,57 +140,83 @@ def sde_names(sde: str) -> list[str]:
 
 
 def analytic_target(name: str, sde: str, n: int, device: torch.device, seed: int = 0) -> Target:
-    """An analytic mixture (``analytic.preset``): exact score, SW2 and its floor, true-NLL gap."""
+    """An analytic mixture (``analytic.preset``): exact score; per repeat a fresh held-out set of n
+    true samples, SW2 to it and the true-NLL gap, and the floor SW2 of another n fresh samples."""
     from ..analytic import preset
 
     gm = preset(name)
-    g = torch.Generator(device).manual_seed(seed + 123)
-    ref = gm.sample(n, g, device=device)
-    proj = lambda: torch.Generator(device).manual_seed(seed + 1)  # noqa: E731 - same directions everywhere
-    floor = torch.stack([sliced_w2(gm.sample(n, g, device=device), ref, generator=proj()) for _ in range(32)]).mean()
+    checks.positive_int("n", n)
+    ref = gm.sample(n, torch.Generator(device).manual_seed(seed + 123), device=device)
 
-    def quality(x: torch.Tensor) -> tuple[float, float]:
-        x = x.to(ref.dtype)
-        return float(sliced_w2(x, ref, generator=proj())), float(nll_gap(gm.log_prob, x, ref))
-    return Target(f"analytic:{name}", {s: get_sde(s) for s in sde_names(sde)}, gm.score, (gm.dim,),
-                  "SW2", quality, float(floor), ref, log_prob=gm.log_prob)
+    def scorer(r: int) -> Scorer:
+        g = torch.Generator(device).manual_seed(sub_seed(seed, r, 1))
+        held_out, fresh = gm.sample(n, g, device=device), gm.sample(n, g, device=device)
+        proj = lambda: torch.Generator(device).manual_seed(sub_seed(seed, r, 2))  # noqa: E731 - same directions
+
+        def quality(x: torch.Tensor) -> tuple[float, float]:
+            x = x.to(held_out.dtype)
+            return float(sliced_w2(x, held_out, generator=proj())), float(nll_gap(gm.log_prob, x, held_out))
+        return Scorer(quality, float(sliced_w2(fresh, held_out, generator=proj())))
+    return Target(f"analytic:{name}", {s: get_sde(s) for s in sde_names(sde)}, gm.score, (gm.dim,), "SW2",
+                  functools.lru_cache(scorer), ref, n, escape_of(reference=ref), log_prob=gm.log_prob)
+
+
+def escape_of(**where) -> Callable[[torch.Tensor], tuple[float, float]]:
+    """x -> (share escaped, largest norm) as floats, by ``metrics.escaped(x, **where)``."""
+    return lambda x: tuple(float(v) for v in escaped(x, **where))
 
 
 def model_target(model, cfg, device: torch.device, n: int, seed: int = 0, name: str = "model") -> Target:
     """A trained ScoreModel with its config: SW2 (vectors) or classifier FD (images) against the
-    test split of the config's data, the floor from a train subset of the same size."""
+    test split of the config's data; per repeat the floor from a fresh train subset of the same size
+    (and, for vectors smaller than the test split, a fresh test subset)."""
+    from ..dequantize import DATA_RANGE
     from ..training.data import load_dataset
 
     test = load_dataset(cfg.data.name, split="test", path=cfg.data.path)
     train = load_dataset(cfg.data.name, split="train", path=cfg.data.path)
     notes, sde_name = [], "vp" if cfg.sde.name == "ddpm" else cfg.sde.name
+    subset = lambda data, m, r, stream: data.x[torch.randperm(  # noqa: E731
+        len(data), generator=torch.Generator().manual_seed(sub_seed(seed, r, stream)))[:m]].to(device)
     if test.x.ndim == 4:
         features, metric = image_features(test.shape, device)
         ref = test.x.to(device)
         f_ref = features(ref)
         m = min(n, len(train))
-        idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:m]
-        floor = float(frechet(features(train.x[idx].to(device)), f_ref))
-        quality = lambda x: (float(frechet(features(quantize(x, test.levels)), f_ref)), math.nan)  # noqa: E731
+
+        def scorer(r: int) -> Scorer:
+            return Scorer(lambda x: (float(frechet(features(quantize(x, test.levels)), f_ref)), math.nan),
+                          float(frechet(features(subset(train, m, r, 3)), f_ref)))
+        escape = escape_of(box=DATA_RANGE)
     else:
         metric, m = "SW2", min(n, len(test), len(train))
         if m < n:
-            notes.append(f"vector data: n = {m} (the size of the smaller split), as SW2 pairs equal-size sets.")
+            notes.append(f"n = {m} instead of {n}: SW2 pairs equal-size sets and the smaller split holds {m}.")
         ref = test.x[:m].to(device)
-        idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:m]
-        proj = lambda: torch.Generator(device).manual_seed(seed + 1)  # noqa: E731
-        floor = float(sliced_w2(train.x[idx].to(device), ref, generator=proj()))
-        quality = lambda x: (float(sliced_w2(x[:m].to(ref.dtype), ref, generator=proj())), math.nan)  # noqa: E731
-    return Target(name, {sde_name: model.sde}, lambda sde: model, test.shape, metric, quality, floor, ref,
-                  levels=test.levels, notes=notes)
+
+        def scorer(r: int) -> Scorer:
+            held_out = subset(test, m, r, 4)
+            proj = lambda: torch.Generator(device).manual_seed(sub_seed(seed, r, 2))  # noqa: E731
+            return Scorer(lambda x: (float(sliced_w2(x.to(held_out.dtype), held_out, generator=proj())), math.nan),
+                          float(sliced_w2(subset(train, m, r, 3), held_out, generator=proj())))
+        n, escape = m, escape_of(reference=test.x.to(device))
+    return Target(name, {sde_name: model.sde}, lambda sde: model, test.shape, metric, functools.lru_cache(scorer),
+                  ref, n, escape, levels=test.levels, notes=notes)
 
 
-def checkpoint_target(path: str, sde: str | None, n: int, device: torch.device, seed: int = 0):
-    """``model_target`` of a run directory or checkpoint; ``sde`` (if given) must be the one it was
-    trained with. Returns (target, model, cfg)."""
+def checkpoint_target(path: str, sde: str | None, n: int, device: torch.device, seed: int = 0,
+                      data: str | None = None):
+    """``model_target`` of a run directory, a checkpoint or ``diffusers:PATH``; ``sde`` (if given) must
+    be the one it was trained with; ``data`` (a .npy/.npz file) replaces the model's data. Returns
+    (target, model, cfg)."""
     from ..training.checkpoint import load_checkpoint
+    from ..training.shipped import DIFFUSERS, load_model, with_data
 
-    model, cfg = load_checkpoint(path, device=device)
+    if path.startswith(DIFFUSERS):
+        model, cfg, _ = load_model(path, device=device)
+    else:
+        model, cfg = load_checkpoint(path, device=device)
+    cfg = with_data(cfg, data)
     trained = "vp" if cfg.sde.name == "ddpm" else cfg.sde.name
     if sde is not None and sde != trained:
         raise ValueError(f"checkpoint {path!r} was trained with the {cfg.sde.name} SDE ({model.sde}), not "
@@ -219,47 +265,53 @@ def plan(target: Target, variants: list[Variant], steps: list[int], explicit: bo
                 target.notes.append(f"{v.label} skipped on {sde_name}: it needs a VP-type SDE.")
                 continue
             for s in steps:
-                spec.bind(sde, s, v.options_for(s))
+                spec.bind(sde, s, v.options)
             pairs.append((sde_name, v))
     return pairs
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def run_compare(target: Target, variants: list[Variant], steps: list[int], n: int, device: torch.device, *,
-                seed: int = 0, show_steps: int | None = None, explicit: bool = False,
+def run_compare(target: Target, variants: list[Variant] | list[tuple[str, Variant]], steps: list[int],
+                n: int | None, device: torch.device, *, repeats: int = 1, seed: int = 0,
+                show_steps: int | None = None, explicit: bool = False,
                 progress: bool = True) -> tuple[list[dict], dict[tuple[str, str], torch.Tensor]]:
-    """Rows (dicts with ``FIELDS``) for every SDE x method x step count, and the samples at
-    ``show_steps`` (default: the largest count) keyed by (sde, label)."""
+    """Rows (dicts with ``FIELDS``), one per SDE x method x step count x repeat, and the samples of
+    repeat 0 at ``show_steps`` (default: the largest count) keyed by (sde, label). ``variants`` may
+    be the (sde, variant) pairs of ``plan`` (so its notes can be shown before the work starts).
+    Repeat r draws its samples from seed ``sub_seed(seed, r, 0)`` (shared by every method) and is
+    scored by ``target.scorer(r)``; n defaults to ``target.n``."""
     import solvers
 
+    n = target.n if n is None else min(n, target.n)
     checks.positive_int("n", n)
-    pairs = plan(target, variants, steps, explicit)
+    checks.positive_int("repeats", repeats)
+    pairs = variants if variants and isinstance(variants[0], tuple) else plan(target, variants, steps, explicit)
     show = max(steps) if show_steps is None else show_steps
     rows, shown = [], {}
-    bar = tqdm(total=len(pairs) * len(steps), desc=f"compare {target.name}", disable=not progress)
-    for sde_name, v in pairs:
-        sde, score = target.sdes[sde_name], target.score(target.sdes[sde_name])
-        for s in steps:
-            bar.set_postfix_str(f"{sde_name} {v.label} {s}")
-            gen = torch.Generator(device).manual_seed(seed)
-            _sync(device)
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                res = solvers.sample(score, sde, (n, *target.shape), v.method, s, generator=gen, device=device,
-                                     **v.options_for(s))
-            _sync(device)
-            wall = time.perf_counter() - t0
-            finite = bool(torch.isfinite(res.x).all())
-            q, gap = target.quality(res.x) if finite else (math.inf, math.inf)
-            rows.append({"sde": sde_name, "method": v.label, "kind": v.kind, "steps": s, "nfe": res.nfe,
-                         "metric": target.metric, "quality": q, "floor": target.floor, "ratio": q / target.floor,
-                         "nll_gap": gap, "wall_s": wall})
-            if s == show:
-                shown[(sde_name, v.label)] = res.x.detach()
-            bar.update(1)
+    bar = tqdm(total=len(pairs) * len(steps) * repeats, desc=f"compare {target.name}", disable=not progress)
+    for r in range(repeats):
+        scorer = target.scorer(r)
+        for sde_name, v in pairs:
+            sde = target.sdes[sde_name]
+            for s in steps:
+                bar.set_postfix_str(f"repeat {r} {sde_name} {v.label} {s}")
+                score = TimedScore(target.score(sde), device)
+                gen = torch.Generator(device).manual_seed(sub_seed(seed, r, 0))
+                sync(device)
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    res = solvers.sample(score, sde, (n, *target.shape), v.method, s, generator=gen, device=device,
+                                         **v.options)
+                sync(device)
+                wall = time.perf_counter() - t0
+                finite = bool(torch.isfinite(res.x).all())
+                q, gap = scorer.quality(res.x) if finite else (math.inf, math.inf)
+                share, largest = target.escape(res.x) if finite else (1.0, math.inf)
+                rows.append({"sde": sde_name, "method": v.label, "kind": v.kind, "steps": s, "repeat": r,
+                             "nfe": res.nfe, "metric": target.metric, "quality": q, "floor": scorer.floor,
+                             "ratio": q / scorer.floor, "nll_gap": gap, "escaped": share, "max_norm": largest,
+                             "wall_s": wall, "score_s": score.seconds()})
+                if s == show and r == 0:
+                    shown[(sde_name, v.label)] = res.x.detach()
+                bar.update(1)
     bar.close()
     return rows, shown

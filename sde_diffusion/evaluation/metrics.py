@@ -44,3 +44,31 @@ def nll_gap(log_prob, samples: torch.Tensor, reference: torch.Tensor) -> torch.T
     up to Monte-Carlo error. Returns a 0-dim tensor.
     """
     return -log_prob(samples).mean() + log_prob(reference).mean()
+
+
+def escaped(x: torch.Tensor, *, reference: torch.Tensor | None = None, box: tuple[float, float] | None = None,
+            factor: float = 3.0, margin: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """(share of samples outside the data's range, largest sample norm), both 0-dim tensors.
+
+    Vector data (``reference`` (M, D) given): with centre c = mean of the reference and radius
+    R = max_j ||y_j - c||, a sample escaped when ||x_i - c|| > factor * R; the norm is ||x_i - c||.
+    Images (``box`` = (lo, hi) given): a sample escaped when any value lies outside
+    [lo - margin (hi - lo), hi + margin (hi - lo)]; the norm is ||x_i - (lo + hi) / 2|| (flattened).
+    """
+    checks.float_tensor("x", x)
+    if (reference is None) == (box is None):
+        raise ValueError("escaped needs exactly one of reference= (vector data) or box=(lo, hi) (images).")
+    xf = x.reshape(x.shape[0], -1)
+    if reference is not None:
+        ref = reference.reshape(reference.shape[0], -1).to(xf)
+        if ref.shape[1] != xf.shape[1]:
+            raise ValueError(f"x and reference must have the same dimension, got {xf.shape[1]} and {ref.shape[1]}.")
+        centre = ref.mean(0)
+        norm = (xf - centre).norm(dim=1)
+        out = norm > factor * (ref - centre).norm(dim=1).max()
+    else:
+        lo, hi = box
+        pad = margin * (hi - lo)
+        norm = (xf - (lo + hi) / 2).norm(dim=1)
+        out = ((xf < lo - pad) | (xf > hi + pad)).any(dim=1)
+    return out.to(xf.dtype).mean(), norm.max()

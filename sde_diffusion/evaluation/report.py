@@ -1,18 +1,22 @@
-"""Reports of ``sde-diffusion compare`` and ``demo``: aligned text tables, results.csv, report.md,
-quality_vs_nfe.png (log-log; SDE samplers solid, ODE samplers dashed, as the registry declares
-their kind) and one sample figure per method (image grid, or scatter over held-out data)."""
+"""Reports of ``sde-diffusion compare`` and ``demo``: aligned text tables, results.csv (every repeat),
+summary.csv (mean and s.e. per cell), report.md, quality_vs_nfe.png (log-log with +-1 s.e. error
+bars; SDE samplers solid, ODE samplers dashed, as the registry declares their kind) and one sample
+figure per method (image grid, or a scatter over held-out data on axes from the data's quantiles)."""
 
 from __future__ import annotations
 
 import csv
 import math
+import textwrap
 from pathlib import Path
 
 import torch
 
 from .compare import FIELDS, Target
+from .summary import SUMMARY_FIELDS, escape_warnings, floor_text, pm, rank, ranking_text, rises, summarise
 
 NLL_COLUMNS = ["sde", "estimate", "value", "stderr", "unit", "n"]
+PM = ("quality", "floor", "ratio", "nll_gap")  # shown as mean +- s.e.
 
 
 def _fmt(v) -> str:
@@ -21,9 +25,13 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _cell(r: dict, c: str) -> str:
+    return pm(r[c], r[f"{c}_se"]) if c in PM and f"{c}_se" in r else _fmt(r[c])
+
+
 def text_table(rows: list[dict], columns: list[str]) -> str:
-    """Plain aligned columns (numbers right-aligned)."""
-    cells = [[_fmt(r[c]) for c in columns] for r in rows]
+    """Plain aligned columns (numbers right-aligned); quality, floor, ratio, nll_gap as mean +- s.e."""
+    cells = [[_cell(r, c) for c in columns] for r in rows]
     widths = [max(len(c), *(len(x[i]) for x in cells)) if cells else len(c) for i, c in enumerate(columns)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths)),
              "  ".join("-" * w for w in widths)]
@@ -34,14 +42,15 @@ def text_table(rows: list[dict], columns: list[str]) -> str:
 def markdown_table(rows: list[dict], columns: list[str], headers: list[str] | None = None) -> str:
     head = headers or columns
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(_fmt(r[c]) for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(_cell(r, c) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
-def compare_columns(rows: list[dict]) -> list[str]:
-    """FIELDS without the NLL gap where no row has one, and without the constant metric name."""
-    drop = {"metric"} | ({"nll_gap"} if all(math.isnan(r["nll_gap"]) for r in rows) else set())
-    return [c for c in FIELDS if c not in drop]
+def compare_columns(cells: list[dict]) -> list[str]:
+    """The summary columns shown: no s.e. columns (they sit next to their means), no NLL gap where no
+    cell has one, no constant metric name or repeat count."""
+    drop = {"metric", "repeats"} | ({"nll_gap"} if all(math.isnan(r["nll_gap"]) for r in cells) else set())
+    return [c for c in SUMMARY_FIELDS if c not in drop and not c.endswith("_se")]
 
 
 def write_csv(rows: list[dict], path: Path, fields: list[str]) -> Path:
@@ -60,25 +69,43 @@ def _pyplot():
     return plt
 
 
-def plot_quality(rows: list[dict], path: Path, title: str) -> Path:
-    """quality / floor against NFE on log-log axes, one panel per SDE, one curve per method."""
+def plot_title(target: Target, cells: list[dict]) -> str:
+    return f"{target.name}: n = {target.n} samples, {cells[0]['repeats']} repeats (error bars +-1 s.e.)"
+
+
+def plot_quality(cells: list[dict], path: Path, title: str) -> Path:
+    """ratio = quality / floor (mean +- 1 s.e.) against NFE on log-log axes, one panel per SDE, one
+    curve per method, one legend shared by the panels."""
     plt = _pyplot()
-    sdes = list(dict.fromkeys(r["sde"] for r in rows))
-    labels = list(dict.fromkeys(r["method"] for r in rows))
+    from matplotlib import ticker
+
+    sdes = list(dict.fromkeys(r["sde"] for r in cells))
+    labels = list(dict.fromkeys(r["method"] for r in cells))
     colour = {label: plt.get_cmap("tab10")(i % 10) for i, label in enumerate(labels)}  # one colour per method
-    fig, axes = plt.subplots(1, len(sdes), figsize=(4.4 * len(sdes), 3.9), squeeze=False)
+    ncol = min(len(labels), 2 * len(sdes), 4)
+    fig, axes = plt.subplots(1, len(sdes), figsize=(4.4 * len(sdes), 4.2 + 0.17 * math.ceil(len(labels) / ncol)),
+                             squeeze=False, layout="constrained")
+    handles = {}
     for ax, sde in zip(axes[0], sdes):
-        for label in dict.fromkeys(r["method"] for r in rows if r["sde"] == sde):
-            rs = sorted((r for r in rows if r["sde"] == sde and r["method"] == label and math.isfinite(r["ratio"])),
+        for label in labels:
+            rs = sorted((r for r in cells if r["sde"] == sde and r["method"] == label and math.isfinite(r["ratio"])),
                         key=lambda r: r["nfe"])
             if rs:
-                ax.plot([r["nfe"] for r in rs], [r["ratio"] for r in rs], marker=".", label=label, color=colour[label],
-                        linestyle="-" if rs[0]["kind"] == "sde" else "--")
+                y, se = [r["ratio"] for r in rs], [0.0 if math.isnan(r["ratio_se"]) else r["ratio_se"] for r in rs]
+                low = [min(e, 0.95 * v) for e, v in zip(se, y)]  # stay above 0 on the log axis
+                handles[label] = ax.errorbar([r["nfe"] for r in rs], y, yerr=[low, se], marker=".", capsize=2,
+                                             label=f"{label} ({rs[0]['kind'].upper()})", color=colour[label],
+                                             linestyle="-" if rs[0]["kind"] == "sde" else "--")
         ax.axhline(1.0, color="grey", lw=0.8, ls=":")
         ax.set(xscale="log", yscale="log", xlabel="NFE (score evaluations)",
-               ylabel=f"{rows[0]['metric']} / noise floor", title=f"{title} / {sde}")
-    axes[0][-1].legend(fontsize=7, title="solid: SDE, dashed: ODE", title_fontsize=7)
-    fig.tight_layout()
+               ylabel=f"{cells[0]['metric']} / noise floor", title=f"SDE: {sde}")
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))  # NFE: plain decades
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.yaxis.set_major_formatter(ticker.LogFormatter())  # plain numbers, also at minor ticks in a short range
+        ax.yaxis.set_minor_formatter(ticker.LogFormatter(minor_thresholds=(1, 0.5)))
+    fig.suptitle(textwrap.fill(title, 50 * len(sdes)), fontsize=10)
+    fig.legend(handles=list(handles.values()), loc="outside lower center", ncol=ncol, fontsize=8,
+               title="solid: SDE samplers, dashed: ODE samplers\ndotted line: the noise floor", title_fontsize=8)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -100,45 +127,93 @@ def side_by_side(paths: list[Path], path: Path, width: float = 10.0) -> Path:
     return path
 
 
+def scatter(x: torch.Tensor, ref: torch.Tensor, path: Path, title: str, q: float = 0.005) -> Path:
+    """Samples over held-out data (first two coordinates) on axes spanning the data's q..1-q
+    quantiles plus a 25% margin; the title says how many samples fall outside the axes."""
+    plt = _pyplot()
+    x, ref = x[:, :2].detach().double().cpu(), ref[:, :2].detach().double().cpu()
+    lo, hi = torch.quantile(ref, q, dim=0), torch.quantile(ref, 1 - q, dim=0)
+    pad = 0.25 * (hi - lo)
+    lo, hi = lo - pad, hi + pad
+    outside = int((~((x >= lo) & (x <= hi)).all(dim=1)).sum())
+    fig, ax = plt.subplots(figsize=(5, 5.3))
+    ax.scatter(ref[:, 0], ref[:, 1], s=2, c="lightgray", label="held-out data")
+    ax.scatter(x[:, 0], x[:, 1], s=2, c="tab:blue", label="samples")
+    ax.set(xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]), xlabel="x[0]", ylabel="x[1]", aspect="equal")
+    ax.legend(loc="upper right", markerscale=4, fontsize=8)
+    ax.set_title(f"{title}\n{outside} of {len(x)} samples outside these axes", fontsize=9)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def sample_figure(x: torch.Tensor, target: Target, path: Path, title: str) -> Path:
     """An image grid (first 64), or a scatter over held-out data (first two coordinates)."""
     from ..training.viz import save_samples
 
     if x.ndim == 4:
         return save_samples(x[:64], path, levels=target.levels, title=title)
-    ref = target.reference[: len(x)]
     if x.shape[1] != 2:
         title += " (first two coordinates)"
-    return save_samples(x[:, :2], path, reference=ref[:, :2], title=title)
+    return scatter(x, target.reference, path, title)
+
+
+def monotone_text(cells: list[dict]) -> str:
+    """Whether every curve falls or stays level within noise as the steps grow (``summary.rises``)."""
+    up = rises(cells)
+    return ("Every curve falls or stays level within 2 combined s.e. as the steps grow." if not up else
+            "Rising beyond 2 combined s.e. with more steps: " + "; ".join(up) + ".")
+
+
+def summary_lines(target: Target, rows: list[dict], cells: list[dict]) -> list[str]:
+    """The floor's spread, the ranking at each step count (``summary.rank``) and escape warnings."""
+    lines = [floor_text(rows, cells)]
+    for s in sorted({c["steps"] for c in cells}):
+        lines.append(f"At {s} steps, {ranking_text(rank([c for c in cells if c['steps'] == s]))}")
+    return lines + [monotone_text(cells)] + [f"warning: {w}" for w in escape_warnings(cells)]
 
 
 def write_compare(out: Path, target: Target, rows: list[dict], shown: dict, show_steps: int,
                   nll_rows: list[dict] | None = None, heading: str = "Sampler comparison") -> dict:
-    """results.csv, quality_vs_nfe.png, samples_<sde>_<method>.png and report.md under ``out``; returns
-    their paths (``samples``: a dict keyed by (sde, method))."""
+    """results.csv (every repeat), summary.csv, quality_vs_nfe.png, samples_<sde>_<method>.png,
+    nll.csv (with ``nll_rows``) and report.md under ``out``; returns their paths (``samples``: a dict
+    keyed by (sde, method)), the summary rows (``cells``) and the summary lines (``lines``)."""
     out.mkdir(parents=True, exist_ok=True)
+    cells = summarise(rows)
+    title = plot_title(target, cells)
     files = {"csv": write_csv(rows, out / "results.csv", FIELDS),
-             "plot": plot_quality(rows, out / "quality_vs_nfe.png", target.name)}
-    files["samples"] = {}
+             "summary": write_csv(cells, out / "summary.csv", SUMMARY_FIELDS),
+             "plot": plot_quality(cells, out / "quality_vs_nfe.png", title), "samples": {}, "cells": cells}
     for (sde, label), x in shown.items():
         safe = label.replace(":", "_").replace("=", "-")
         files["samples"][sde, label] = sample_figure(x, target, out / f"samples_{sde}_{safe}.png",
-                                                     f"{sde} / {label}, {show_steps} steps")
+                                                     f"{target.name} / {sde} / {label}, {show_steps} steps")
+    files["lines"] = summary_lines(target, rows, cells)
     unit = {"SW2": "sliced 2-Wasserstein distance to held-out data",
             "FD": "Frechet distance in the shipped digits classifier's features"}.get(target.metric, target.metric)
-    md = [f"# {heading}: {target.name}", "",
-          f"Quality: {target.metric} ({unit}); noise floor {target.floor:.4g} (fresh data at the same sample "
-          "size); ratio = quality / floor: 1 is as good as fresh data (below 1 can mean over-concentrated "
-          "samples). NFE counts score evaluations, wall_s is seconds.", ""]
-    if not math.isnan(rows[0]["nll_gap"]):
+    md = [f"# {heading}: {target.name}", ""]
+    if target.notes:
+        md += ["Changes to what was asked:", ""] + [f"- {note}" for note in target.notes] + [""]
+    md += [f"n = {target.n} samples per cell, {cells[0]['repeats']} independent repeats (each its own samples, "
+           f"held-out set and floor); figures are mean +- standard error over the repeats. Quality: {target.metric} "
+           f"({unit}); the noise floor is the quality of fresh data at the same sample size; ratio = quality / "
+           "floor: 1 is as good as fresh data (below 1 can mean over-concentrated samples). NFE counts score "
+           "evaluations; wall_s is the median seconds per cell, score_share the part of it inside the score, "
+           "ms_per_nfe = wall / NFE. escaped: share of samples outside the data's range (vectors: beyond 3x the "
+           "data's radius from its centre; images: a value outside the pixel range by more than half of it), "
+           "max_norm their largest distance from the centre. Every repeat is in results.csv, the means in "
+           "summary.csv.", ""]
+    if not math.isnan(cells[0]["nll_gap"]):
         md += ["nll_gap: mean true NLL of the samples minus that of true samples (nats/sample; 0 is perfect).", ""]
-    md += [markdown_table(rows, compare_columns(rows)), "", "![quality against NFE](quality_vs_nfe.png)", ""]
+    md += [f"- {line}" for line in files["lines"]] + [""]
+    md += [markdown_table(cells, compare_columns(cells)), "", "![quality against NFE](quality_vs_nfe.png)", ""]
     if nll_rows:
-        files["nll"] = write_csv(nll_rows, out / "nll.csv", list(nll_rows[0]))
-        md += ["## Likelihood", "", markdown_table(nll_rows, NLL_COLUMNS + ["seconds"]), ""]
-    md += [f"## Samples at {show_steps} steps", ""]
+        fields = list(nll_rows[0])
+        files["nll"] = write_csv(nll_rows, out / "nll.csv", fields)
+        md += ["## Likelihood", "", "The rows of nll.csv (value +- stderr over the n held-out samples):", "",
+               markdown_table(nll_rows, fields), ""]
+    md += [f"## Samples at {show_steps} steps (repeat 0)", ""]
     md += [f"![{p.stem}]({p.name})" for p in files["samples"].values()] + [""]
-    md += [f"- {note}" for note in target.notes]
     files["report"] = out / "report.md"
     files["report"].write_text("\n".join(md) + "\n")
     return files

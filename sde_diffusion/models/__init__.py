@@ -1,5 +1,6 @@
 """Score networks: SDE-agnostic backbones and ``ScoreModel``, where score, eps and x0 convert."""
 
+from .denoiser import VEDenoiser, from_denoiser
 from .embeddings import FourierEmbedding, LabelEmbedding, SinusoidalEmbedding, time_embedding
 from .mlp import MLPScore
 from .score_model import (NETS, PARAMETERIZATIONS, PREDICTIONS, ScoreModel, build_model, convert, edm_scalings,
@@ -8,6 +9,6 @@ from .unet import UNet
 
 __all__ = [
     "MLPScore", "UNet", "ScoreModel", "build_model", "convert", "to_eps", "from_eps", "NETS",
-    "PARAMETERIZATIONS", "PREDICTIONS", "edm_scalings", "FourierEmbedding", "SinusoidalEmbedding",
-    "LabelEmbedding", "time_embedding",
+    "PARAMETERIZATIONS", "PREDICTIONS", "edm_scalings", "VEDenoiser", "from_denoiser", "FourierEmbedding",
+    "SinusoidalEmbedding", "LabelEmbedding", "time_embedding",
 ]

@@ -1,9 +1,12 @@
-"""``ScoreModel``: a backbone read as a score, a noise prediction or a denoiser under an SDE.
+"""``ScoreModel``: a backbone read as a score, a noise prediction, a denoiser, a velocity or an
+EDM-preconditioned denoiser under an SDE.
 
-The one place where the three parameterisations convert. With x_t = m(t) x_0 + s(t) z,
+The one place where the four predictions convert (an ``edm`` net predicts x0). With x_t = m(t) x_0 + s(t) z,
 (m, s) = ``sde.marginal(t)`` and z ~ N(0, I) (Song et al. 2021; Ho et al. 2020):
     score = -eps / s,      eps = -s score,      x0 = (x - s eps) / m = (x + s^2 score) / m,
-    eps = (x - m x0) / s.
+    eps = (x - m x0) / s,
+and the velocity v = m eps - s x0 (Salimans & Ho 2022, diffusers' ``v_prediction``):
+    v = ((m^2 + s^2) eps - s x) / m,      eps = (m v + s x) / (m^2 + s^2)   (m^2 + s^2 = 1 for VP).
 For the exact score, x0 is Tweedie's E[x_0 | x_t] and eps is E[z | x_t]. At t = 0 (s = 0) the
 score of an eps-, x0- or edm-model and the eps of an x0- or edm-model are undefined (division by s = 0).
 
@@ -35,7 +38,7 @@ from ..sde import SDE, ScoreFn
 from .mlp import MLPScore
 from .unet import UNet
 
-PREDICTIONS = ("eps", "score", "x0")          # what convert() maps between
+PREDICTIONS = ("eps", "score", "x0", "v")     # what convert() maps between
 PARAMETERIZATIONS = (*PREDICTIONS, "edm")     # what a net may be trained as (edm predicts x0)
 
 
@@ -49,29 +52,34 @@ def edm_scalings(sigma: torch.Tensor, sigma_data: float | torch.Tensor
 
 def to_eps(value: torch.Tensor, kind: str, x: torch.Tensor, m: torch.Tensor,
            s: torch.Tensor) -> torch.Tensor:
-    """eps from a ``kind`` in {eps, score, x0} prediction at x; m, s per sample (N,) or scalars."""
+    """eps from a ``kind`` in {eps, score, x0, v} prediction at x; m, s per sample (N,) or scalars."""
     checks.one_of("parameterization", kind, PREDICTIONS)
     if kind == "eps":
         return value
     if kind == "score":
         return -bcast(s, x) * value
+    if kind == "v":
+        return (bcast(m, x) * value + bcast(s, x) * x) / bcast(m.square() + s.square(), x)
     return (x - bcast(m, x) * value) / bcast(s, x)
 
 
 def from_eps(eps: torch.Tensor, kind: str, x: torch.Tensor, m: torch.Tensor,
              s: torch.Tensor) -> torch.Tensor:
-    """The ``kind`` in {eps, score, x0} prediction from eps at x: eps, -eps / s or (x - s eps) / m."""
+    """The ``kind`` in {eps, score, x0, v} prediction from eps at x: eps, -eps / s, (x - s eps) / m
+    or ((m^2 + s^2) eps - s x) / m."""
     checks.one_of("parameterization", kind, PREDICTIONS)
     if kind == "eps":
         return eps
     if kind == "score":
         return -eps / bcast(s, x)
+    if kind == "v":
+        return (bcast(m.square() + s.square(), x) * eps - bcast(s, x) * x) / bcast(m, x)
     return (x - bcast(s, x) * eps) / bcast(m, x)
 
 
 def convert(value: torch.Tensor, source: str, target: str, x: torch.Tensor, m: torch.Tensor,
             s: torch.Tensor) -> torch.Tensor:
-    """Convert a ``source`` prediction at x into a ``target`` one (each of eps, score, x0).
+    """Convert a ``source`` prediction at x into a ``target`` one (each of eps, score, x0, v).
 
     score <-> x0 goes directly: score = -(x - m x0) / s^2, x0 = (x + s^2 score) / m.
     """

@@ -63,12 +63,45 @@ def is_exported(path: str | Path) -> bool:
 
 def load_model(path: str | Path, device: torch.device | str = "cpu"):
     """(ScoreModel in eval mode, Config, meta with event_shape and levels) from a run directory, a
-    checkpoint folder or an exported model folder (``meta.json``, e.g. ``assets/digits_vp``)."""
+    checkpoint folder, an exported model folder (``meta.json``, e.g. ``assets/digits_vp``) or
+    ``diffusers:PATH``, a diffusers model folder (``load_diffusers``)."""
+    if str(path).startswith(DIFFUSERS):
+        return load_diffusers(str(path)[len(DIFFUSERS):], device)
     if is_exported(path):
         return load_shipped(path, device)
     meta = read_manifest(resolve(path))
     model, cfg = load_checkpoint(path, device=device)
     return model, cfg, meta
+
+
+# -- diffusers models (issue 16): the model string diffusers:PATH ------------------------------------
+DIFFUSERS = "diffusers:"
+
+
+def load_diffusers(path: str | Path, device: torch.device | str = "cpu"):
+    """(score model, Config, meta) of a diffusers folder (``models.diffusers_adapter.from_diffusers``).
+    The Config holds only defaults (sde.name ``discrete``); such a model has no data of its own, so
+    commands that need data take a file (``with_data``). meta: the UNet's (C, H, W), 256 levels
+    (8-bit images on [-1, 1], diffusers' convention)."""
+    from ..models.diffusers_adapter import event_shape, from_diffusers
+    from .config import Config
+
+    model = from_diffusers(path).to(device).requires_grad_(False)
+    cfg = Config()
+    cfg.sde.name, cfg.model.kind, cfg.model.parameterization = "discrete", "diffusers", model.parameterization
+    cfg.data.name, cfg.data.path = "npy", None
+    return model, cfg, {"event_shape": list(event_shape(model)), "levels": 256}
+
+
+def with_data(cfg, data: str | Path | None):
+    """``cfg`` with its data replaced by the .npy/.npz file ``data`` if given; a model without data of
+    its own (a diffusers model) needs one."""
+    if data is not None:
+        cfg.data.name, cfg.data.path = "npy", str(data)
+    elif cfg.data.name == "npy" and cfg.data.path is None:
+        raise ValueError("this model has no data of its own (a diffusers model): pass --data FILE, "
+                         "a .npy/.npz of images (uint8 levels 0..255).")
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> None:
