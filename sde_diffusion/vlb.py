@@ -61,6 +61,7 @@ def _decoder_log_prob(k: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, le
     return _log_bin_mass((lower - mean) / std, (upper - mean) / std).flatten(1).sum(1)
 
 
+@torch.no_grad()  # inference: the eps_fn (e.g. a ScoreModel with trainable weights) records no graph
 def ddpm_vlb_terms(eps_fn: ScoreFn, schedule: DDPMSchedule, x_discrete: torch.Tensor, *,
                    levels: int = 256, data_range: tuple[float, float] = (-1.0, 1.0),
                    variance: str = "beta", generator: torch.Generator | None = None,

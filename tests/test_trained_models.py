@@ -153,3 +153,15 @@ def test_readme_npy_recipe_uses_the_whole_file(tmp_path):
     assert len(load_dataset("npy", path=cfg.data.path, n=cfg.data.n)) == 540
     model = train(cfg, tmp_path / "run", progress=False).model
     assert float(model.sigma_data) == pytest.approx(float(load_dataset("npy", path=cfg.data.path).x.double().std()))
+
+
+def test_ddpm_bound_of_a_trainable_model_carries_no_graph():
+    """ddpm_vlb_terms sums 1,000 steps of eps predictions: without no_grad a ScoreModel's graph of
+    every step would be kept until the sum is returned."""
+    from sde_diffusion.schedule import DDPMSchedule
+    from sde_diffusion.vlb import ddpm_vlb_bits_per_dim
+
+    model = build_model("mlp", DDPMSchedule().to_sde(), dim=4, hidden=8, blocks=1, emb_dim=8)
+    k = torch.randint(0, 17, (3, 4), generator=torch.Generator().manual_seed(0))
+    bpd = ddpm_vlb_bits_per_dim(model.eps, DDPMSchedule(), k, levels=17)
+    assert bpd.grad_fn is None and bool(torch.isfinite(bpd).all())
