@@ -3,8 +3,9 @@
 For the toy configs on ``moons`` and ``ring`` and for a small digits U-Net, each parameterization is
 trained from the shipped config (only ``model.parameterization`` differs), then every sampler at
 ``--steps`` is scored with ``compare.model_target``: quality / floor (SW2 for 2-D data, the classifier
-Frechet distance for digits; 1 = as good as fresh data of the same size) and the share of escaped
-samples, farther than 3x the training data's radius from its centre. Digits also get test bits/dim by
+Frechet distance for digits; 1 = as good as fresh data of the same size) and its share of escaped
+samples (``metrics.escaped``: 2-D, farther than 3x the test data's radius from its centre; images, a
+value outside [-2, 2]). Digits also get test bits/dim by
 the probability-flow ODE (Hutchinson, one dequantization draw). Finally the peak memory (RSS) of
 sampling, with ``solvers.sample`` as shipped (no_grad) and without it (its undecorated body, the old
 behaviour that kept every step's graph), each in a fresh subprocess.
@@ -53,14 +54,6 @@ print(json.dumps([before / 1024, resource.getrusage(resource.RUSAGE_SELF).ru_max
 """
 
 
-def escaped_share(x: torch.Tensor, data: torch.Tensor) -> float:
-    """Share of samples farther than 3x the data's radius (max distance to its mean) from that mean."""
-    x, data = x.flatten(1).double(), data.flatten(1).double()
-    centre = data.mean(0)
-    radius = (data - centre).norm(dim=1).max()
-    return float(((x - centre).norm(dim=1) > 3 * radius).double().mean())
-
-
 def train_model(config: str, overrides: list[str], out: Path, device: torch.device):
     cfg = load_config(ROOT / "configs" / config, overrides + ["train.sample_every=0", "train.ckpt_every=100000"])
     start = time.process_time()
@@ -70,16 +63,15 @@ def train_model(config: str, overrides: list[str], out: Path, device: torch.devi
 
 def sampler_rows(name: str, model, cfg, methods, steps, n: int, device: torch.device) -> list[dict]:
     target = model_target(model, cfg, device, n)
-    data = load_dataset(cfg.data.name, split="train", path=cfg.data.path, n=cfg.data.n).x.to(device)
+    scorer = target.scorer(0)
     rows = []
     for method in methods:
         for k in steps:
             res = solvers.sample(model, model.sde, (n, *target.shape), method=method, steps=k,
                                  generator=torch.Generator(device).manual_seed(1))
-            quality = target.quality(res.x)[0]
-            rows.append({"model": name, "method": method, "steps": k, "nfe": res.nfe,
-                         "metric": target.metric, "quality/floor": quality / target.floor,
-                         "escaped": escaped_share(res.x, data)})
+            rows.append({"model": name, "method": method, "steps": k, "nfe": res.nfe, "metric": target.metric,
+                         "quality/floor": scorer.quality(res.x)[0] / scorer.floor,
+                         "escaped": target.escape(res.x)[0]})
     return rows
 
 
