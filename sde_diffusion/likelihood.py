@@ -266,23 +266,12 @@ def _dequantize(k: torch.Tensor, u: torch.Tensor | float, levels: int,
     return torch.where(too_low, torch.nextafter(x, torch.full_like(x, math.inf)), x)
 
 
-def bits_per_dim(score_fn: ScoreFn, sde: SDE, x_discrete: torch.Tensor, *, levels: int = 256,
-                 data_range: tuple[float, float] = (-1.0, 1.0), dequantization: str = "uniform",
-                 n_dequant: int = 1, generator: torch.Generator | None = None,
-                 dtype: torch.dtype = torch.float32, **likelihood_kwargs) -> torch.Tensor:
-    """Bits per dimension of discrete data (integer levels 0..levels-1), per sample, shape (N,).
-
-    With the level map of ``data.py`` (bin width w = (hi - lo) / levels, x = lo + (k + u) w):
-        bpd(k) = -( (1/M) sum_j log p_eps(x_j) + D log w ) / (D ln 2),   x_j = lo + (k + u_j) w,
-    a plain average over M = ``n_dequant`` draws u_j ~ U[0, 1)^D (``dequantization="uniform"``).
-    By Jensen, log P(k) = log int_bin p >= E_u[log p(x)] + D log w, so this is an unbiased
-    estimate of an upper bound on the discrete NLL -log2 P(k) / D. For 8-bit data (levels=256) on
-    (-1, 1), w = 1/128 and the D log w term adds 7 bits/dim to the continuous NLL in bits: the
-    convention of the published CIFAR-10 figures. ``dequantization="none"`` uses the bin centres
-    (u = 1/2, M = 1): the midpoint rule, an approximation rather than a bound.
-    The continuous x has ``dtype`` on ``x_discrete``'s device; the M draws are solved as one batch
-    of M N points. Remaining keywords go to ``log_likelihood`` (divergence, probes, rtol, atol, eps, ...).
-    """
+def dequantize(x_discrete: torch.Tensor, *, levels: int = 256, data_range: tuple[float, float] = (-1.0, 1.0),
+               dequantization: str = "uniform", n_dequant: int = 1, generator: torch.Generator | None = None,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The continuous points of ``bits_per_dim``: x_j = lo + (k + u_j) w for M = ``n_dequant`` draws
+    u_j ~ U[0, 1)^D stacked as M N rows (draw j of sample n at row j N + n), or the bin centres
+    (u = 1/2) with ``dequantization="none"``; ``dtype`` on ``x_discrete``'s device."""
     if not isinstance(x_discrete, torch.Tensor) or x_discrete.is_floating_point() \
             or x_discrete.is_complex() or x_discrete.dtype == torch.bool:
         raise TypeError("x_discrete must be an integer tensor of levels 0..levels-1 (e.g. uint8), "
@@ -300,8 +289,34 @@ def bits_per_dim(score_fn: ScoreFn, sde: SDE, x_discrete: torch.Tensor, *, level
     k = x_discrete.repeat((n_dequant,) + (1,) * (x_discrete.ndim - 1))
     u = 0.5 if dequantization == "none" else torch.rand(
         k.shape, generator=generator, device=k.device, dtype=torch.float64)
-    x = _dequantize(k, u, levels, data_range, dtype)
-    log_p = log_likelihood(score_fn, sde, x, generator=generator, **likelihood_kwargs).log_prob
-    dim = x[0].numel()
-    log_p = log_p.reshape(n_dequant, x_discrete.shape[0]).mean(0)
+    return _dequantize(k, u, levels, data_range, dtype)
+
+
+def bits_from_log_prob(log_p: torch.Tensor, dim: int, levels: int,
+                       data_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+    """bpd = -(log p + D log w) / (D ln 2) of a dequantized density with bin width w = (hi - lo) / levels."""
     return -(log_p + dim * math.log(bin_width(levels, data_range))) / (dim * math.log(2))
+
+
+def bits_per_dim(score_fn: ScoreFn, sde: SDE, x_discrete: torch.Tensor, *, levels: int = 256,
+                 data_range: tuple[float, float] = (-1.0, 1.0), dequantization: str = "uniform",
+                 n_dequant: int = 1, generator: torch.Generator | None = None,
+                 dtype: torch.dtype = torch.float32, **likelihood_kwargs) -> torch.Tensor:
+    """Bits per dimension of discrete data (integer levels 0..levels-1), per sample, shape (N,).
+
+    With the level map of ``data.py`` (bin width w = (hi - lo) / levels, x = lo + (k + u) w):
+        bpd(k) = -( (1/M) sum_j log p_eps(x_j) + D log w ) / (D ln 2),   x_j = lo + (k + u_j) w,
+    a plain average over M = ``n_dequant`` draws u_j ~ U[0, 1)^D (``dequantization="uniform"``).
+    By Jensen, log P(k) = log int_bin p >= E_u[log p(x)] + D log w, so this is an unbiased
+    estimate of an upper bound on the discrete NLL -log2 P(k) / D. For 8-bit data (levels=256) on
+    (-1, 1), w = 1/128 and the D log w term adds 7 bits/dim to the continuous NLL in bits: the
+    convention of the published CIFAR-10 figures. ``dequantization="none"`` uses the bin centres
+    (u = 1/2, M = 1): the midpoint rule, an approximation rather than a bound.
+    The continuous x has ``dtype`` on ``x_discrete``'s device; the M draws are solved as one batch
+    of M N points (``dequantize``). Remaining keywords go to ``log_likelihood`` (divergence, probes, rtol, atol, eps, ...).
+    """
+    x = dequantize(x_discrete, levels=levels, data_range=data_range, dequantization=dequantization,
+                   n_dequant=n_dequant, generator=generator, dtype=dtype)
+    log_p = log_likelihood(score_fn, sde, x, generator=generator, **likelihood_kwargs).log_prob
+    log_p = log_p.reshape(n_dequant, x_discrete.shape[0]).mean(0)
+    return bits_from_log_prob(log_p, x[0].numel(), levels, data_range)

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training.classifier_training import load_noisy_classifier
     from ..dequantize import DATA_RANGE, continuous_to_levels
     from ..training.distributed import chunk_seed, setup
-    from ..training.shipped import is_exported, load_model
+    from ..training.checkpoint import is_exported, load_checkpoint, read_meta
     from ..training.train import draw_samples
     from ..training.viz import save_samples
 
@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {getattr(args, name)}.")
     world, dev = setup(device(args.device))
-    model, cfg, meta = load_model(args.checkpoint, device=dev)
+    model, cfg = load_checkpoint(args.checkpoint, device=dev)
+    meta = read_meta(args.checkpoint)
     method, steps, n = args.method or cfg.sample.method, args.steps or cfg.sample.steps, args.n or cfg.sample.n
     shape = tuple(meta["event_shape"])
     if args.classifier_scale is not None and args.classifier is None:

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import (load_checkpoint, load_weights, model_kwargs, read_config, read_manifest, resolve,
-                         sha256_file)
+from .checkpoint import is_exported, load_checkpoint, read_manifest, read_meta, resolve, sha256_file
+
+__all__ = ["SHIPPED", "COMMAND", "export", "load_shipped", "is_exported", "main"]
 
 SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "digits_vp"
 COMMAND = "sde-diffusion train --config configs/digits_vp.yaml --out runs/digits_vp"
@@ -38,37 +39,10 @@ def export(run_dir: str | Path, dest: str | Path = SHIPPED, command: str = COMMA
 
 
 def load_shipped(path: str | Path = SHIPPED, device: torch.device | str = "cpu"):
-    """(ScoreModel in eval mode without gradients, Config, meta) of an export, its weights verified."""
-    from .config import build_sde
-    from ..models import build_model
-
-    path = Path(path)
-    try:
-        meta = json.loads((path / "meta.json").read_text())
-    except (OSError, ValueError):
-        raise ValueError(f"{str(path)!r} is not an exported model (meta.json missing or unreadable); "
-                         f"see `python -m sde_diffusion.training.shipped --help`.") from None
-    if sha256_file(path / "ema.safetensors") != meta["sha256"]:
-        raise ValueError(f"{str(path)!r}: ema.safetensors does not match meta.json's SHA-256.")
-    cfg = read_config(path)
-    model = build_model(cfg.model.kind, build_sde(cfg), **model_kwargs(cfg, meta))
-    load_weights(model, path, ema=True)
-    return model.to(device).eval().requires_grad_(False), cfg, meta
-
-
-def is_exported(path: str | Path) -> bool:
-    """Whether ``path`` is an exported model's folder (with ``meta.json``) rather than a training run."""
-    return (Path(path) / "meta.json").is_file()
-
-
-def load_model(path: str | Path, device: torch.device | str = "cpu"):
-    """(ScoreModel in eval mode, Config, meta with event_shape and levels) from a run directory, a
-    checkpoint folder or an exported model folder (``meta.json``, e.g. ``assets/digits_vp``)."""
-    if is_exported(path):
-        return load_shipped(path, device)
-    meta = read_manifest(resolve(path))
+    """(ScoreModel in eval mode without gradients, Config, meta) of an export (default: the shipped digits
+    model): ``checkpoint.load_checkpoint`` plus ``read_meta``, a convenience for notebooks."""
     model, cfg = load_checkpoint(path, device=device)
-    return model, cfg, meta
+    return model.requires_grad_(False), cfg, read_meta(path)
 
 
 def main(argv: list[str] | None = None) -> None:
