@@ -89,13 +89,15 @@ def _data(args, cfg, meta, gm, seed: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import __version__
+    from .. import __version__, checks
     from ..evaluation.nll_table import mean_se, nll_per_sample
     from ..training.distributed import chunk_seed, setup
 
     for name in ("batch_size", "probes") + (("n",) if args.n is not None else ()):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {getattr(args, name)}.")
+    checks.positive("--rtol", args.rtol)
+    checks.positive("--atol", args.atol)
     if args.probes != 1 and args.divergence != "hutchinson":
         raise ValueError(f"--probes applies to --divergence hutchinson; got --probes {args.probes} with exact.")
     (world, dev), seed, dtype = setup(device(args.device)), args.seed or 0, DTYPES[args.dtype]
@@ -104,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
     ds = _data(args, cfg, meta, gm, seed)
     chunks = world.chunks(len(ds), args.batch_size)
     parts, t_start = [], time.perf_counter()
-    for i, a, b in tqdm(chunks, desc="nll", unit="batch", disable=args.no_progress or not world.main):
+    bar = tqdm(chunks, desc="nll", unit="batch",  # on a terminal only, so errors stay one line
+               disable=True if args.no_progress or not world.main else None)
+    for i, a, b in bar:
         parts.append(nll_per_sample(model, ds.x[a:b].to(dev, dtype), ds.levels, batch_size=b - a,
                                     generator=torch.Generator(dev).manual_seed(chunk_seed(seed, i)),
                                     divergence=args.divergence, probes=args.probes, rtol=args.rtol, atol=args.atol))
