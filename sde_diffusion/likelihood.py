@@ -171,10 +171,16 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, divergence: 
     evaluations, memory of one graph); "func", torch.func vmap over samples of jacrev (one forward
     pass, one backward pass batched over the D basis vectors, memory N D^2 for the Jacobian), falling
     back to the loop for a score it rejects (``LikelihoodResult.jacobian`` says which ran);
-    "auto" (default): the loop on the CPU, where it measured faster, torch.func elsewhere. Fine for
-    D up to a few hundred. Measured seconds per NFE on this 2-core CPU (one thread, batch 100;
-    ``benchmarks/likelihood.py --divergence-costs``):
-        COSTS_TABLE
+    "auto" (default): the loop on the CPU, where it measured as fast or faster, torch.func elsewhere
+    (batched kernels; not yet measured on a GPU). Fine for D up to a few hundred. Seconds per NFE,
+    batch 100, one thread of a shared 2-core CPU (``benchmarks/likelihood.py --models``):
+        model (D)          dtype    loop    torch.func   Hutchinson-1   Hutchinson-10
+        toy MLP (2)        float32  0.017   0.034        0.013          0.033
+        toy MLP (2)        float64  0.017   0.038        0.012          0.040
+        toy MLP (64)       float32  0.136   0.109        0.013          0.026
+        toy MLP (64)       float64  0.187   0.187        0.013          0.041
+        digits U-Net (64)  float32  5.85    11.2         0.245          1.01
+        digits U-Net (64)  float64  14.4    27.2         0.463          2.42
     ``divergence="hutchinson"``: the Skilling-Hutchinson estimate tr J = E[v^T J v] with
     ``probes`` Rademacher or Gaussian vectors drawn once and held fixed along the trajectory,
     P backward passes per right-hand side; each probe is an independent estimate of delta, the
