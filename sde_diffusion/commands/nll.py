@@ -22,6 +22,7 @@ from .common import add_common, device
 HELP = ("negative log-likelihood by the probability-flow ODE: bits/dim for discrete data "
         "(uniform dequantization), nats/dim for continuous data, with standard errors, NFE and seconds")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+SOLVER = {"method": "dopri5", "eps": 1e-5, "noise": "rademacher", "jacobian": "auto"}  # log_likelihood's
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -111,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
     for i, a, b in bar:
         parts.append(nll_per_sample(model, ds.x[a:b].to(dev, dtype), ds.levels, batch_size=b - a,
                                     generator=torch.Generator(dev).manual_seed(chunk_seed(seed, i)),
-                                    divergence=args.divergence, probes=args.probes, rtol=args.rtol, atol=args.atol))
+                                    divergence=args.divergence, probes=args.probes, rtol=args.rtol, atol=args.atol,
+                                    **SOLVER))
     cat = (lambda f: torch.cat([f(p) for p in parts]).to(dev, torch.float64)) if parts else \
         (lambda f: torch.zeros(0, device=dev, dtype=torch.float64))
     values = world.gather(cat(lambda p: p.values))   # batches in order
@@ -132,8 +134,7 @@ def run(args: argparse.Namespace) -> int:
         "split": None if args.data or gm is not None else (args.split or "test"), "dataset": ds.name,
         "source": ds.source, "n": len(values), "shape": list(ds.shape), "levels": ds.levels, "unit": unit,
         "mean": mean, "stderr": se, "stderr_probes": se_probe,
-        "settings": {"divergence": args.divergence, "probes": args.probes, "noise": "rademacher",
-                     "method": "dopri5", "rtol": args.rtol, "atol": args.atol, "eps": 1e-5,
+        "settings": {"divergence": args.divergence, "probes": args.probes, **SOLVER, "rtol": args.rtol, "atol": args.atol,
                      "dequantization": "uniform, one draw per point" if ds.levels else None,
                      "batch_size": args.batch_size, "seed": seed, "batch_seeds": "seed + 1000003 * batch",
                      "dtype": args.dtype, "device": str(dev), "processes": world.size},
