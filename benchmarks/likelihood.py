@@ -169,10 +169,6 @@ def model_costs(device, batch: int = 100) -> list[dict]:
     return rows
 
 
-COSTS = [{"model": "digits U-Net (shipped)", "D": 64, "dtype": "float32", "exact loop": 5.85,
-          "exact torch.func": 11.2, "hutchinson-1": 0.245, "hutchinson-10": 1.01}]  # measured, see docstring
-
-
 def digits_bpd(device, costs: list[dict], probes: int) -> None:
     """Wall time to the bits/dim of the 300 test digits by the shipped model (Hutchinson with
     ``probes`` probes), and the exact divergence's extrapolated from that NFE and its cost per NFE.
@@ -212,14 +208,12 @@ def main():
     p.add_argument("--models", action="store_true", help="seconds per NFE on the toy MLP and digits U-Net, "
                                                          "and the time to the test digits' bits/dim")
     p.add_argument("--digits-probes", type=int, default=1, help="Hutchinson probes for the test digits (--models)")
-    p.add_argument("--skip-costs", action="store_true", help="--models: the digits only, with the costs measured "
-                                                             "before (COSTS) for the extrapolation")
     args = p.parse_args()
     if args.models:
         device = torch.device(args.device)
         print(f"device={device}, threads={torch.get_num_threads()}, batch 100: seconds per NFE\n")
         print("| model | D | dtype | exact loop | exact torch.func | Hutchinson-1 | Hutchinson-10 |\n" + "|---" * 7 + "|")
-        digits_bpd(device, model_costs(device) if not args.skip_costs else COSTS, args.digits_probes)
+        digits_bpd(device, model_costs(device), args.digits_probes)
         return
     print(f"device={args.device}, n={args.n}, 64-D mixture (8 components), eps={EPS}\n")
     print(HEADER + "\n" + "|---" * 9 + "|")
