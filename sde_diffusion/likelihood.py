@@ -235,19 +235,21 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, divergence: 
 
 
 def _check_finite(seen: list, log_prob: torch.Tensor | None = None) -> None:
-    """One host sync: a ValueError naming the first time at which the score or its divergence was
-    NaN/Inf (``seen``: (t, probe of s, probe of q) per evaluation), or saying that the integration
-    overflowed with both finite. A probe sum(y * 0) is NaN exactly when y holds a NaN or Inf."""
+    """The call's one host sync (``checks.host_read``): a ValueError naming the first time at which
+    the score or its divergence was NaN/Inf (``seen``: (t, probe of s, probe of q) per evaluation),
+    or saying that the integration overflowed with both finite. A probe sum(y * 0) is NaN exactly
+    when y holds a NaN or Inf."""
     flat = [p for _, ps, pq in seen for p in (ps, pq)]
     if log_prob is not None:
         flat.append((log_prob * 0).sum())
-    ok = torch.stack(flat).isfinite().tolist() if flat else []
+    ok = checks.host_read(torch.stack(flat).isfinite()) if flat else []
     if all(ok):
         return
     # the earliest along the flow from eps up: the smallest t (torchdiffeq's first-step probe may
     # evaluate out of order, at T); the score is named before its divergence at the same time
-    bad = min((float(seen[i // 2][0]), i % 2) for i, good in enumerate(ok[:2 * len(seen)]) if not good) \
-        if not all(ok[:2 * len(seen)]) else None
+    times = checks.host_read(torch.stack([t for t, _, _ in seen])) if not all(ok[:2 * len(seen)]) else []
+    bad = min((times[i // 2], i % 2) for i, good in enumerate(ok[:2 * len(seen)]) if not good) \
+        if times else None
     if bad is None:
         cause = "the score and its divergence stayed finite but the integrated state overflowed"
     else:

@@ -64,7 +64,7 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], method: str = "eul
         if tuple(x.shape) != tuple(shape):
             raise ValueError(f"x_T must have shape {tuple(shape)}, got {tuple(x.shape)}.")
         x = x.to(device=device, dtype=dtype)
-    ctx = Context(sde, counter, grid64, grid64.to(device=device, dtype=dtype), generator, progress,
+    ctx = Context(sde, counter, grid64, checks.upload(grid64, device, dtype), generator, progress,
                   [] if return_trajectory else None, desc=method)
     if inpaint is not None:
         ctx.known = known(inpaint, shape, sde.marginal(grid64), device, dtype)

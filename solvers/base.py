@@ -155,8 +155,9 @@ class Context:
         return self.grid.shape[0] - 1
 
     def cast(self, table: torch.Tensor) -> torch.Tensor:
-        """A float64 coefficient table moved to the grid's device and dtype (once, before the loop)."""
-        return table.to(device=self.grid.device, dtype=self.grid.dtype)
+        """A float64 coefficient table moved to the grid's device and dtype (once, before the loop;
+        queued on CUDA without a host sync, ``checks.upload``)."""
+        return checks.upload(table, self.grid.device, self.grid.dtype)
 
     def marginals(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(m(t_i), s(t_i)) on the grid, float64 on the CPU."""
@@ -205,10 +206,10 @@ class Context:
         return xs[-1]
 
     def check_finite(self, x: torch.Tensor) -> None:
-        """One host sync after sampling: a ValueError naming the step and time where NaN/Inf first
-        appeared in the state or the score, or in the final ``x``."""
+        """The call's one host sync (``checks.host_read``), after sampling: a ValueError naming the
+        step and time where NaN/Inf first appeared in the state or the score, or in the final ``x``."""
         probes = [p for _, p in self.probes] + [p for _, p in self.score.probes] + [finite_probe(x)]
-        ok = torch.stack(probes).isfinite().tolist()
+        ok = checks.host_read(torch.stack(probes).isfinite())
         if all(ok):
             return
         n = len(self.probes)
@@ -216,7 +217,7 @@ class Context:
         # the earliest non-finite score along the run from T down: the largest such t (an adaptive
         # solver's first-step probe may evaluate out of order, at eps)
         bad = [t for (t, _), good in zip(self.score.probes, ok[n:]) if not good]
-        score = float(torch.stack(bad).max()) if bad else None
+        score = checks.host_read(torch.stack(bad).max()) if bad else None
         if state is not None:
             where = f"step {state} of {self.steps}" if self.stepped else "the solver's output"
             where = f" at {where} (t = {self.grid64[state]:.4g})"

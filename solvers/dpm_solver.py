@@ -8,6 +8,14 @@ Taylor-expanding the prediction y = x0 or eps in lambda gives x_b = A x_a + sum_
     phi_1(z) = (e^z - 1)/z,  phi_(k+1)(z) = (phi_k(z) - 1/k!)/z.
 Derivatives come from earlier steps (multistep) or from intermediate evaluations (singlestep,
 r = 1/2 for order 2; r = 1/3, 2/3 for order 3 as DPM-Solver-3). All coefficients are float64 tables.
+
+Second-order updates come in two forms, both of order 2, with y' the divided difference of y in lambda
+(from the previous step, or from the intermediate point at r = 1/2):
+    ``midpoint``: x_b = A x_a + c_0 (y + h y' / 2)    (DPM-Solver++ Algorithm 2, k-diffusion's
+                  sample_dpmpp_2m, the reference implementation's default "dpmsolver" type),
+    ``heun``:     x_b = A x_a + c_0 y + c_1 y'         (the Taylor form, "taylor" in the reference).
+The names are those of diffusers' ``solver_type``. They govern every second-order step (2M, 2S and
+the second step of 3M); the third-order updates (3M after its warm-up, 3S) are the Taylor ones.
 """
 
 from __future__ import annotations
@@ -38,11 +46,15 @@ def _at(ctx: Context, lam: torch.Tensor):
 @register("dpm_solver", "ode", 2, {"order": Option(2, choice(1, 2, 3)),
                                   "multistep": Option(True, choice(True, False)),
                                   "variant": Option("dpm_solver++", choice("dpm_solver++", "dpm_solver")),
+                                  "solver_type": Option("midpoint", choice("midpoint", "heun")),
                                   **grid_options("logsnr")}, vp_only=True)
-def dpm_solver(ctx: Context, x: torch.Tensor, order: int, multistep: bool, variant: str) -> torch.Tensor:
+def dpm_solver(ctx: Context, x: torch.Tensor, order: int, multistep: bool, variant: str,
+               solver_type: str) -> torch.Tensor:
     """DPM-Solver(++) of ``order`` 1-3: multistep (1 score evaluation per step, lower orders while the
     history fills) or singlestep (``order`` evaluations per step). ``dpm_solver++`` predicts data
-    x0 = (x + s^2 score)/m, ``dpm_solver`` noise eps = -s score. Order 1 of either is DDIM (eta = 0)."""
+    x0 = (x + s^2 score)/m, ``dpm_solver`` noise eps = -s score. Order 1 of either is DDIM (eta = 0).
+    ``solver_type`` picks the second-order form (module docstring): ``midpoint`` (the paper's, default)
+    or ``heun`` (Taylor)."""
     data = variant == "dpm_solver++"
     m, s = ctx.marginals()
     lam = m.log() - s.log()
@@ -52,8 +64,10 @@ def dpm_solver(ctx: Context, x: torch.Tensor, order: int, multistep: bool, varia
         return cast(1 / mm, ss.square() / mm) if data else cast(torch.zeros_like(mm), -ss)
 
     P, Q = predictor(m, s)
-    A, c0, c1, c2 = cast(*_coefs(lam[:-1], m[:-1], s[:-1], lam[1:], m[1:], s[1:], data))
     h = lam[1:] - lam[:-1]
+    coefs = _coefs(lam[:-1], m[:-1], s[:-1], lam[1:], m[1:], s[1:], data)
+    second = coefs[2] if solver_type == "heun" else 0.5 * h * coefs[1]  # the coefficient of y' at order 2
+    A, c0, c1, c2, c1_second = cast(*coefs, second)
 
     def y_at(x, i):
         return P[i] * x + Q[i] * ctx.score_at(x, ctx.grid[i])
@@ -70,7 +84,7 @@ def dpm_solver(ctx: Context, x: torch.Tensor, order: int, multistep: bool, varia
                 return x
             d01 = (hist[0] - hist[1]) * inv_h[i - 1]
             if k == 2:
-                return x + c1[i] * d01
+                return x + c1_second[i] * d01
             d012 = (d01 - (hist[1] - hist[2]) * inv_h[i - 2]) * inv_h2[i - 2]
             return x + c1[i] * (d01 + d012 / inv_h[i - 1]) + c2[i] * 2 * d012
         return ctx.run(x, step)
@@ -82,10 +96,12 @@ def dpm_solver(ctx: Context, x: torch.Tensor, order: int, multistep: bool, varia
         mids.append(cast(t_r, *predictor(m_r, s_r), *_coefs(lam[:-1], m[:-1], s[:-1], lam[:-1] + r * h,
                                                              m_r, s_r, data)[:3], 1 / (r * h)))
 
+    c1_last = c1_second if order == 2 else c1
+
     def single(x, i, t, tn):
         y0, dy = y_at(x, i), None
         for t_r, P_r, Q_r, A_r, c0_r, c1_r, inv_rh in mids:
             u = A_r[i] * x + c0_r[i] * y0 + (c1_r[i] * dy if dy is not None else 0)
             dy = (P_r[i] * u + Q_r[i] * ctx.score_at(u, t_r[i]) - y0) * inv_rh[i]
-        return A[i] * x + c0[i] * y0 + (c1[i] * dy if dy is not None else 0)
+        return A[i] * x + c0[i] * y0 + (c1_last[i] * dy if dy is not None else 0)
     return ctx.run(x, single)

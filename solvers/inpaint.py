@@ -58,5 +58,5 @@ def known(inpaint, shape: Sequence[int], marginals: tuple[torch.Tensor, torch.Te
             raise ValueError("inpaint mask must hold booleans or 0/1 values (1 = known).")
         mask = mask != 0
     m, s = marginals
-    return Known(mask.to(device), y.to(device=device, dtype=dtype), m.to(device=device, dtype=dtype),
-                 s.to(device=device, dtype=dtype))
+    return Known(mask.to(device), y.to(device=device, dtype=dtype), checks.upload(m, device, dtype),
+                 checks.upload(s, device, dtype))

@@ -13,17 +13,27 @@ ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 FIXED = ("euler", "midpoint", "heun2", "heun3", "rk4")
 
 
+def tolerance(steps: int) -> float:
+    """The tolerance rtol = atol = 100 / steps^3 an adaptive solver gets for a step count
+    (10 -> 1e-1, 100 -> 1e-4, 1000 -> 1e-7): more steps, more work, as for every other method."""
+    return 100.0 / steps**3
+
+
 @register("ode", "ode", None, {"solver": Option("dopri5", choice(*ADAPTIVE, *FIXED)),
-                              "rtol": Option(1e-5, checks.positive), "atol": Option(1e-5, checks.positive),
+                              "rtol": Option(None, checks.positive), "atol": Option(None, checks.positive),
                               **grid_options()})
-def ode(ctx: Context, x: torch.Tensor, solver: str, rtol: float, atol: float) -> torch.Tensor:
+def ode(ctx: Context, x: torch.Tensor, solver: str, rtol: float | None, atol: float | None) -> torch.Tensor:
     """The PF-ODE from T to eps by ``torchdiffeq.odeint``: fixed-step ``solver`` (euler, midpoint,
     heun2, heun3, rk4) steps along the time grid; adaptive ones (dopri5, ...) choose their own steps
-    to ``rtol``/``atol`` (default 1e-5 each, as in Song et al. 2021) and ignore ``steps`` except as
-    the output times of ``return_trajectory``. When inpainting, one ``odeint`` call per grid interval
-    (the known part is held in between; adaptive solvers then restart their step control each time)."""
+    to ``rtol``/``atol``, each ``tolerance(steps)`` = 100/steps^3 unless given (Song et al. 2021 use
+    1e-5), with ``steps`` also the output times of ``return_trajectory``. When inpainting, one
+    ``odeint`` call per grid interval (the known part is held in between; adaptive solvers then
+    restart their step control each time). torchdiffeq synchronises with the host (time checks;
+    adaptive step-size control every step); the drift itself does not."""
     sde = ctx.sde
     times = ctx.grid if solver in FIXED or ctx.trajectory is not None else ctx.grid[[0, -1]]
+    rtol = tolerance(ctx.steps) if rtol is None else rtol
+    atol = tolerance(ctx.steps) if atol is None else atol
     tol = {} if solver in FIXED else {"rtol": rtol, "atol": atol}
     lo, hi = float(ctx.grid64[-1]), float(ctx.grid64[0])  # adaptive step selection may probe beyond
 

@@ -41,7 +41,9 @@ class _Reversed:
 def sde(ctx: Context, x: torch.Tensor, solver: str) -> torch.Tensor:
     """``torchsde.sdeint`` with ``solver`` in {euler, milstein, srk} and fixed
     dt = (T - eps)/steps on the uniform grid (srk uses the space-time Levy area). When inpainting,
-    one ``sdeint`` call per grid interval on the same Brownian path, the known part held in between."""
+    one ``sdeint`` call per grid interval on the same Brownian path, the known part held in between.
+    torchsde synchronises with the host (its Brownian interval searches times there), as does drawing
+    the path's seed from ``generator``; the drift and diffusion themselves do not."""
     u = ctx.sde.T - ctx.grid  # ascending from 0 to T - eps
     times = u if ctx.trajectory is not None else u[[0, -1]]
     y0 = rearrange(x, "n ... -> n (...)")

@@ -19,6 +19,14 @@ def pytest_addoption(parser):
                      help="default floating dtype for device-agnostic tests")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Tests taking the ``cuda_device`` fixture are marked ``cuda``, so ``pytest -m cuda`` runs them."""
+    for item in items:
+        if "cuda_device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cuda)
+
+
 @pytest.fixture(scope="session")
 def device(request) -> torch.device:
     dev = torch.device(request.config.getoption("--device"))

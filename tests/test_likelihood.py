@@ -122,6 +122,23 @@ def test_hutchinson_agrees_with_exact_and_stderr_shrinks():
     assert abs(h16.stderr.mean() / h64.stderr.mean() - 2) <= 0.5
 
 
+@pytest.mark.parametrize("probes", ["gaussian", "uniform"])
+def test_gaussian_probes_are_unbiased_and_uniform_ones_are_not(probes, monkeypatch):
+    """Gaussian probes, E[v v^T] = I: the pooled z-score of 16 probes against the exact divergence
+    over 8 points is N(0, 1), |z| <= 3. The negative control: uniform probes on [-1, 1] have
+    E[v v^T] = I/3, a bias of 2/3 of the divergence integral, which the same test must reject."""
+    if probes == "uniform":
+        monkeypatch.setattr(lik, "_draw_probes", lambda noise, count, x, generator: 2 * torch.rand(
+            (count, *x.shape), generator=generator, dtype=x.dtype) - 1)
+    gm, sde = random_mixture(8, 4), VPSDE()
+    x = gm.sample(8, _gen(0), dtype=F64)
+    exact = log_likelihood(gm.score(sde), sde, x, eps=1e-3).log_prob
+    h = log_likelihood(gm.score(sde), sde, x, divergence="hutchinson", noise="gaussian", probes=16,
+                       generator=_gen(4), eps=1e-3)
+    z = (h.log_prob - exact).sum() / h.stderr.square().sum().sqrt()
+    assert (abs(z) <= 3) == (probes == "gaussian"), float(z)
+
+
 def test_gaussian_probes_and_single_probe():
     gm, sde = ring2d(), VPSDE()
     x = gm.sample(4, _gen(0), dtype=F64)

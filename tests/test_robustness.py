@@ -84,14 +84,16 @@ def test_log_likelihood_is_finite_and_exact_on_every_sde(sde_name, dtype):
     """log p_eps(x) by the PF-ODE vs the mixture's exact log p_eps at 3 ring points, eps = 1e-5.
     Tolerance: the solver's rtol = atol = 1e-5 over ~100 steps gives ~1e-3 nats (test_likelihood),
     float32 rounding of |log p| ~ 5 over the same steps another ~1e-4 x 100 = 1e-2 at worst; plus the
-    prior mismatch |log p_T(x_T) - log pi(x_T)| (exact, per sample: the prior is only approximately p_T)."""
+    prior mismatch |log p_T(x_T) - log pi(x_T)| (exact, per sample: the prior is only approximately p_T).
+    In float64 the solver's error alone remains: the 1e-3 nats target."""
     sde, gm = get_sde(sde_name), ring2d()
     x = gm.sample(3, torch.Generator().manual_seed(1)).to(dtype)
     r = log_likelihood(gm.score(sde), sde, x)
     assert r.log_prob.dtype == dtype and torch.isfinite(r.log_prob).all() and torch.isfinite(r.x_T).all()
     exact = gm.log_prob_t(x.double(), 1e-5, sde)
     mismatch = (gm.log_prob_t(r.x_T.double(), sde.T, sde) - r.prior_log_prob.double()).abs()
-    assert ((r.log_prob.double() - exact).abs() <= 1e-2 + mismatch).all()
+    tol = 1e-3 if dtype == torch.float64 else 1e-2
+    assert ((r.log_prob.double() - exact).abs() <= tol + mismatch).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])

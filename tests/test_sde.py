@@ -137,3 +137,18 @@ def test_bad_inputs():
         sde.drift(torch.zeros(2, 2, dtype=torch.long), 0.5)
     with pytest.raises(ValueError, match="shape must be a tuple of positive ints"):
         sde.prior_sample((0, 2))
+
+
+def test_ve_sigma_is_its_closed_form_and_sets_the_marginal():
+    """sigma(t) = sigma_min (sigma_max/sigma_min)^t; the marginal's added variance is
+    s(t)^2 = sigma(t)^2 - sigma_min^2 and g(t)^2 = d sigma^2/dt = 2 sigma(t)^2 log(sigma_max/sigma_min)."""
+    sde = VESDE(sigma_min=0.02, sigma_max=30.0)
+    t = torch.tensor([0.0, 0.1, 0.37, 0.8, 1.0], dtype=torch.float64)
+    sigma = 0.02 * (30.0 / 0.02) ** t
+    torch.testing.assert_close(sde.sigma(t), sigma, rtol=1e-14, atol=0)
+    m, s = sde.marginal(t)
+    torch.testing.assert_close(s.square(), sde.sigma(t).square() - 0.02**2, rtol=1e-12, atol=1e-16)
+    torch.testing.assert_close(m, torch.ones_like(t), rtol=0, atol=0)
+    torch.testing.assert_close(sde.diffusion(t).square(), 2 * sigma.square() * math.log(30.0 / 0.02),
+                               rtol=1e-13, atol=0)
+    assert float(sde.sigma(torch.tensor(1.0, dtype=torch.float64))) == pytest.approx(sde.prior_std, rel=1e-14)

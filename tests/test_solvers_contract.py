@@ -31,8 +31,14 @@ def test_available_lists_every_method():
 def test_ancestral_is_ddpm_algorithm_2_bit_for_bit(variance, device, dtype):
     """DDPM Algorithm 2 transcribed: x_T ~ N(0, I); for i = T..1: z ~ N(0, I) if i > 1 else 0,
     x_{i-1} = 1/sqrt(alpha_i) (x_i - (1 - alpha_i)/sqrt(1 - abar_i) eps(x_i, i)) + sigma_i z, with
-    eps(x, i) = -sqrt(1 - abar_i) score(x, i/T). Same noise, same coefficients: equal bits."""
+    eps(x, i) = -sqrt(1 - abar_i) score(x, i/T), with the test's own tables (beta_i linear from
+    beta_1 to beta_T, abar_i = prod_j (1 - beta_j), beta_tilde_i = (1 - abar_{i-1}) / (1 - abar_i) beta_i),
+    not DDPMSchedule's. Same noise, same coefficients: equal bits."""
     sched, n = DDPMSchedule(T=50, beta_1=2e-3, beta_T=0.4), 64
+    betas = torch.linspace(2e-3, 0.4, 50, dtype=torch.float64)
+    alphas = 1 - betas
+    abars = torch.cumprod(alphas, 0)
+    abars_prev = torch.cat([torch.ones(1, dtype=torch.float64), abars[:-1]])
     sde, gm = sched.to_sde(), ring2d()
     score = gm.score(sde)
     res = sample(score, sde, (n, 2), "ancestral", sched.T, schedule=sched, variance=variance,
@@ -40,9 +46,9 @@ def test_ancestral_is_ddpm_algorithm_2_bit_for_bit(variance, device, dtype):
     gen = torch.Generator(device).manual_seed(0)
     x = torch.randn((n, 2), generator=gen, device=device, dtype=dtype)
     c = lambda v: v.to(device=device, dtype=dtype)  # noqa: E731
-    sig2 = sched.betas if variance == "beta" else sched.posterior_variance
+    sig2 = betas if variance == "beta" else (1 - abars_prev) / (1 - abars) * betas
     for i in range(sched.T, 0, -1):
-        alpha, abar = sched.alphas[i - 1], sched.alphas_cumprod[i - 1]
+        alpha, abar = alphas[i - 1], abars[i - 1]
         z = torch.randn(x.shape, generator=gen, device=device, dtype=dtype) if i > 1 else torch.zeros_like(x)
         eps = -c((1 - abar).sqrt()) * score(x, torch.full((n,), i / sched.T, device=device, dtype=dtype))
         x = c(1 / alpha.sqrt()) * (x - c((1 - alpha) / (1 - abar).sqrt()) * eps) + c(sig2[i - 1].sqrt()) * z
@@ -179,6 +185,7 @@ def _never(x, t):
     (VPSDE(), "sde", {"solver": "heun"}, "allowed: euler, milstein, srk"),
     (VPSDE(), "ddim", {"eta": 1.5}, r"eta must be a number in \[0, 1\]"),
     (VPSDE(), "dpm_solver", {"order": 4}, "allowed: 1, 2, 3"),
+    (VPSDE(), "dpm_solver", {"solver_type": "taylor"}, "allowed: midpoint, heun"),
     (VPSDE(), "heun", {"grid": "cosine"}, "allowed: uniform, edm, logsnr"),
     (VESDE(), "ddim", {}, "needs a VP-type SDE"),
     (VESDE(), "dpm_solver", {}, "needs a VP-type SDE"),
@@ -211,3 +218,22 @@ def test_score_of_wrong_shape_is_reported():
 def test_registry_declares_capabilities():
     assert {m.kind for m in METHODS.values()} == {"sde", "ode"}
     assert {n for n, m in METHODS.items() if m.vp_only} == {"ddim", "dpm_solver"}
+
+
+def test_adaptive_ode_steps_set_the_tolerance():
+    """One rule for the Python API and ``compare``: an adaptive solver without rtol/atol runs at
+    rtol = atol = solvers.probability_flow.tolerance(steps) = 100/steps^3, so more steps mean more
+    score evaluations and a smaller error; explicit tolerances override it."""
+    from solvers.probability_flow import tolerance
+
+    sde, gm = VPSDE(), ring2d(std=0.2)
+    x_T = sde.prior_sample((16, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    kw = dict(x_T=x_T, dtype=torch.float64, denoise=False)
+    run = lambda steps, **o: sample(gm.score(sde), sde, (16, 2), "ode", steps, **kw, **o)  # noqa: E731
+    assert tolerance(10) == pytest.approx(0.1) and tolerance(100) == pytest.approx(1e-4)
+    ref = run(1, rtol=1e-10, atol=1e-10).x
+    coarse, fine = run(10), run(100)
+    assert torch.equal(coarse.x, run(10, rtol=tolerance(10), atol=tolerance(10)).x)
+    assert torch.equal(fine.x, run(7, rtol=1e-4, atol=1e-4).x)
+    assert coarse.nfe < fine.nfe
+    assert (fine.x - ref).abs().max() < (coarse.x - ref).abs().max()

@@ -132,14 +132,50 @@ def test_full_disk_fails_before_training(tmp_path):
     assert not (out / "metrics.csv").exists() and latest(out) is None
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
-def test_read_only_output_dir_fails_before_training(tmp_path):
-    tmp_path.chmod(0o500)
-    try:
-        with pytest.raises(ValueError, match="is not writable"):
-            train(tiny_config(), tmp_path / "run", progress=False)
-    finally:
-        tmp_path.chmod(0o700)
+def test_unwritable_output_dir_fails_before_training(tmp_path):
+    """As root too (root ignores permissions, and CI runs as root): the run folder exists but its
+    checkpoints/ is a regular file, so no checkpoint can be written; as another user also a
+    read-only run folder. Both fail with the one-line message and leave nothing behind."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoints").write_text("")
+    with pytest.raises(ValueError, match=r"^output directory .* is not writable \(.*\); choose another --out\.$"):
+        train(tiny_config(), out, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints"]
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        try:
+            with pytest.raises(ValueError, match="is not writable"):
+                train(tiny_config(), ro / "run", progress=False)
+        finally:
+            ro.chmod(0o700)
+
+
+def test_first_step_uses_lr_over_warmup_and_moves_the_weights(tmp_path, monkeypatch):
+    """lr_k = lr min(1, k / warmup) for steps k = 1, 2, ...: the first is lr / warmup, not 0. AdamW's
+    first update is -lr_1 (g / (|g| + eps) + wd w) per weight (m_1 / sqrt(v_1) = sign g after bias
+    correction; weight decay 0 here), so every weight with a gradient moves by lr_1 to within
+    eps / |g|: the median |change| must be lr / warmup to 1e-3 (lr itself or 2 lr / warmup: far off)."""
+    built = {}
+
+    def build(*args):
+        model = original(*args)
+        built["w0"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return model
+    original = train_mod._build
+    monkeypatch.setattr(train_mod, "_build", build)
+    out = tmp_path / "run"
+    cfg = tiny_config("train.steps=1", "train.warmup=4", "train.log_every=1")
+    train(cfg, out, progress=False)
+    lr1 = cfg.train.lr / 4
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert float(rows[1].split(",")[rows[0].split(",").index("lr")]) == pytest.approx(lr1, rel=1e-5)
+    w1 = load_file(latest(out) / "model.safetensors")
+    change = torch.cat([(w1[k] - built["w0"][k]).abs().flatten() for k in w1 if w1[k].is_floating_point()])
+    moved = change[change > 0]
+    assert len(moved) > 0.5 * len(change)
+    assert float(moved.median()) == pytest.approx(lr1, rel=1e-3)
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):

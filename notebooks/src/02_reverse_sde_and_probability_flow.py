@@ -87,7 +87,7 @@ gen = torch.Generator().manual_seed(0)
 x_T = sde.prior_sample((n, 2), generator=gen, dtype=torch.float64)
 common = dict(eps=eps, x_T=x_T, dtype=torch.float64, return_trajectory=True)
 res_sde = solvers.sample(score, sde, (n, 2), "euler_maruyama", steps, generator=gen, **common)
-res_ode = solvers.sample(score, sde, (n, 2), "ode", steps, **common)
+res_ode = solvers.sample(score, sde, (n, 2), "ode", steps, rtol=1e-5, atol=1e-5, **common)
 times = torch.linspace(sde.T, eps, steps + 1, dtype=torch.float64)  # the recorded grid
 print(f"reverse SDE: {res_sde.nfe} score evaluations;  PF ODE: {res_ode.nfe} (adaptive steps)")
 print("trajectory shapes:", tuple(res_sde.trajectory.shape), tuple(res_ode.trajectory.shape))

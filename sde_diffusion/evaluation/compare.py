@@ -11,8 +11,8 @@ them against held-out data of the target:
                 between a train subset and the test set.
 ``ratio`` = quality / floor: 1 is as good as fresh data at this sample size.
 Methods are registry names with options, ``name[:option=value[:option=value]]``, e.g. ``ode:solver=rk4``.
-An adaptive ODE solver has no step count: there ``steps`` sets its tolerance rtol = atol = 100 / steps^3
-(10 -> 1e-1, 100 -> 1e-4, 1000 -> 1e-7), so a larger count still means more work.
+An adaptive ODE solver has no step count: there ``steps`` sets its tolerance (``solvers.probability_flow
+.tolerance``, rtol = atol = 100 / steps^3), so a larger count still means more work.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from ..sde import SDE, SDES, ScoreFn, get_sde
 
 DEFAULT_METHODS = "ancestral,euler_maruyama,pc,ode:solver=rk4,ddim,heun,dpm_solver"
 DEFAULT_STEPS = "10,20,50,100,200,500,1000"
-ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 FIELDS = ["sde", "method", "kind", "steps", "nfe", "metric", "quality", "floor", "ratio", "nll_gap", "wall_s"]
 
 
@@ -48,13 +47,6 @@ class Variant:
     def kind(self) -> str:
         from solvers import METHODS
         return METHODS[self.method].kind
-
-    def options_for(self, steps: int) -> dict:
-        """The options at a step count (the tolerance of an adaptive ODE solver, see the module)."""
-        if self.method == "ode" and self.options.get("solver", "dopri5") in ADAPTIVE_SOLVERS:
-            tol = 100.0 / steps**3
-            return {"rtol": tol, "atol": tol, **self.options}
-        return dict(self.options)
 
 
 def parse_methods(text: str) -> list[Variant]:
@@ -219,7 +211,7 @@ def plan(target: Target, variants: list[Variant], steps: list[int], explicit: bo
                 target.notes.append(f"{v.label} skipped on {sde_name}: it needs a VP-type SDE.")
                 continue
             for s in steps:
-                spec.bind(sde, s, v.options_for(s))
+                spec.bind(sde, s, v.options)
             pairs.append((sde_name, v))
     return pairs
 
@@ -250,7 +242,7 @@ def run_compare(target: Target, variants: list[Variant], steps: list[int], n: in
             t0 = time.perf_counter()
             with torch.no_grad():
                 res = solvers.sample(score, sde, (n, *target.shape), v.method, s, generator=gen, device=device,
-                                     **v.options_for(s))
+                                     **v.options)
             _sync(device)
             wall = time.perf_counter() - t0
             finite = bool(torch.isfinite(res.x).all())

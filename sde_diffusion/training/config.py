@@ -3,24 +3,22 @@
 A YAML file may name ``base:`` files (a path or a list, relative to itself); they are merged first,
 then the file's own keys on top (mappings merge recursively). Every value is checked against the
 schema when loaded: an unknown key or a wrong type raises a ValueError naming the key path, e.g.
-``train.lr: expected float, got 'abc'``.
+``train.lr: expected float, got 'abc'``. OmegaConf does the loading, merging, override parsing and
+type checking (``config_loading.py``); this module holds the schema, the toolkit's value checks and
+what a config builds.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
-
-import yaml
+from typing import Optional
 
 from ..schedule import DDPMSchedule
 from ..sde import SDE, SDES, get_sde
+from .config_loading import apply_overrides, read_yaml, typed
 
 SDE_NAMES = (*SDES, "ddpm")  # "ddpm": the discrete DDPMSchedule, whose continuous limit is a VP-SDE
 
@@ -110,69 +108,7 @@ RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.sample_every", "tr
                      "train.keep", "sample", "classifier.steps", "classifier.ckpt_every")
 
 
-# -- typed construction -----------------------------------------------------------------------
-def _coerce(value: Any, tp: Any, path: str) -> Any:
-    """``value`` as type ``tp`` or a ValueError naming ``path``. Numeric strings such as "1e-3"
-    (which YAML 1.1 reads as text) are accepted for numbers."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return None if value is None else _coerce(value, args[0], path)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path)
-    if tp is dict or origin is dict:
-        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise ValueError(f"{path}: expected a mapping of names to values, got {value!r}.")
-        return {k: _number(v) if isinstance(v, str) else v for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, str):
-            value = _number(value)
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, str):
-            value = _number(value)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    raise ValueError(f"{path}: expected {tp.__name__}, got {value!r}.")
-
-
-def _number(s: str) -> Any:
-    """A number for numeric text ("1e-3", "64"), else the text unchanged."""
-    try:
-        return int(s)
-    except ValueError:
-        pass
-    try:
-        v = float(s)
-    except ValueError:
-        return s
-    return v if math.isfinite(v) else s
-
-
-def _build(cls: type, data: Any, path: str = "") -> Any:
-    where = f"{path}: " if path else ""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}expected a mapping, got {data!r}.")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    for key in data:
-        if key not in fields:
-            raise ValueError(f"{path + '.' if path else ''}{key}: unknown key; allowed: "
-                             f"{', '.join(fields)}.")
-    return cls(**{k: _coerce(v, hints[k], f"{path + '.' if path else ''}{k}") for k, v in data.items()})
-
-
+# -- checks beyond the types, and what a config builds ---------------------------------------------
 def _one_of(path: str, value: str, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"{path}: unknown value {value!r}; allowed: {', '.join(allowed)}.")
@@ -263,58 +199,10 @@ def build_schedule(cfg: Config) -> DDPMSchedule | None:
         raise ValueError(f"sde.params: {e}") from None
 
 
-# -- files, composition, overrides ---------------------------------------------------------------
-def _merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for k, v in top.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
-    """The raw mapping of a YAML file with its ``base`` files merged underneath."""
-    path = Path(path)
-    if path.resolve() in _seen:
-        raise ValueError(f"{path}: circular 'base' chain.")
-    if not path.is_file():
-        raise ValueError(f"config file {str(path)!r} does not exist.")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]}).") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level.")
-    bases = raw.pop("base", [])
-    merged: dict = {}
-    for b in [bases] if isinstance(bases, str) else bases:
-        merged = _merge(merged, read_yaml(path.parent / b, _seen + (path.resolve(),)))
-    return _merge(merged, raw)
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply ``key.path=value`` strings (values parsed as YAML) to a raw mapping."""
-    raw = json.loads(json.dumps(raw))
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key or any(not p for p in key.split(".")):
-            raise ValueError(f"override {item!r} must look like key.path=value.")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            value = text
-        node = raw
-        *parents, last = key.split(".")
-        for i, p in enumerate(parents):
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {'.'.join(parents[:i + 1])} is not a section.")
-        node[last] = value
-    return raw
-
-
+# -- loading (the machinery is config_loading.py, on OmegaConf) ---------------------------------------
 def from_dict(raw: dict) -> Config:
     """A validated Config from a plain mapping (e.g. a checkpoint's config.json)."""
-    return _validate(_build(Config, raw))
+    return _validate(typed(Config, raw))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
