@@ -170,3 +170,22 @@ def test_training_refuses_a_wrong_shape_before_the_first_step(tmp_path):
         train(tiny_config("data.name=npy", f"data.path={tmp_path / 'cube.npy'}", "data.n=null"), tmp_path / "run",
               progress=False)
     assert not (tmp_path / "run" / "metrics.csv").exists() and not (tmp_path / "run" / "config.json").exists()
+
+
+def test_a_run_saved_with_a_relative_path_works_from_its_directory(tmp_path, capsys, monkeypatch):
+    """Runs saved before data paths were stored absolute: resumed (the relative path then compares
+    equal to the same file given absolute) and scored from the directory they were trained in."""
+    import sde_diffusion.training.runs as runs
+
+    monkeypatch.chdir(tmp_path)
+    np.save("points.npy", GM.sample(200, torch.Generator().manual_seed(1)).numpy())
+    cfg = tiny_config("data.name=npy", "data.path=points.npy", "data.n=null", "train.steps=2")
+    with monkeypatch.context() as old:
+        old.setattr(runs, "absolute_data_path", lambda c: c)
+        train(cfg, "run", progress=False)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["path"] == "points.npy"
+    mean, se = _row(_nll(["--checkpoint", "run", "--n", "5", "--rtol", "1e-3", "--atol", "1e-3"], capsys), "nats/dim")
+    assert math.isfinite(mean) and se > 0
+    resumed = train(tiny_config("data.name=npy", "data.path=points.npy", "data.n=null", "train.steps=4"), "run",
+                    resume=True, progress=False)
+    assert resumed.step == 4 and resumed.config.data.path == str(tmp_path / "points.npy")
