@@ -16,9 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import is_exported, load_checkpoint, read_manifest, read_meta, resolve, sha256_file
-
-__all__ = ["SHIPPED", "COMMAND", "export", "load_shipped", "is_exported", "main"]
+from .checkpoint import load_checkpoint, read_manifest, read_meta, resolve, sha256_file
 
 SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "digits_vp"
 COMMAND = "sde-diffusion train --config configs/digits_vp.yaml --out runs/digits_vp"
