@@ -171,16 +171,18 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, divergence: 
     evaluations, memory of one graph); "func", torch.func vmap over samples of jacrev (one forward
     pass, one backward pass batched over the D basis vectors, memory N D^2 for the Jacobian), falling
     back to the loop for a score it rejects (``LikelihoodResult.jacobian`` says which ran);
-    "auto" (default): the loop on the CPU, where it measured as fast or faster, torch.func elsewhere
-    (batched kernels; not yet measured on a GPU). Fine for D up to a few hundred. Seconds per NFE,
-    batch 100, one thread of a shared 2-core CPU (``benchmarks/likelihood.py --models``):
+    "auto" (default): the loop on the CPU, torch.func elsewhere (batched kernels; not yet measured
+    on a GPU). Fine for D up to a few hundred. Seconds per NFE, batch 100, one thread of a shared
+    2-core CPU (``benchmarks/likelihood.py --models``; under load from other jobs all were 3-10x slower):
         model (D)          dtype    loop    torch.func   Hutchinson-1   Hutchinson-10
-        toy MLP (2)        float32  0.017   0.034        0.013          0.033
-        toy MLP (2)        float64  0.017   0.038        0.012          0.040
-        toy MLP (64)       float32  0.136   0.109        0.013          0.026
-        toy MLP (64)       float64  0.187   0.187        0.013          0.041
-        digits U-Net (64)  float32  5.85    11.2         0.245          1.01
-        digits U-Net (64)  float64  14.4    27.2         0.463          2.42
+        toy MLP (2)        float32  0.0014  0.0027       0.0010         0.0031
+        toy MLP (2)        float64  0.0016  0.0031       0.0012         0.0039
+        toy MLP (64)       float32  0.0166  0.0114       0.0011         0.0031
+        toy MLP (64)       float64  0.0263  0.0202       0.0014         0.0046
+        digits U-Net (64)  float32  1.79    3.15         0.065          0.301
+        digits U-Net (64)  float64  4.92    8.71         0.159          0.858
+    On this CPU torch.func wins for the MLP at D = 64 (1.3-1.5x; pass ``jacobian="func"``) and loses
+    at D = 2 and for the U-Net (1.8x slower), hence the loop by default.
     ``divergence="hutchinson"``: the Skilling-Hutchinson estimate tr J = E[v^T J v] with
     ``probes`` Rademacher or Gaussian vectors drawn once and held fixed along the trajectory,
     P backward passes per right-hand side; each probe is an independent estimate of delta, the
