@@ -8,6 +8,15 @@ over the flattened batch, copying torch <-> numpy at every evaluation (the appro
 score_sde_pytorch's likelihood.py), with the same divergence. Prints a markdown table, writes CSV.
 
     python benchmarks/likelihood.py --device cpu --n 512 --out benchmarks/out/likelihood.csv
+
+``--models``: instead, the cost of one NFE of the likelihood ODE on trained-model architectures, the
+toy MLP of configs/base/toy.yaml (D = 2 and 64) and the shipped digits U-Net (D = 64), batch 100, in
+float32 and float64: the exact trace by the vector-Jacobian loop and by torch.func (vmap of jacrev),
+and Hutchinson with 1 and 10 probes; then the wall time to the bits/dim of the 300 test digits
+(Hutchinson, one probe) with its standard error, and the exact divergence's time extrapolated from
+its NFE and cost per NFE.
+
+    OMP_NUM_THREADS=1 python benchmarks/likelihood.py --models --device cpu
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import torch
 from scipy.integrate import solve_ivp
 
 from sde_diffusion import SubVPSDE, VESDE, VPSDE, log_likelihood, random_mixture
-from sde_diffusion.likelihood import _draw_probes, _score_and_quadratic_forms
+from sde_diffusion.likelihood import _draw_probes, _score_and_quadratic_forms, _score_and_trace_func
 
 EPS = 1e-5
 
@@ -118,6 +127,76 @@ def summary(rows) -> str:
     return "\n".join(lines)
 
 
+def _per_nfe(fn, reps: int, device) -> float:
+    """Seconds per call of fn() (one warm-up call, then the mean of ``reps``)."""
+    fn()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / reps
+
+
+def model_costs(device, batch: int = 100) -> list[dict]:
+    """Seconds per NFE (one right-hand side: the score and its divergence) by divergence method."""
+    from sde_diffusion import build_model
+    from sde_diffusion.training.shipped import load_shipped
+
+    def mlp(dim):
+        torch.manual_seed(0)
+        return build_model("mlp", VPSDE(), dim=dim, hidden=64, blocks=2, embedding="sinusoidal", emb_dim=64)
+
+    models = [("toy MLP", (2,), mlp(2)), ("toy MLP", (64,), mlp(64)),
+              ("digits U-Net (shipped)", (1, 8, 8), load_shipped()[0])]
+    rows = []
+    for name, shape, model in models:
+        for dtype in (torch.float32, torch.float64):
+            model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+            gen = torch.Generator(device).manual_seed(0)
+            x = torch.randn((batch, *shape), generator=gen, device=device, dtype=dtype)
+            t = torch.full((batch,), 0.3, device=device, dtype=dtype)
+            reps = 2 if "U-Net" in name else 5
+            with torch.no_grad():
+                cost = {"exact loop": _per_nfe(lambda: _score_and_quadratic_forms(model, x, t, None), reps, device),
+                        "exact torch.func": _per_nfe(lambda: _score_and_trace_func(model, x, t), reps, device)}
+                for p in (1, 10):
+                    v = _draw_probes("rademacher", p, x, gen)
+                    cost[f"hutchinson-{p}"] = _per_nfe(lambda: _score_and_quadratic_forms(model, x, t, v), reps, device)
+            rows.append({"model": name, "D": math.prod(shape), "dtype": str(dtype).replace("torch.", ""), **cost})
+            print("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in rows[-1].values())
+                  + " |", flush=True)
+    return rows
+
+
+def digits_bpd(device, costs: list[dict], probes: int) -> None:
+    """Wall time to the bits/dim of the 300 test digits by the shipped model (Hutchinson with
+    ``probes`` probes), and the exact divergence's extrapolated from that NFE and its cost per NFE.
+    The s.e. over samples includes the probe noise; without it (the exact divergence's s.e.) it would
+    be sqrt((var_n(value) - mean_n se_n^2) / N), se_n the s.e. of point n over its probes (P >= 2)."""
+    from sde_diffusion.evaluation.nll_table import mean_se, nll_per_sample
+    from sde_diffusion.training.data import load_dataset
+    from sde_diffusion.training.shipped import load_shipped
+
+    model = load_shipped(device=device)[0]
+    test = load_dataset("digits", split="test")
+    start = time.perf_counter()
+    r = nll_per_sample(model, test.x.to(device), test.levels, generator=torch.Generator(device).manual_seed(0),
+                       batch_size=100, divergence="hutchinson", probes=probes, rtol=1e-5, atol=1e-5)
+    wall = time.perf_counter() - start
+    mean, se = mean_se(r.values)
+    nfe = sum(r.nfe)
+    print(f"\n300 test digits, Hutchinson ({probes} probes), dopri5 rtol=atol=1e-5, batch 100, float32: "
+          f"{mean:.3f} +- {se:.3f} bits/dim, NFE per batch {r.nfe}, wall {wall:.1f} s")
+    if probes > 1:
+        v = r.values.double()
+        exact_se = math.sqrt(max(float(v.var() - r.probe_se.double().square().mean()), 0.0) / len(v))
+        print(f"  s.e. without the probe noise (the exact divergence's): about {exact_se:.4f}")
+    unet = {r["dtype"]: r for r in costs if "U-Net" in r["model"]}["float32"]
+    for method in ("exact loop", "exact torch.func", "hutchinson-10"):
+        print(f"  {method}: about {nfe * unet[method]:.0f} s at the same NFE (extrapolated: NFE x cost per NFE)")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -126,7 +205,16 @@ def main():
     p.add_argument("--tols", nargs="+", type=float, default=[1e-3, 1e-5], help="rtol = atol values")
     p.add_argument("--methods", nargs="+", default=["exact", "hutchinson-1", "hutchinson-10",
                                                     "scipy-exact", "scipy-hutchinson-1"])
+    p.add_argument("--models", action="store_true", help="seconds per NFE on the toy MLP and digits U-Net, "
+                                                         "and the time to the test digits' bits/dim")
+    p.add_argument("--digits-probes", type=int, default=1, help="Hutchinson probes for the test digits (--models)")
     args = p.parse_args()
+    if args.models:
+        device = torch.device(args.device)
+        print(f"device={device}, threads={torch.get_num_threads()}, batch 100: seconds per NFE\n")
+        print("| model | D | dtype | exact loop | exact torch.func | Hutchinson-1 | Hutchinson-10 |\n" + "|---" * 7 + "|")
+        digits_bpd(device, model_costs(device), args.digits_probes)
+        return
     print(f"device={args.device}, n={args.n}, 64-D mixture (8 components), eps={EPS}\n")
     print(HEADER + "\n" + "|---" * 9 + "|")
     rows = run(args)

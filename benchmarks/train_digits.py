@@ -80,7 +80,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     bpd = nll_per_sample(model, ds_test.x, levels, generator=torch.Generator().manual_seed(0), batch_size=100,
-                         divergence="hutchinson", rtol=args.rtol, atol=args.rtol)
+                         divergence="hutchinson", rtol=args.rtol, atol=args.rtol).values
     rows.append(("probability-flow ODE (Hutchinson, dopri5, rtol=atol=%g)" % args.rtol, *mean_se(bpd),
                  len(bpd), time.perf_counter() - t0))
     schedule = ddpm_chain(cfg, sde)

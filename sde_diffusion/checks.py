@@ -9,6 +9,7 @@ never stall on them.  Entry points (``solvers.sample``, ``log_likelihood``) chec
 from __future__ import annotations
 
 import math
+import threading
 from contextlib import contextmanager
 from typing import Iterator, Union
 
@@ -46,9 +47,24 @@ def generator(name: str, value) -> torch.Generator | None:
     return value
 
 
+_STATE = threading.local()
+
+
+@contextmanager
+def values_unchecked() -> Iterator[None]:
+    """Skip the value checks (NaN, range) within, as on CUDA: for a function traced by torch.func
+    (``vmap`` cannot branch on values), whose caller has checked its inputs once before."""
+    before = getattr(_STATE, "off", False)
+    _STATE.off = True
+    try:
+        yield
+    finally:
+        _STATE.off = before
+
+
 def _inspect_values(x: torch.Tensor) -> bool:
-    """Value checks run where they cost no device synchronisation."""
-    return x.device.type == "cpu"
+    """Value checks run where they cost no device synchronisation, and not under ``values_unchecked``."""
+    return x.device.type == "cpu" and not getattr(_STATE, "off", False)
 
 
 def float_tensor(name: str, x, *, finite: bool = True) -> torch.Tensor:

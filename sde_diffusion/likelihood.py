@@ -33,7 +33,8 @@ class LikelihoodResult:
     stderr: the standard error of the Hutchinson mean over probes (0 for the exact divergence,
     NaN for a single probe); x_T: the flow's endpoint, so that with a known p_T the prior
     mismatch log p_T(x_T) - prior_log_prob is separable from the solver's error;
-    nfe: the number of score evaluations.
+    nfe: the number of score evaluations; jacobian: how the exact trace was computed ("func":
+    torch.func, "loop": vector-Jacobian products; "loop" for Hutchinson).
     """
 
     log_prob: torch.Tensor
@@ -42,6 +43,7 @@ class LikelihoodResult:
     stderr: torch.Tensor
     x_T: torch.Tensor
     nfe: int
+    jacobian: str = "loop"
 
 
 def per_sample_norm(state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -52,6 +54,9 @@ def per_sample_norm(state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """
     x, delta = state
     return torch.maximum(x.flatten(1).square().mean(1).sqrt(), delta.abs().amax(0)).amax()
+
+
+JACOBIANS = ("auto", "func", "loop")
 
 
 def _score_and_quadratic_forms(score_fn: ScoreFn, x: torch.Tensor, t: torch.Tensor,
@@ -78,6 +83,48 @@ def _score_and_quadratic_forms(score_fn: ScoreFn, x: torch.Tensor, t: torch.Tens
     return s.detach(), q.detach()
 
 
+def _score_and_trace_func(score_fn: ScoreFn, x: torch.Tensor,
+                          t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, tr J of shape (1, N)) by torch.func: vmap over samples of jacrev of the one-sample score
+    x_n -> score_fn(x_n[None], t_n[None])[0], i.e. one batched forward pass and one backward pass
+    batched over the D basis vectors, with the Jacobian (N, D, D) in memory. The value checks of
+    ``checks`` are skipped inside (vmap cannot branch on values; x and t were checked by the caller);
+    a score that branches on values (or is not functional) raises here, and the caller falls back."""
+    n, d = x.shape[0], x[0].numel()
+
+    def one(xn: torch.Tensor, tn: torch.Tensor):
+        s = checks.same_shape("score_fn", score_fn(xn[None], tn[None]), xn[None])[0]
+        return s, s
+
+    with torch.enable_grad(), checks.values_unchecked():
+        jac, s = torch.func.vmap(torch.func.jacrev(one, has_aux=True))(x.detach(), t)
+    return s.detach(), jac.reshape(n, d, d).diagonal(dim1=1, dim2=2).sum(-1).detach()[None]
+
+
+class _Divergence:
+    """The right-hand side's (s, q) of ``log_likelihood``: the exact trace by torch.func where the
+    score allows it (``jacobian`` "func", or "auto" off the CPU), else by the VJP loop; Hutchinson
+    quadratic forms by P VJPs. A score that torch.func rejects (data-dependent branches,
+    non-functional code) switches to the loop for the rest of the solve; ``used`` says which ran.
+    The first evaluation always runs the loop: it checks that the score has a graph to x (torch.func
+    would silently return a zero Jacobian for a detached score)."""
+
+    def __init__(self, score_fn: ScoreFn, probes: torch.Tensor | None, jacobian: str, device: torch.device):
+        self.score_fn, self.probes = score_fn, probes
+        func = jacobian == "func" or (jacobian == "auto" and device.type != "cpu")
+        self.used = "func" if probes is None and func else "loop"
+        self.checked = False
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.used == "func" and self.checked:
+            try:
+                return _score_and_trace_func(self.score_fn, x, t)
+            except (RuntimeError, NotImplementedError, TypeError):
+                self.used = "loop"
+        self.checked = True
+        return _score_and_quadratic_forms(self.score_fn, x, t, self.probes)
+
+
 def _draw_probes(noise: str, count: int, x: torch.Tensor,
                  generator: torch.Generator | None) -> torch.Tensor:
     """``count`` probes shaped like x: Rademacher (+-1) or standard Gaussian, E[v v^T] = I."""
@@ -88,7 +135,7 @@ def _draw_probes(noise: str, count: int, x: torch.Tensor,
 
 
 def _check_likelihood_args(score_fn, sde, x, divergence, probes, noise, method, rtol, atol, eps,
-                           generator):
+                           generator, jacobian):
     if not callable(score_fn):
         raise TypeError(f"score_fn must be a callable (x, t) -> score, got {type(score_fn).__name__}.")
     if not isinstance(sde, SDE):
@@ -99,6 +146,7 @@ def _check_likelihood_args(score_fn, sde, x, divergence, probes, noise, method, 
     checks.one_of("divergence", divergence, ("exact", "hutchinson"))
     checks.one_of("noise", noise, ("rademacher", "gaussian"))
     checks.one_of("method", method, ADAPTIVE_METHODS)
+    checks.one_of("jacobian", jacobian, JACOBIANS)
     checks.positive_int("probes", probes)
     if divergence == "exact" and probes != 1:
         raise ValueError(f"probes applies to divergence='hutchinson' only; got probes={probes} "
@@ -113,16 +161,28 @@ def _check_likelihood_args(score_fn, sde, x, divergence, probes, noise, method, 
 def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, divergence: str = "exact",
                    probes: int = 1, noise: str = "rademacher", method: str = "dopri5",
                    rtol: float = 1e-5, atol: float = 1e-5, eps: float = 1e-5,
-                   generator: torch.Generator | None = None,
+                   generator: torch.Generator | None = None, jacobian: str = "auto",
                    progress: bool = False) -> LikelihoodResult:
     """log p_eps(x) in nats per sample by the probability-flow ODE, on x's device and dtype.
 
     ``x``: (N, D) or (N, C, H, W), float32 or float64; ``generator`` (for the probes) on x's device.
-    ``divergence="exact"``: tr(ds/dx) from one forward pass of the score and D vector-Jacobian
-    products through its graph per right-hand side: cost ~ (1 + 2D) score evaluations, memory of
-    one graph; fine for D up to a few hundred. (Measured faster on CPU than a batched backward or
-    torch.func jvps; torch.func.vmap/jacrev is not used as it rejects score functions with
-    data-dependent checks, e.g. the analytic mixture's.)
+    ``divergence="exact"``: tr(ds/dx) per right-hand side, by ``jacobian``: "loop", one forward
+    pass of the score and D vector-Jacobian products through its graph (cost ~ (1 + 2D) score
+    evaluations, memory of one graph); "func", torch.func vmap over samples of jacrev (one forward
+    pass, one backward pass batched over the D basis vectors, memory N D^2 for the Jacobian), falling
+    back to the loop for a score it rejects (``LikelihoodResult.jacobian`` says which ran);
+    "auto" (default): the loop on the CPU, torch.func elsewhere (batched kernels; not yet measured
+    on a GPU). Fine for D up to a few hundred. Seconds per NFE, batch 100, one thread of a shared
+    2-core CPU (``benchmarks/likelihood.py --models``; under load from other jobs all were 3-10x slower):
+        model (D)          dtype    loop    torch.func   Hutchinson-1   Hutchinson-10
+        toy MLP (2)        float32  0.0014  0.0027       0.0010         0.0031
+        toy MLP (2)        float64  0.0016  0.0031       0.0012         0.0039
+        toy MLP (64)       float32  0.0166  0.0114       0.0011         0.0031
+        toy MLP (64)       float64  0.0263  0.0202       0.0014         0.0046
+        digits U-Net (64)  float32  1.79    3.15         0.065          0.301
+        digits U-Net (64)  float64  4.92    8.71         0.159          0.858
+    On this CPU torch.func wins for the MLP at D = 64 (1.3-1.5x; pass ``jacobian="func"``) and loses
+    at D = 2 and for the U-Net (1.8x slower), hence the loop by default.
     ``divergence="hutchinson"``: the Skilling-Hutchinson estimate tr J = E[v^T J v] with
     ``probes`` Rademacher or Gaussian vectors drawn once and held fixed along the trajectory,
     P backward passes per right-hand side; each probe is an independent estimate of delta, the
@@ -130,9 +190,11 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, divergence: 
     Integration: torchdiffeq ``method`` (adaptive) with rtol/atol enforced per sample (see
     ``per_sample_norm``), the last step landing exactly on T. ``nfe`` counts calls of score_fn.
     """
-    _check_likelihood_args(score_fn, sde, x, divergence, probes, noise, method, rtol, atol, eps, generator)
+    _check_likelihood_args(score_fn, sde, x, divergence, probes, noise, method, rtol, atol, eps, generator,
+                           jacobian)
     n, dim = x.shape[0], x[0].numel()
     v = None if divergence == "exact" else _draw_probes(noise, probes, x, generator)
+    div = _Divergence(score_fn, v, jacobian, x.device)
     nfe, bar = 0, tqdm(desc="log-likelihood ODE", unit="nfe", disable=not progress)
     seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (t, probe(s), probe(q)) per call
 
@@ -143,7 +205,7 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, divergence: 
         # h0 = 0.01 |y| / |f| huge); that probe only sizes the first step, so clamp t into [eps, T]
         tt = checks.time(t.to(xt.dtype).clamp(eps, sde.T), sde.T, batch=n, like=xt)
         coef, g2 = sde.drift_coef(tt), sde.diffusion(tt).square()
-        s, q = _score_and_quadratic_forms(score_fn, xt, tt, v)
+        s, q = div(xt, tt)
         seen.append((tt[0], (s * 0).sum(), (q * 0).sum()))  # NaN iff s or q is not finite; no sync
         nfe += 1
         bar.update(1)
@@ -171,7 +233,7 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, divergence: 
     else:
         stderr = delta.std(0) / math.sqrt(probes)
     _check_finite(seen, prior + mean)
-    return LikelihoodResult(prior + mean, prior, mean, stderr, x_T, nfe)
+    return LikelihoodResult(prior + mean, prior, mean, stderr, x_T, nfe, div.used)
 
 
 def _check_finite(seen: list, log_prob: torch.Tensor | None = None) -> None:
@@ -214,23 +276,12 @@ def _dequantize(k: torch.Tensor, u: torch.Tensor | float, levels: int,
     return torch.where(too_low, torch.nextafter(x, torch.full_like(x, math.inf)), x)
 
 
-def bits_per_dim(score_fn: ScoreFn, sde: SDE, x_discrete: torch.Tensor, *, levels: int = 256,
-                 data_range: tuple[float, float] = (-1.0, 1.0), dequantization: str = "uniform",
-                 n_dequant: int = 1, generator: torch.Generator | None = None,
-                 dtype: torch.dtype = torch.float32, **likelihood_kwargs) -> torch.Tensor:
-    """Bits per dimension of discrete data (integer levels 0..levels-1), per sample, shape (N,).
-
-    With the level map of ``data.py`` (bin width w = (hi - lo) / levels, x = lo + (k + u) w):
-        bpd(k) = -( (1/M) sum_j log p_eps(x_j) + D log w ) / (D ln 2),   x_j = lo + (k + u_j) w,
-    a plain average over M = ``n_dequant`` draws u_j ~ U[0, 1)^D (``dequantization="uniform"``).
-    By Jensen, log P(k) = log int_bin p >= E_u[log p(x)] + D log w, so this is an unbiased
-    estimate of an upper bound on the discrete NLL -log2 P(k) / D. For 8-bit data (levels=256) on
-    (-1, 1), w = 1/128 and the D log w term adds 7 bits/dim to the continuous NLL in bits: the
-    convention of the published CIFAR-10 figures. ``dequantization="none"`` uses the bin centres
-    (u = 1/2, M = 1): the midpoint rule, an approximation rather than a bound.
-    The continuous x has ``dtype`` on ``x_discrete``'s device; the M draws are solved as one batch
-    of M N points. Remaining keywords go to ``log_likelihood`` (divergence, probes, rtol, atol, eps, ...).
-    """
+def dequantize(x_discrete: torch.Tensor, *, levels: int = 256, data_range: tuple[float, float] = (-1.0, 1.0),
+               dequantization: str = "uniform", n_dequant: int = 1, generator: torch.Generator | None = None,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The continuous points of ``bits_per_dim``: x_j = lo + (k + u_j) w for M = ``n_dequant`` draws
+    u_j ~ U[0, 1)^D stacked as M N rows (draw j of sample n at row j N + n), or the bin centres
+    (u = 1/2) with ``dequantization="none"``; ``dtype`` on ``x_discrete``'s device."""
     if not isinstance(x_discrete, torch.Tensor) or x_discrete.is_floating_point() \
             or x_discrete.is_complex() or x_discrete.dtype == torch.bool:
         raise TypeError("x_discrete must be an integer tensor of levels 0..levels-1 (e.g. uint8), "
@@ -248,8 +299,34 @@ def bits_per_dim(score_fn: ScoreFn, sde: SDE, x_discrete: torch.Tensor, *, level
     k = x_discrete.repeat((n_dequant,) + (1,) * (x_discrete.ndim - 1))
     u = 0.5 if dequantization == "none" else torch.rand(
         k.shape, generator=generator, device=k.device, dtype=torch.float64)
-    x = _dequantize(k, u, levels, data_range, dtype)
-    log_p = log_likelihood(score_fn, sde, x, generator=generator, **likelihood_kwargs).log_prob
-    dim = x[0].numel()
-    log_p = log_p.reshape(n_dequant, x_discrete.shape[0]).mean(0)
+    return _dequantize(k, u, levels, data_range, dtype)
+
+
+def bits_from_log_prob(log_p: torch.Tensor, dim: int, levels: int,
+                       data_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+    """bpd = -(log p + D log w) / (D ln 2) of a dequantized density with bin width w = (hi - lo) / levels."""
     return -(log_p + dim * math.log(bin_width(levels, data_range))) / (dim * math.log(2))
+
+
+def bits_per_dim(score_fn: ScoreFn, sde: SDE, x_discrete: torch.Tensor, *, levels: int = 256,
+                 data_range: tuple[float, float] = (-1.0, 1.0), dequantization: str = "uniform",
+                 n_dequant: int = 1, generator: torch.Generator | None = None,
+                 dtype: torch.dtype = torch.float32, **likelihood_kwargs) -> torch.Tensor:
+    """Bits per dimension of discrete data (integer levels 0..levels-1), per sample, shape (N,).
+
+    With the level map of ``data.py`` (bin width w = (hi - lo) / levels, x = lo + (k + u) w):
+        bpd(k) = -( (1/M) sum_j log p_eps(x_j) + D log w ) / (D ln 2),   x_j = lo + (k + u_j) w,
+    a plain average over M = ``n_dequant`` draws u_j ~ U[0, 1)^D (``dequantization="uniform"``).
+    By Jensen, log P(k) = log int_bin p >= E_u[log p(x)] + D log w, so this is an unbiased
+    estimate of an upper bound on the discrete NLL -log2 P(k) / D. For 8-bit data (levels=256) on
+    (-1, 1), w = 1/128 and the D log w term adds 7 bits/dim to the continuous NLL in bits: the
+    convention of the published CIFAR-10 figures. ``dequantization="none"`` uses the bin centres
+    (u = 1/2, M = 1): the midpoint rule, an approximation rather than a bound.
+    The continuous x has ``dtype`` on ``x_discrete``'s device; the M draws are solved as one batch
+    of M N points (``dequantize``). Remaining keywords go to ``log_likelihood`` (divergence, probes, rtol, atol, eps, ...).
+    """
+    x = dequantize(x_discrete, levels=levels, data_range=data_range, dequantization=dequantization,
+                   n_dequant=n_dequant, generator=generator, dtype=dtype)
+    log_p = log_likelihood(score_fn, sde, x, generator=generator, **likelihood_kwargs).log_prob
+    log_p = log_p.reshape(n_dequant, x_discrete.shape[0]).mean(0)
+    return bits_from_log_prob(log_p, x[0].numel(), levels, data_range)

@@ -229,10 +229,10 @@ def tiny_run(tmp_path_factory):
 
 @pytest.fixture
 def nan_weights(monkeypatch):
-    """load_checkpoint as the CLI calls it (through shipped.load_model), with every weight of the
-    loaded model set to NaN."""
-    import sde_diffusion.training.shipped as shipped
-    load = shipped.load_checkpoint
+    """load_checkpoint as the CLI calls it (``training.checkpoint.load_checkpoint``, imported when a
+    command runs), with every weight of the loaded model set to NaN."""
+    import sde_diffusion.training.checkpoint as checkpoint
+    load = checkpoint.load_checkpoint
 
     def poisoned(*args, **kwargs):
         model, cfg = load(*args, **kwargs)
@@ -240,7 +240,7 @@ def nan_weights(monkeypatch):
             for p in model.parameters():
                 p.fill_(NAN)
         return model, cfg
-    monkeypatch.setattr(shipped, "load_checkpoint", poisoned)
+    monkeypatch.setattr(checkpoint, "load_checkpoint", poisoned)
 
 
 @pytest.mark.parametrize("argv, message", [

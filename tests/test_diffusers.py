@@ -11,6 +11,7 @@ float32 tables to float32 rounding (a check of our transcription of its three be
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shlex
@@ -323,7 +324,7 @@ def readme_example() -> tuple[str, list[str]]:
 
 def test_readme_example_runs(tmp_path, monkeypatch, capsys):
     """The README example builds a tiny UNet and 8-bit digits, then `compare --diffusers` writes its
-    report and table, and `nll --diffusers --data` prints bits/dim (finite, above the 7 bits/dim the
+    report and table, and `nll --diffusers --data --out` prints bits/dim and writes one CSV row per image and the JSON summary (finite, above the 7 bits/dim the
     bin width alone contributes minus the continuous density's log, i.e. any finite number > 0)."""
     python, commands = readme_example()
     assert len(commands) == 2 and "--diffusers" in commands[0] and commands[1].startswith("sde-diffusion nll")
@@ -333,9 +334,13 @@ def test_readme_example_runs(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     report = Path(re.search(r"report: (\S+)", out).group(1))
     assert report.is_file() and (report.parent / "results.csv").is_file()
-    assert cli.main(shlex.split(commands[1])[1:]) == 0
-    bpd = float(re.search(r"bits/dim: ([-\d.]+)", capsys.readouterr().out).group(1))
+    assert cli.main(shlex.split(commands[1])[1:] + ["--out", "nll_out"]) == 0
+    bpd = float(re.search(r"\| bits/dim\s*\| ([-\d.]+)", capsys.readouterr().out).group(1))
     assert math.isfinite(bpd) and bpd > 0
+    summary = json.loads(Path("nll_out/summary.json").read_text())
+    rows = Path("nll_out/per_sample.csv").read_text().splitlines()
+    assert summary["unit"] == "bits/dim" and summary["levels"] == 256 and abs(summary["mean"] - bpd) < 1e-4
+    assert len(rows) == 1 + summary["n"] and summary["model"].startswith("diffusers:")
 
 
 def test_sample_takes_a_diffusers_model_string(tmp_path):

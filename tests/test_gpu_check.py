@@ -125,11 +125,12 @@ def test_a_row_over_its_share_is_skipped_not_run(gpu_check):
 
 
 def test_exact_divergence_variants_are_found_from_the_allowed_values(gpu_check, monkeypatch):
-    """Today: the loop only. A log_likelihood with a torch.func option (issue #15), as a new
-    divergence value or as a new keyword, is found from its one-line ValueError, nothing required."""
+    """Today: the loop and torch.func through log_likelihood's ``jacobian`` keyword. Any option, as a
+    new divergence value or as a new keyword, is found from its one-line ValueError, nothing required."""
     import gpu_throughput as tp
 
-    assert tp.exact_variants() == {"exact": {"divergence": "exact"}}
+    jacobians = {f"exact[jacobian={v}]": {"divergence": "exact", "jacobian": v} for v in ("auto", "func", "loop")}
+    assert tp.exact_variants() == {"exact": {"divergence": "exact"}, **jacobians}
 
     def future(score_fn, sde, x, *, divergence="exact", jacobian="auto", **kwargs):
         if divergence not in ("exact", "hutchinson", "exact_func"):

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training.classifier_training import load_noisy_classifier
     from ..dequantize import DATA_RANGE, continuous_to_levels
     from ..training.distributed import chunk_seed, setup
-    from ..training.shipped import is_exported, load_model
+    from ..training.checkpoint import is_exported, load_checkpoint, read_meta
     from ..training.train import draw_samples
     from ..training.viz import save_samples
 
@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {getattr(args, name)}.")
     world, dev = setup(device(args.device))
-    model, cfg, meta = load_model(model_path(args), device=dev)
+    model, cfg = load_checkpoint(model_path(args), device=dev)
+    meta = read_meta(model_path(args))
     method, steps, n = args.method or cfg.sample.method, args.steps or cfg.sample.steps, args.n or cfg.sample.n
     shape = tuple(meta["event_shape"])
     if args.classifier_scale is not None and args.classifier is None:
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     tag = "" if args.label is None else f"_label{args.label}" + (
         f"_w{args.guidance:g}" if model.num_classes is not None else "") + (
         f"_c{scale:g}" if classifier is not None else "")
-    run = Path(args.diffusers or args.checkpoint)  # an exported model's folder (e.g. the package's assets) is not written to
+    run = Path(args.diffusers or args.checkpoint.removeprefix("diffusers:"))  # an exported model's folder (e.g. the package's assets) is not written to
     run = Path("runs") / run.resolve().name if is_exported(run) else run
     out = Path(args.out) if args.out else run / "samples" / f"{method}_{steps}{tag}"
     out.parent.mkdir(parents=True, exist_ok=True)

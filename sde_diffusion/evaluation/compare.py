@@ -209,13 +209,9 @@ def checkpoint_target(path: str, sde: str | None, n: int, device: torch.device, 
     """``model_target`` of a run directory, a checkpoint or ``diffusers:PATH``; ``sde`` (if given) must
     be the one it was trained with; ``data`` (a .npy/.npz file) replaces the model's data. Returns
     (target, model, cfg)."""
-    from ..training.checkpoint import load_checkpoint
-    from ..training.shipped import DIFFUSERS, load_model, with_data
+    from ..training.checkpoint import load_checkpoint, with_data
 
-    if path.startswith(DIFFUSERS):
-        model, cfg, _ = load_model(path, device=device)
-    else:
-        model, cfg = load_checkpoint(path, device=device)
+    model, cfg = load_checkpoint(path, device=device)
     cfg = with_data(cfg, data)
     trained = "vp" if cfg.sde.name == "ddpm" else cfg.sde.name
     if sde is not None and sde != trained:

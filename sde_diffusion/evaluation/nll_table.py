@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 
 from ..dequantize import DATA_RANGE, bin_width, continuous_to_levels
-from ..likelihood import bits_per_dim, log_likelihood
+from ..likelihood import bits_from_log_prob, dequantize, log_likelihood
 from ..schedule import DDPMSchedule
 from ..sde import VPSDE
 
@@ -72,19 +73,41 @@ def analytic_rows(target, n: int, device: torch.device, seed: int = 0) -> list[d
     return rows
 
 
+@dataclass(frozen=True)
+class PerSample:
+    """Per-sample NLL of ``nll_per_sample``: ``values`` (N,) in bits/dim (discrete data) or nats/dim,
+    ``probe_se`` (N,) the standard error of each value over its Hutchinson probes (0 for the exact
+    divergence, NaN for one probe), and per batch the score evaluations ``nfe`` and wall ``seconds``."""
+
+    values: torch.Tensor
+    probe_se: torch.Tensor
+    nfe: list[int]
+    seconds: list[float]
+
+
 def nll_per_sample(model, x: torch.Tensor, levels: int | None, *, generator, batch_size: int,
-                   **kwargs) -> torch.Tensor:
-    """Bits/dim per sample (discrete data, levels given) or nats/dim (continuous), shape (N,)."""
-    out = []
+                   **kwargs) -> PerSample:
+    """NLL per sample of x (its continuous values; for discrete data, ``levels`` given, the levels
+    k = ``continuous_to_levels(x)`` dequantized as in ``likelihood.bits_per_dim`` with one draw u):
+    bits/dim -(log p(x) + D log w) / (D ln 2), else nats/dim -log p(x) / D, in batches of
+    ``batch_size``. ``kwargs`` go to ``log_likelihood``."""
+    values, se, nfe, seconds = [], [], [], []
     for chunk in x.split(batch_size):
+        t0, dim = time.perf_counter(), chunk[0].numel()
         if levels:
             k = continuous_to_levels(chunk, levels, DATA_RANGE)
-            out.append(bits_per_dim(model, model.sde, k, levels=levels, data_range=DATA_RANGE,
-                                    generator=generator, **kwargs))
+            chunk = dequantize(k, levels=levels, data_range=DATA_RANGE, generator=generator, dtype=x.dtype)
+        r = log_likelihood(model, model.sde, chunk, generator=generator, **kwargs)
+        if levels:
+            values.append(bits_from_log_prob(r.log_prob, dim, levels, DATA_RANGE))
+            se.append(r.stderr / (dim * math.log(2)))
         else:
-            lp = log_likelihood(model, model.sde, chunk, generator=generator, **kwargs).log_prob
-            out.append(-lp / chunk[0].numel())
-    return torch.cat(out)
+            values.append(-r.log_prob / dim)
+            se.append(r.stderr / dim)
+        nfe.append(r.nfe)
+        seconds.append(time.perf_counter() - t0)
+    empty = x.new_zeros(0)
+    return PerSample(torch.cat(values) if values else empty, torch.cat(se) if se else empty, nfe, seconds)
 
 
 def model_rows(model, cfg, device: torch.device, n: int | None = None, n_vlb: int = 50, seed: int = 0,
@@ -103,7 +126,7 @@ def model_rows(model, cfg, device: torch.device, n: int | None = None, n_vlb: in
     gen = torch.Generator(device).manual_seed(seed)
     t0 = time.perf_counter()
     nll = nll_per_sample(model, test.x.to(device), levels, generator=gen, batch_size=100,
-                         divergence="hutchinson", rtol=rtol, atol=rtol)
+                         divergence="hutchinson", rtol=rtol, atol=rtol).values
     rows = [row(sde_name, f"PF-ODE (Hutchinson, dopri5, rtol=atol={rtol:g})", unit, nll, time.perf_counter() - t0)]
     if not levels:
         return rows

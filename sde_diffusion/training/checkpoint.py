@@ -201,24 +201,71 @@ def check_resumable(saved: Config, cfg: Config) -> None:
                          f"{', '.join(RESUMABLE_CHANGES)} may change on --resume.")
 
 
-def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu", sde=None, ema: bool = True):
-    """(ScoreModel with the EMA weights, Config) from a run directory or a checkpoint folder.
+def is_exported(path: str | Path) -> bool:
+    """Whether ``path`` is an exported model's folder (``meta.json``, e.g. ``assets/digits_vp``, written by
+    ``shipped.export``) rather than a training run or checkpoint folder."""
+    return (Path(path) / "meta.json").is_file()
 
-    With ``sde``, a checkpoint trained under a different SDE is refused, naming both.
-    """
-    from ..models import build_model
 
+def _read_export(path: Path) -> dict:
+    """An export's meta.json (event_shape, levels, step, dataset, sha256, command), its weights verified."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        want = meta["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ValueError(f"{str(path)!r} is not an exported model (meta.json unreadable or without sha256); "
+                         "see `python -m sde_diffusion.training.shipped --help`.") from None
+    if not (path / "ema.safetensors").is_file() or sha256_file(path / "ema.safetensors") != want:
+        raise ValueError(f"{str(path)!r}: ema.safetensors is missing or does not match meta.json's SHA-256.")
+    return meta
+
+
+def locate(path: str | Path) -> tuple[Path, dict]:
+    """(folder holding config.json and the weights, meta with event_shape and levels) of a model:
+    an exported model folder (meta.json), a run directory (its latest checkpoint), its ``checkpoints``
+    folder or one ``step_*`` folder (manifest.json), every file's size and hash verified. Other model
+    sources (a prefixed string such as ``diffusers:PATH``) are to be dispatched here."""
+    if is_exported(path):
+        return Path(path), _read_export(Path(path))
     ckpt = resolve(path)
     manifest = read_manifest(ckpt)
     if kind_of(manifest) != "score model":
         raise ValueError(f"checkpoint {str(ckpt)!r} holds a {kind_of(manifest)}, not a score model"
                          f"{' (pass it to sample as --classifier)' if kind_of(manifest) == 'noisy classifier' else ''}.")
-    cfg = read_config(ckpt)
+    return ckpt, manifest
+
+
+def read_meta(path: str | Path) -> dict:
+    """The data description of a model (event_shape, levels, dataset, step), as ``load_checkpoint`` reads it."""
+    if str(path).startswith(DIFFUSERS):
+        return load_diffusers(str(path)[len(DIFFUSERS):])[2]
+    return locate(path)[1]
+
+
+def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu", sde=None, ema: bool = True):
+    """(ScoreModel in eval mode, Config) from a run directory, a checkpoint folder, an exported model
+    folder (e.g. ``sde_diffusion/assets/digits_vp``), see ``locate``, or ``diffusers:PATH``, a local
+    diffusers model folder (``load_diffusers``); ``read_meta`` gives its data shape.
+
+    ``ema``: the EMA weights (an export holds only those). With ``sde``, a model trained under a
+    different SDE is refused, naming both.
+    """
+    from ..models import build_model
+
+    if str(path).startswith(DIFFUSERS):
+        model, cfg, _ = load_diffusers(str(path)[len(DIFFUSERS):], device)
+        if sde is not None and sde != model.sde:
+            raise ValueError(f"{str(path)!r} is a model of {model.sde}, not {sde}.")
+        return model.eval(), cfg
+    folder, meta = locate(path)
+    if not ema and is_exported(folder):
+        raise ValueError(f"{str(folder)!r} is an exported model: it holds the EMA weights only (ema=True).")
+    cfg = read_config(folder)
     saved_sde = build_sde(cfg)
     if sde is not None and sde != saved_sde:
-        raise ValueError(f"checkpoint {str(ckpt)!r} was trained with {saved_sde}, not {sde}.")
-    model = build_model(cfg.model.kind, saved_sde, **model_kwargs(cfg, manifest))
-    load_weights(model, ckpt, ema=ema, device="cpu")
+        raise ValueError(f"checkpoint {str(folder)!r} was trained with {saved_sde}, not {sde}.")
+    model = build_model(cfg.model.kind, saved_sde, **model_kwargs(cfg, meta))
+    load_weights(model, folder, ema=ema, device="cpu")
     return model.to(device).eval(), cfg
 
 
@@ -227,3 +274,32 @@ def model_kwargs(cfg: Config, meta: dict) -> dict:
     shape = tuple(meta["event_shape"])
     data_arg = {"dim": shape[0]} if cfg.model.kind == "mlp" else {"in_channels": shape[0]}
     return {"parameterization": cfg.model.parameterization, **data_arg, **cfg.model.params}
+
+
+# -- diffusers models: the model string diffusers:PATH ----------------------------------------------
+DIFFUSERS = "diffusers:"
+
+
+def load_diffusers(path: str | Path, device: torch.device | str = "cpu"):
+    """(score model, Config, meta) of a diffusers folder (``models.diffusers_adapter.from_diffusers``).
+    The Config holds only defaults (sde.name ``discrete``); such a model has no data of its own, so
+    commands that need data take a file (``with_data``). meta: the UNet's (C, H, W), 256 levels
+    (8-bit images on [-1, 1], diffusers' convention)."""
+    from ..models.diffusers_adapter import event_shape, from_diffusers
+
+    model = from_diffusers(path).to(device).requires_grad_(False)
+    cfg = Config()
+    cfg.sde.name, cfg.model.kind, cfg.model.parameterization = "discrete", "diffusers", model.parameterization
+    cfg.data.name, cfg.data.path = "npy", None
+    return model, cfg, {"event_shape": list(event_shape(model)), "levels": 256}
+
+
+def with_data(cfg, data: str | Path | None):
+    """``cfg`` with its data replaced by the .npy/.npz file ``data`` if given; a model without data of
+    its own (a diffusers model) needs one."""
+    if data is not None:
+        cfg.data.name, cfg.data.path = "npy", str(data)
+    elif cfg.data.name == "npy" and cfg.data.path is None:
+        raise ValueError("this model has no data of its own (a diffusers model): pass --data FILE, "
+                         "a .npy/.npz of images (uint8 levels 0..255).")
+    return cfg

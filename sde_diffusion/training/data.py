@@ -50,12 +50,14 @@ SPLITS = ("train", "test")
 @dataclass(frozen=True)
 class Dataset:
     """Samples ``x`` (float32, N x shape, in ``DATA_RANGE`` for discrete data), optional long labels
-    ``y`` (N,), ``levels`` per value for discrete data (None for continuous data) and a ``name``."""
+    ``y`` (N,), ``levels`` per value for discrete data (None for continuous data), a ``name`` and,
+    for users' files, ``source``: the file with the shape and dtype it was stored with."""
 
     x: torch.Tensor
     y: torch.Tensor | None = None
     levels: int | None = None
     name: str = "data"
+    source: str | None = None
 
     def __post_init__(self):
         checks.float_tensor("Dataset.x", self.x)
@@ -138,7 +140,7 @@ def _take(ds: Dataset, n: int, seed: int) -> Dataset:
     if n == len(ds):
         return ds
     idx = torch.from_numpy(np.sort(np.random.RandomState(seed).permutation(len(ds))[:n]))
-    return Dataset(ds.x[idx], None if ds.y is None else ds.y[idx], ds.levels, ds.name)
+    return Dataset(ds.x[idx], None if ds.y is None else ds.y[idx], ds.levels, ds.name, ds.source)
 
 
 def fixed_split(count: int, split: str, n_test: int) -> np.ndarray:
@@ -147,25 +149,82 @@ def fixed_split(count: int, split: str, n_test: int) -> np.ndarray:
     return np.sort(perm[:n_test] if split == "test" else perm[n_test:])
 
 
-def from_arrays(x: np.ndarray, y: np.ndarray | None, levels: int | None, name: str, source: Path) -> Dataset:
+def from_arrays(x: np.ndarray, y: np.ndarray | None, levels: int | None, name: str, source: Path,
+                stored: str | None = None) -> Dataset:
     """A Dataset from canonical arrays: integer x are levels 0..levels-1 mapped to bin centres,
-    float x are continuous values taken as-is (finite, |x| <= MAX_ABS)."""
+    float x are continuous values taken as-is (finite, |x| <= MAX_ABS). ``stored``: the file's own
+    "shape (...), dtype" where a reader changed the layout (default: x's)."""
+    stored = stored or describe(x)
     if x.dtype.kind in "ui":
         levels = 256 if levels is None else levels
         if x.size and (x.min() < 0 or x.max() > levels - 1):
-            raise ValueError(f"{source}: expected integer levels 0..{levels - 1}, got values in "
+            raise ValueError(f"{source} ({stored}): expected integer levels 0..{levels - 1}, got values in "
                              f"[{x.min()}, {x.max()}] (store 'levels' in the .npz for other ranges).")
         k = x.astype(np.uint8 if levels <= 256 else np.int64)  # 8-bit images stay small until scaled
         xt = levels_to_continuous(torch.from_numpy(k), levels, DATA_RANGE)
     elif x.dtype.kind == "f":
         if not np.isfinite(x).all() or np.abs(x).max(initial=0) > MAX_ABS:
-            raise ValueError(f"{source}: float data is used as-is and must be finite with |x| <= "
+            raise ValueError(f"{source} ({stored}): float data is used as-is and must be finite with |x| <= "
                              f"{MAX_ABS:g}; rescale it to about [-1, 1] or store integer levels.")
         xt, levels = torch.from_numpy(x.astype(np.float32)), None
     else:
-        raise ValueError(f"{source}: expected an integer or float array, got dtype {x.dtype}.")
+        raise ValueError(f"{source} ({stored}): expected an integer or float array, got dtype {x.dtype}.")
     yt = None if y is None else torch.from_numpy(readers.read_labels(y, len(x), source))
-    return Dataset(xt.contiguous(), yt, levels, name)
+    return Dataset(xt.contiguous(), yt, levels, name, f"{source} ({stored})")
+
+
+def describe(x: np.ndarray) -> str:
+    """"shape (N, ...), dtype" of an array, as error messages name data."""
+    return f"shape {tuple(x.shape)}, {x.dtype}"
+
+
+def load_file(path: str | Path, *, levels: int | None = None, n: int | None = None, seed: int = 0) -> Dataset:
+    """Every sample of a users' .npy/.npz file (no split), by the rules of dataset ``npy``
+    (``readers.read_array``, ``readers.image_layout``, ``from_arrays``); ``levels`` overrides the
+    file's for integer data (also float arrays of whole numbers 0..levels-1); ``n``: a seeded subset."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"data file {str(path)!r} does not exist.")
+    x, y, stored_levels = readers.read_array(path)
+    stored = describe(x)
+    if levels is not None:
+        checks.positive_int("levels", levels)
+        if x.dtype.kind == "f":
+            if not (np.isfinite(x).all() and (x == np.round(x)).all()):
+                raise ValueError(f"{path} ({stored}): levels={levels} needs whole numbers 0..{levels - 1}, "
+                                 "got non-integer floats (continuous data take no levels).")
+            x = x.astype(np.int64)
+    ds = from_arrays(readers.image_layout(x, path), y, levels or stored_levels, "npy", path, stored)
+    return ds if n is None else _take(ds, n, seed)
+
+
+def accepted_shapes(kind: str, params: dict, event_shape: tuple | None = None) -> str:
+    """The data shapes a model accepts, in words: a trained model's ``event_shape`` exactly; before
+    training an MLP any (N, D) and a U-Net any (N, C, S, S) with S = ``image_size``."""
+    if event_shape is not None:
+        return f"(N, {', '.join(map(str, event_shape))})"
+    if kind == "mlp":
+        return "(N, D) vectors"
+    return f"(N, C, {params.get('image_size', 8)}, {params.get('image_size', 8)}) images"
+
+
+def check_model_data(ds: Dataset, kind: str, params: dict, event_shape: tuple | None = None,
+                     what: str = "the model") -> None:
+    """Refuse data of a shape ``kind`` (with ``params``; a trained model: its ``event_shape``) does not
+    accept, before any compute: a one-line ValueError naming the file, its stored shape and dtype,
+    and the accepted shapes."""
+    shape = ds.shape
+    if event_shape is not None:
+        ok = shape == tuple(event_shape)
+    elif kind == "mlp":
+        ok = len(shape) == 1
+    else:
+        size = params.get("image_size", 8)
+        ok = len(shape) == 3 and shape[1:] == (size, size)
+    if not ok:
+        read_as = f"read as (N, {', '.join(map(str, shape))})"
+        raise ValueError(f"{ds.source or ds.name}: samples {read_as}; {what} ({kind}) accepts "
+                         f"{accepted_shapes(kind, params, event_shape)}.")
 
 
 # -- built-in toys (``toys.py``) ----------------------------------------------------------------
@@ -199,19 +258,20 @@ def _digits(split: str, path, n, seed) -> Dataset:
                        Path("sklearn.datasets.load_digits"))
 
 
-def _tenth(x: np.ndarray, y: np.ndarray | None, levels, split: str, name: str, source: Path) -> Dataset:
-    """The fixed 10% test split of data that has none."""
+def _tenth(x: np.ndarray, y: np.ndarray | None, levels, split: str, name: str, source: Path,
+           stored: str | None = None) -> Dataset:
+    """The fixed 10% test split of data that has none (``stored``: the file's shape and dtype)."""
     if split == "test" and len(x) < 10:
         raise ValueError(f"{source}: a test split needs at least 10 samples, got {len(x)}.")
     y = None if y is None else readers.read_labels(y, len(x), source)
     idx = fixed_split(len(x), split, len(x) // 10)
-    return from_arrays(x[idx], None if y is None else y[idx], levels, name, source)
+    return from_arrays(x[idx], None if y is None else y[idx], levels, name, source, stored)
 
 
 @register("npy", needs_path=True)
 def _npy(split: str, path: Path, n, seed) -> Dataset:
     x, y, levels = readers.read_array(path)
-    return _tenth(readers.image_layout(x, path), y, levels, split, "npy", path)
+    return _tenth(readers.image_layout(x, path), y, levels, split, "npy", path, describe(x))
 
 
 @register("png", needs_path=True)

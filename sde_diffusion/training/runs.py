@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import os
 import shutil
 import signal
@@ -71,10 +72,21 @@ def prepare_out_dir(out: Path, needed_bytes: int = 0) -> None:
                          f"checkpoints need about {needed_bytes / 2**20:.1f} MiB.")
 
 
+def absolute_data_path(cfg: Config) -> Config:
+    """``cfg`` with a relative ``data.path`` made absolute, taken from the working directory: runs
+    store their data path absolute, so a run is scored or resumed from any directory. (Runs saved
+    with a relative path, before this rule, find their data from the directory they were started in.)"""
+    if cfg.data.path is None or Path(cfg.data.path).is_absolute():
+        return cfg
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(Path(cfg.data.path).resolve())))
+
+
 def open_run(out: Path, cfg: Config | None, resume: bool, kind: str) -> tuple[Config, Path | None]:
     """(config, checkpoint to resume or None) for a run of ``kind`` in ``out``: a resumed run's
     checkpoint must be of that kind and ``cfg`` (None: the checkpoint's own) may change only the
-    resumable keys; a new run refuses a directory that already holds one."""
+    resumable keys; a new run refuses a directory that already holds one. The returned config's
+    ``data.path`` is absolute (``absolute_data_path``)."""
+    cfg = None if cfg is None else absolute_data_path(cfg)
     prepare_out_dir(out)
     ckpt = latest(out)
     if resume:
@@ -83,7 +95,7 @@ def open_run(out: Path, cfg: Config | None, resume: bool, kind: str) -> tuple[Co
         found = kind_of(read_manifest(ckpt))
         if found != kind:
             raise ValueError(f"--resume: {str(out)!r} holds a {found} run, not a {kind} run.")
-        saved = read_config(ckpt)
+        saved = absolute_data_path(read_config(ckpt))
         cfg = saved if cfg is None else cfg
         check_resumable(saved, cfg)
     elif ckpt is not None:

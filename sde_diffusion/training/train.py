@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import atomic_write_text, latest, load_weights, model_kwargs, read_state, save_checkpoint
 from .config import Config, build_schedule, build_sde, to_dict
-from .data import batches, load_dataset
+from .data import batches, check_model_data, load_dataset
 from .distributed import ddp, setup
 from ..guidance import NoisyClassifier, guided_score
 from ..losses import ddpm_loss, dsm_loss, sample_importance_time
@@ -114,6 +114,7 @@ def train(cfg: Config | None, out: str | Path, *, resume: bool = False,
     if tc.batch_size % world.size:
         raise ValueError(f"train.batch_size must be a multiple of the {world.size} processes; got {tc.batch_size}.")
     ds = load_dataset(cfg.data.name, split="train", path=cfg.data.path, n=cfg.data.n, seed=cfg.data.seed)
+    check_model_data(ds, cfg.model.kind, cfg.model.params, what="model.kind")
     meta = {"event_shape": list(ds.shape), "levels": ds.levels, "num_classes": ds.num_classes,
             "dataset": ds.name}
     torch.manual_seed(tc.seed)
