@@ -11,7 +11,7 @@ compares today's loader with these files field by field. Rerunning this script n
 the new loader against itself: do not, unless a change of the loaded values is intended.
 Issue 13 intended one: the new key model.sigma_data (null) everywhere, and the toy configs' edm
 parameterization, data.n null and 6,000 steps (the config JSONs and overrides.json were rewritten by
-this script, errors.json's loss.weighting message by hand).
+this script, errors.json's loss.weighting and model.parameterization messages by hand).
 """
 
 import json
