@@ -1,4 +1,5 @@
-"""Training objectives: denoising score matching in continuous time and DDPM's L_simple.
+"""Training objectives: denoising score matching in continuous time, and DDPM's L_simple, the true
+variational bound L_vlb and improved DDPM's hybrid objective on a discrete chain.
 
 Normalisation (one convention for both losses): the squared error of each sample is averaged over
 its D dimensions, then over the batch (``reduction="mean"``) or returned per sample (``"none"``).
@@ -13,6 +14,15 @@ EDM's weighting ("edm", Karras et al. 2022, sec. 5) for an ``edm`` model: with s
 x0_theta = D = c_skip x_ve + c_out F, eps_theta - z = -(D - x0) / sigma, so EDM's
 lambda_edm ||D - x0||^2 = (sigma^2 + sd^2) / (sigma sd)^2 ||D - x0||^2 = ||F - F_target||^2 (unit weight on
 the net's own output, F_target = (x0 - c_skip x_ve) / c_out) is ((sigma^2 + sd^2) / sd^2) ||eps_theta - z||^2.
+
+On the discrete chain (``ddpm_loss``, i ~ U{1..T}, one term of the bound per sample, ``vlb.py``):
+    simple   (Ho et al. 2020, eq. 14)      mean_d (eps_theta - z)^2,
+    mean_mse (Table 2, ||mu_tilde - mu_theta||^2)  mean_d (mu_tilde - mu_theta)^2
+             = beta_i^2 / (alpha_i (1 - abar_i)) mean_d (eps_theta - z)^2,
+    vlb      (eq. 5, "L")                  (L_T + T L_{i-1}) / (D ln 2), L_0 at i = 1: an unbiased estimate
+                                           of the whole bound in bits/dim,
+    hybrid   (Nichol & Dhariwal 2021, sec. 3.1)  simple + lambda vlb, lambda = 0.001, with the mean
+             held fixed (stop-gradient on eps_theta) in the vlb term, so that the bound trains only v.
 """
 
 from __future__ import annotations
@@ -21,12 +31,16 @@ from typing import Callable
 
 import torch
 
+import math
+
 from . import checks
 from .models.score_model import ScoreModel
 from .schedule import DDPMSchedule
 from .sde import SDE
+from .vlb import chain_prediction, decoder_nll, prior_kl, reverse_log_variance, step_kl
 
 WEIGHTINGS = ("sigma2", "likelihood", "none", "edm")
+OBJECTIVES = ("simple", "mean_mse", "vlb", "hybrid")
 _BISECTIONS = 64  # halves [eps, T] to below float64 resolution
 
 
@@ -118,18 +132,30 @@ def dsm_loss(model: ScoreModel, x0: torch.Tensor, *, weighting: str = "sigma2", 
 def ddpm_loss(model: ScoreModel | Callable, schedule: DDPMSchedule, x0: torch.Tensor, *,
               i: torch.Tensor | None = None, noise: torch.Tensor | None = None,
               y: torch.Tensor | None = None, generator: torch.Generator | None = None,
-              reduction: str = "mean") -> torch.Tensor:
-    """L_simple of DDPM Algorithm 1 (Ho et al. 2020): i ~ U{1..T}, z ~ N(0, I),
-    mean_d (z - eps_theta(sqrt(abar_i) x_0 + sqrt(1 - abar_i) z, t = i / T))^2.
+              reduction: str = "mean", objective: str = "simple", vlb_weight: float = 0.001,
+              levels: int | None = None, data_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+    """A DDPM objective (see the module) at i ~ U{1..T}, z ~ N(0, I), x_i = sqrt(abar_i) x_0 + sqrt(1 - abar_i) z.
 
-    ``model`` is an eps_fn(x, t[, y]) or a ScoreModel, whose prediction is converted to eps with
-    the chain's (sqrt(abar_i), sqrt(1 - abar_i)) (the identity for an eps-model).
+    ``objective``: ``simple`` (L_simple of DDPM Algorithm 1), ``mean_mse``, ``vlb`` or ``hybrid``
+    (L_simple + ``vlb_weight`` L_vlb, the mean stopped in L_vlb; needs a learned-variance model). The
+    bound's terms use the model's learned variance when it has one, else sigma_i^2 = beta_i (the fixed
+    isotropic Sigma); its decoder is discretized to ``levels`` bins of ``data_range`` (x_0 at their
+    centres) or, with ``levels`` None, a Gaussian density. ``model`` is an eps_fn(x, t[, y]) or a
+    ScoreModel, whose prediction is converted to eps with the chain's own marginals (the identity for
+    an eps-model).
     """
     if not isinstance(schedule, DDPMSchedule):
         raise TypeError(f"schedule must be a DDPMSchedule, got {type(schedule).__name__}.")
     if not callable(model):
         raise TypeError(f"model must be a ScoreModel or an eps_fn(x, t[, y]), got {type(model).__name__}.")
     checks.float_tensor("x0", x0)
+    checks.one_of("objective", objective, OBJECTIVES)
+    learned = getattr(model, "learned_variance", False)
+    if objective == "hybrid" and not learned:
+        raise ValueError("objective 'hybrid' trains a learned variance through L_vlb; it needs a ScoreModel "
+                         "with learned_variance=True (model.learned_variance: true).")
+    if not (isinstance(vlb_weight, (int, float)) and math.isfinite(vlb_weight) and vlb_weight > 0):
+        raise ValueError(f"vlb_weight must be a finite number > 0, got {vlb_weight!r}.")
     n = x0.shape[0]
     if i is None:
         i = torch.randint(1, schedule.T + 1, (n,), generator=generator, device=x0.device)
@@ -139,11 +165,17 @@ def ddpm_loss(model: ScoreModel | Callable, schedule: DDPMSchedule, x0: torch.Te
     z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype) if noise is None \
         else checks.same_shape("noise", noise, x0)
     xi = schedule.q_sample(x0, i, z)
-    t = schedule.time(i.to(x0.dtype))
-    if isinstance(model, ScoreModel):  # convert with the chain's own marginal, not the SDE limit's
-        abar = schedule.alphas_cumprod.to(x0.device)[i - 1].to(x0.dtype)
-        eps = model.predict(xi, t, y, kind="eps", marginal=(abar.sqrt(), (1 - abar).sqrt()))
-    else:
-        eps = checks.same_shape("eps_fn", model(xi, t) if y is None else model(xi, t, y), x0)
-    err = (eps - z).square().reshape(n, -1).mean(1)
-    return _reduce(err, reduction)
+    eps, v = chain_prediction(model, schedule, xi, i, y)
+    simple = (eps - z).square().reshape(n, -1).mean(1)
+    if objective == "simple":
+        return _reduce(simple, reduction)
+    if objective == "mean_mse":
+        b, ab = (schedule._take(t, i, x0) for t in (schedule.betas, schedule.alphas_cumprod))
+        return _reduce(b.square() / ((1 - b) * (1 - ab)) * simple, reduction)
+    mean = eps.detach() if objective == "hybrid" else eps
+    log_var = reverse_log_variance(schedule, i, "learned" if learned else "beta", v, xi)
+    first = i == 1
+    term = torch.where(first, decoder_nll(schedule, xi, mean, log_var, x0, levels, data_range),
+                       step_kl(schedule, i.clamp_min(2), mean, z, log_var))
+    vlb = (prior_kl(schedule, x0) + schedule.T * term) / (x0[0].numel() * math.log(2))
+    return _reduce(vlb if objective == "vlb" else simple + vlb_weight * vlb, reduction)

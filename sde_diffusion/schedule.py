@@ -1,7 +1,11 @@
-"""The discrete DDPM forward process (Ho et al. 2020) and its continuous-time limit.
+"""The discrete DDPM forward process (Ho et al. 2020), its continuous-time limit, and respacing.
 
 q(x_i | x_0) = N(sqrt(abar_i) x_0, (1 - abar_i) I),  abar_i = prod_{j<=i} (1 - beta_j),  i = 1..T.
 As T grows with beta_i = beta(i/T)/T, abar_i -> exp(-integral_0^{i/T} beta): the VP-SDE.
+
+Respacing (Nichol & Dhariwal 2021, sec. 4): a subsequence tau_1 < ... < tau_K = T of the steps is a
+chain of its own with abar'_k = abar_{tau_k} and beta'_k = 1 - abar_{tau_k} / abar_{tau_{k-1}}; its
+posterior variances beta_tilde'_k follow from these, and the model is still called at t = tau_k / T.
 """
 
 from __future__ import annotations
@@ -17,8 +21,89 @@ from .checks import bcast
 from .sde import VPSDE, CosineVPSDE, SDE
 
 
+class DiscreteSchedule:
+    """The tables every discrete chain derives from its betas (``DDPMSchedule``, ``RespacedSchedule``).
+    A subclass defines ``T`` (its number of steps), ``betas`` (T,) and ``times`` (T,), the model's
+    continuous time t_i of step i. Steps are 1-based; tables are float64 on the CPU."""
+
+    T: int
+    betas: torch.Tensor
+    times: torch.Tensor
+
+    @cached_property
+    def alphas(self) -> torch.Tensor:
+        """alpha_i = 1 - beta_i."""
+        return 1 - self.betas
+
+    @cached_property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """abar_i = prod_{j<=i} alpha_j, shape (T,)."""
+        return torch.cumprod(self.alphas, 0)
+
+    @cached_property
+    def alphas_cumprod_prev(self) -> torch.Tensor:
+        """abar_{i-1}, with abar_0 = 1."""
+        return torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
+
+    @cached_property
+    def abar_before(self) -> torch.Tensor:
+        """abar of the base chain's step just before each step (abar_{i-1} here; abar_{tau_k - 1} when
+        respaced): the one-step posterior mean that a ``mu`` model predicts refers to it."""
+        return self.alphas_cumprod_prev
+
+    @cached_property
+    def posterior_variance(self) -> torch.Tensor:
+        """beta_tilde_i = (1 - abar_{i-1}) / (1 - abar_i) beta_i, the variance of q(x_{i-1} | x_i, x_0)."""
+        return (1 - self.alphas_cumprod_prev) / (1 - self.alphas_cumprod) * self.betas
+
+    def _take(self, table: torch.Tensor, i, like: torch.Tensor) -> torch.Tensor:
+        """table[i - 1] for 1-based steps i (int or (N,) tensor), on ``like``'s device/dtype."""
+        idx = torch.as_tensor(i, device=table.device).long()
+        if idx.device.type == "cpu" and bool(((idx < 1) | (idx > self.T)).any()):
+            raise ValueError(f"step i must lie in 1..T = 1..{self.T}, got {i!r}.")
+        return table[idx - 1].to(device=like.device, dtype=like.dtype)
+
+    def q_sample(self, x0: torch.Tensor, i, noise: torch.Tensor) -> torch.Tensor:
+        """x_i = sqrt(abar_i) x_0 + sqrt(1 - abar_i) noise."""
+        checks.float_tensor("x0", x0)
+        checks.same_shape("noise", noise, x0)
+        ab = self._take(self.alphas_cumprod, torch.as_tensor(i).expand(x0.shape[0]), x0)
+        return bcast(ab.sqrt(), x0) * x0 + bcast((1 - ab).sqrt(), x0) * noise
+
+    def posterior_mean_coefs(self, i, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(c0, ct) with mu_tilde(x_i, x_0) = c0 x_0 + ct x_i (DDPM eq. 7):
+        c0 = sqrt(abar_{i-1}) beta_i / (1 - abar_i),  ct = sqrt(alpha_i) (1 - abar_{i-1}) / (1 - abar_i)."""
+        ab, ab_prev = (self._take(a, i, like) for a in (self.alphas_cumprod, self.alphas_cumprod_prev))
+        beta, alpha = self._take(self.betas, i, like), self._take(self.alphas, i, like)
+        return ab_prev.sqrt() * beta / (1 - ab), alpha.sqrt() * (1 - ab_prev) / (1 - ab)
+
+    @cached_property
+    def posterior_variance_clipped(self) -> torch.Tensor:
+        """beta_tilde_i with beta_tilde_1 = 0 replaced by beta_tilde_2 (beta_1 for a 1-step chain), as
+        DDPM's and improved DDPM's code do wherever a log variance or a decoder needs a positive value."""
+        bt = self.posterior_variance
+        return torch.cat([bt[1:2] if self.T > 1 else self.betas[:1], bt[1:]])
+
+    def sigma2(self, i, like: torch.Tensor, variance: str = "beta") -> torch.Tensor:
+        """The reverse-step variance sigma_i^2 of DDPM Algorithm 2: ``beta`` (beta_i) or
+        ``beta_tilde`` (beta_tilde_i; 0 at i = 1)."""
+        checks.one_of("variance", variance, ("beta", "beta_tilde"))
+        return self._take(self.betas if variance == "beta" else self.posterior_variance, i, like)
+
+    def to_sde(self) -> SDE:
+        raise NotImplementedError
+
+
+def learned_log_variance(v: torch.Tensor, beta: torch.Tensor, beta_tilde: torch.Tensor) -> torch.Tensor:
+    """log Sigma_theta = v log beta + (1 - v) log beta_tilde, i.e. Sigma_theta = exp(v log beta + (1 - v)
+    log beta_tilde) (Nichol & Dhariwal 2021, eq. 15): the model's output v interpolates the two extreme
+    reverse variances in the log domain, elementwise (v = 1: beta, v = 0: beta_tilde; v is not
+    constrained to [0, 1]). beta, beta_tilde > 0 broadcast against v."""
+    return v * beta.log() + (1 - v) * beta_tilde.log()
+
+
 @dataclass(frozen=True)
-class DDPMSchedule:
+class DDPMSchedule(DiscreteSchedule):
     """T noise levels beta_1..beta_T, ``linear`` between beta_1 and beta_T or ``cosine``
     (Nichol & Dhariwal 2021, offset s, betas clipped at 0.999). Steps are 1-based as in the paper.
     Tables are float64 on the CPU; lookups follow the device and dtype of the tensor they serve.
@@ -51,55 +136,24 @@ class DDPMSchedule:
         return (1 - f[1:] / f[:-1]).clamp(max=0.999)
 
     @cached_property
-    def alphas(self) -> torch.Tensor:
-        """alpha_i = 1 - beta_i."""
-        return 1 - self.betas
-
-    @cached_property
-    def alphas_cumprod(self) -> torch.Tensor:
-        """abar_i = prod_{j<=i} alpha_j, shape (T,)."""
-        return torch.cumprod(self.alphas, 0)
-
-    @cached_property
-    def alphas_cumprod_prev(self) -> torch.Tensor:
-        """abar_{i-1}, with abar_0 = 1."""
-        return torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
-
-    @cached_property
-    def posterior_variance(self) -> torch.Tensor:
-        """beta_tilde_i = (1 - abar_{i-1}) / (1 - abar_i) beta_i, the variance of q(x_{i-1} | x_i, x_0)."""
-        return (1 - self.alphas_cumprod_prev) / (1 - self.alphas_cumprod) * self.betas
-
-    def _take(self, table: torch.Tensor, i, like: torch.Tensor) -> torch.Tensor:
-        """table[i - 1] for 1-based steps i (int or (N,) tensor), on ``like``'s device/dtype."""
-        idx = torch.as_tensor(i, device=table.device).long()
-        if idx.device.type == "cpu" and bool(((idx < 1) | (idx > self.T)).any()):
-            raise ValueError(f"step i must lie in 1..T = 1..{self.T}, got {i!r}.")
-        return table[idx - 1].to(device=like.device, dtype=like.dtype)
-
-    def q_sample(self, x0: torch.Tensor, i, noise: torch.Tensor) -> torch.Tensor:
-        """x_i = sqrt(abar_i) x_0 + sqrt(1 - abar_i) noise."""
-        checks.float_tensor("x0", x0)
-        checks.same_shape("noise", noise, x0)
-        ab = self._take(self.alphas_cumprod, torch.as_tensor(i).expand(x0.shape[0]), x0)
-        return bcast(ab.sqrt(), x0) * x0 + bcast((1 - ab).sqrt(), x0) * noise
-
-    def posterior_mean_coefs(self, i, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(c0, ct) with mu_tilde(x_i, x_0) = c0 x_0 + ct x_i (DDPM eq. 7):
-        c0 = sqrt(abar_{i-1}) beta_i / (1 - abar_i),  ct = sqrt(alpha_i) (1 - abar_{i-1}) / (1 - abar_i)."""
-        ab, ab_prev = (self._take(a, i, like) for a in (self.alphas_cumprod, self.alphas_cumprod_prev))
-        beta, alpha = self._take(self.betas, i, like), self._take(self.alphas, i, like)
-        return ab_prev.sqrt() * beta / (1 - ab), alpha.sqrt() * (1 - ab_prev) / (1 - ab)
-
-    def sigma2(self, i, like: torch.Tensor, variance: str = "beta") -> torch.Tensor:
-        """The reverse-step variance sigma_i^2 of DDPM Algorithm 2: ``beta`` (beta_i) or
-        ``beta_tilde`` (beta_tilde_i; 0 at i = 1)."""
-        checks.one_of("variance", variance, ("beta", "beta_tilde"))
-        return self._take(self.betas if variance == "beta" else self.posterior_variance, i, like)
+    def times(self) -> torch.Tensor:
+        """t_i = i / T, the continuous time at which a model sees step i."""
+        return torch.arange(1, self.T + 1, dtype=torch.float64) / self.T
 
     def time(self, i) -> float | torch.Tensor:
         """The continuous time t = i / T of step i."""
         return i / self.T
+
+    def respace(self, K: int) -> "RespacedSchedule":
+        """The K-step chain on tau_k = round(1 + (k - 1)(T - 1)/(K - 1)), k = 1..K (evenly spaced,
+        tau_1 = 1, tau_K = T; improved DDPM's ``space_timesteps``; K = 1 keeps step T alone)."""
+        K = checks.positive_int("K", K)
+        if K > self.T:
+            raise ValueError(f"K must lie in 1..T = 1..{self.T}, got {K}.")
+        if K == 1:
+            return RespacedSchedule(self, (self.T,))
+        tau = torch.round(1 + torch.arange(K, dtype=torch.float64) * (self.T - 1) / (K - 1)).long()
+        return RespacedSchedule(self, tuple(tau.tolist()))
 
     def to_sde(self) -> SDE:
         """The SDE this chain converges to as T -> infinity with step i <-> t = i/T:
@@ -107,3 +161,53 @@ class DDPMSchedule:
         if self.kind == "linear":
             return VPSDE(beta_min=self.T * self.beta_1, beta_max=self.T * self.beta_T)
         return CosineVPSDE(s=self.s)
+
+
+@dataclass(frozen=True)
+class RespacedSchedule(DiscreteSchedule):
+    """The chain of a ``base`` schedule observed at its steps ``keep`` = (tau_1 < ... < tau_K = T):
+        alpha'_k = prod_{j = tau_{k-1}+1}^{tau_k} alpha_j = abar_{tau_k} / abar_{tau_{k-1}},  beta'_k = 1 - alpha'_k,
+    (tau_0 = 0; a block of one step keeps that step's own beta_j and alpha_j, so ``keep`` = 1..T is the base
+    chain table for table), abar'_k = abar_{tau_k}, and the model times t_k = tau_k / T. ``T`` is K."""
+
+    base: DDPMSchedule
+    keep: tuple[int, ...]
+
+    def __post_init__(self):
+        if not isinstance(self.base, DDPMSchedule):
+            raise TypeError(f"base must be a DDPMSchedule, got {type(self.base).__name__}.")
+        keep = tuple(int(k) for k in self.keep)
+        if not keep or keep[-1] != self.base.T or any(b <= a for a, b in zip(keep, keep[1:])) or keep[0] < 1:
+            raise ValueError(f"keep must be increasing steps in 1..{self.base.T} ending at T = {self.base.T}, "
+                             f"got {self.keep!r}.")
+        object.__setattr__(self, "keep", keep)
+
+    @property
+    def T(self) -> int:
+        return len(self.keep)
+
+    @cached_property
+    def betas(self) -> torch.Tensor:
+        """beta'_k: the base beta_j where a block holds one step j, else 1 - alpha'_k."""
+        ends = torch.tensor(self.keep)
+        single = ends - torch.tensor((0, *self.keep[:-1])) == 1
+        return torch.where(single, self.base.betas[ends - 1], 1 - self.alphas)
+
+    @cached_property
+    def alphas(self) -> torch.Tensor:
+        """alpha'_k, the product of the block's alphas (the base alpha_j itself for a block of one)."""
+        ends = self.keep
+        starts = (0, *ends[:-1])
+        return torch.stack([self.base.alphas[a:b].prod() for a, b in zip(starts, ends)])
+
+    @cached_property
+    def abar_before(self) -> torch.Tensor:
+        return self.base.alphas_cumprod_prev[torch.tensor(self.keep) - 1]
+
+    @cached_property
+    def times(self) -> torch.Tensor:
+        """t_k = tau_k / T_base."""
+        return torch.tensor(self.keep, dtype=torch.float64) / self.base.T
+
+    def to_sde(self) -> SDE:
+        return self.base.to_sde()

@@ -3,14 +3,19 @@
 For discrete data k with x_0 = lo + (k + 1/2) w (the bin centres of ``data.py``'s level map),
     -log p(x_0) <= L_T + sum_{i=2}^T L_{i-1} + L_0,
     L_T     = KL(q(x_T | x_0) || N(0, I)),
-    L_{i-1} = E_q KL(q(x_{i-1} | x_i, x_0) || p(x_{i-1} | x_i)),   p(x_{i-1} | x_i) = N(mu_i, sigma_i^2 I),
+    L_{i-1} = E_q KL(q(x_{i-1} | x_i, x_0) || p(x_{i-1} | x_i)),   p(x_{i-1} | x_i) = N(mu_i, Sigma_i),
     L_0     = -E_q log p(x_0 | x_1),
-with the eps parameterisation mu_i = (x_i - beta_i / sqrt(1 - abar_i) eps(x_i, i/T)) / sqrt(alpha_i).
-For x_i = sqrt(abar_i) x_0 + sqrt(1 - abar_i) z the KL is, per sample,
-    L_{i-1} = D/2 (log(sigma_i^2 / bt_i) + bt_i / sigma_i^2 - 1)
-              + beta_i^2 / (2 sigma_i^2 alpha_i (1 - abar_i)) ||eps(x_i, i/T) - z||^2,   bt_i = beta_tilde_i.
-The decoder p(x_0 | x_1) is DDPM's discretized Gaussian, generalised to ``levels`` bins: the mass of
-N(mu_1, sigma_1^2) over the bin of level k, the first and last bins extended to -inf and +inf.
+with the eps parameterisation mu_i = (x_i - beta_i / sqrt(1 - abar_i) eps(x_i, t_i)) / sqrt(alpha_i)
+(every ScoreModel is read as eps; a ``mu`` model's output is that mean). For
+x_i = sqrt(abar_i) x_0 + sqrt(1 - abar_i) z and a diagonal Sigma_i = diag(sigma_{i,d}^2) the KL is, per sample,
+    L_{i-1} = sum_d 1/2 (log(sigma_{i,d}^2 / bt_i) + bt_i / sigma_{i,d}^2 - 1
+                         + beta_i^2 / (sigma_{i,d}^2 alpha_i (1 - abar_i)) (eps_d(x_i, t_i) - z_d)^2),
+bt_i = beta_tilde_i. Sigma_i is beta_i, beta_tilde_i, or a learned-variance model's
+exp(v log beta_i + (1 - v) log bt_i) (Nichol & Dhariwal 2021, eq. 15; bt_1 = 0 is replaced by bt_2 in
+the decoder, as DDPM's and improved DDPM's code do). The decoder p(x_0 | x_1) is DDPM's discretized
+Gaussian, generalised to ``levels`` bins: the mass of N(mu_1, sigma_1^2) over the bin of level k, the
+first and last bins extended to -inf and +inf (a Gaussian density for continuous data, ``levels`` None).
+Any ``DiscreteSchedule`` works, a respaced one included (its model times t_i = tau_i / T).
 """
 
 from __future__ import annotations
@@ -21,9 +26,12 @@ from dataclasses import dataclass
 import torch
 
 from . import checks
-from .dequantize import bin_width, levels_to_continuous
-from .schedule import DDPMSchedule
+from .dequantize import bin_width, continuous_to_levels, levels_to_continuous
+from .models.score_model import ScoreModel
+from .schedule import DDPMSchedule, DiscreteSchedule, learned_log_variance
 from .sde import ScoreFn
+
+VARIANCES = ("auto", "beta", "beta_tilde", "learned")
 
 
 @dataclass(frozen=True)
@@ -42,81 +50,151 @@ class ScheduleMarginal:
         return ab.sqrt(), (1 - ab).sqrt()
 
 
-def _log_bin_mass(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """log(Phi(b) - Phi(a)) for a < b, evaluated in the lower tail (a + b <= 0) for accuracy."""
+def _log_bin_mass(a: torch.Tensor, b: torch.Tensor, first: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """log(Phi(b) - Phi(a)) for a < b, with a = -inf where ``first`` and b = +inf where ``last``:
+    log Phi(b) and log Phi(-a) there. Inner bins are evaluated in the lower tail (a + b <= 0) for
+    accuracy. Every branch sees finite inputs, so gradients stay finite (``torch.where``)."""
     flip = (a + b) > 0
-    a, b = torch.where(flip, -b, a), torch.where(flip, -a, b)
-    la, lb = torch.special.log_ndtr(a), torch.special.log_ndtr(b)
-    return lb + torch.log(-torch.expm1(la - lb))
+    lo, hi = torch.where(flip, -b, a), torch.where(flip, -a, b)
+    la, lb = torch.special.log_ndtr(lo), torch.special.log_ndtr(hi)
+    inner = lb + torch.log(-torch.expm1(la - lb))
+    return torch.where(first, torch.special.log_ndtr(b), torch.where(last, torch.special.log_ndtr(-a), inner))
 
 
 def _decoder_log_prob(k: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, levels: int,
                       data_range: tuple[float, float]) -> torch.Tensor:
-    """log p(x_0 = level k | x_1), summed over dims: sum_d log int_{bin k_d} N(y; mean_d, std^2) dy."""
+    """log p(x_0 = level k | x_1), summed over dims: sum_d log int_{bin k_d} N(y; mean_d, std^2) dy,
+    the first and last bins extended to -inf and +inf."""
     lo, w = float(data_range[0]), bin_width(levels, data_range)
     kf = k.to(mean.dtype)
-    lower = torch.where(k == 0, -math.inf, lo + kf * w)
-    upper = torch.where(k == levels - 1, math.inf, lo + (kf + 1) * w)
     std = checks.bcast(std, mean)
-    return _log_bin_mass((lower - mean) / std, (upper - mean) / std).flatten(1).sum(1)
+    a, b = (lo + kf * w - mean) / std, (lo + (kf + 1) * w - mean) / std
+    return _log_bin_mass(a, b, k == 0, k == levels - 1).flatten(1).sum(1)
 
 
-@torch.no_grad()  # inference: the eps_fn (e.g. a ScoreModel with trainable weights) records no graph
-def ddpm_vlb_terms(eps_fn: ScoreFn, schedule: DDPMSchedule, x_discrete: torch.Tensor, *,
+def chain_marginals(schedule: DiscreteSchedule, i: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(sqrt(abar_i), sqrt(1 - abar_i), m, s) at 1-based steps i (M,): the chain's marginal, and that of
+    the base chain's step before (the step a ``mu`` model's mean refers to; ``abar_before``)."""
+    ab, before = (schedule._take(a, i, like) for a in (schedule.alphas_cumprod, schedule.abar_before))
+    return ab.sqrt(), (1 - ab).sqrt(), before.sqrt(), (1 - before).sqrt()
+
+
+def chain_prediction(model: ScoreModel | ScoreFn, schedule: DiscreteSchedule, x: torch.Tensor, i: torch.Tensor,
+                     y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(eps, v) of ``model`` at x = x_i, step i (M,) of the chain, called at t = ``schedule.times``: a
+    ScoreModel converts with the chain's own marginals (v None unless it learns the variance); any
+    other callable is an eps_fn(x, t[, y])."""
+    t = schedule._take(schedule.times, i, x)
+    if isinstance(model, ScoreModel):
+        out = model.predict(x, t, y, kind="eps", marginal=chain_marginals(schedule, i, x),
+                            with_v=model.learned_variance)
+        return out if model.learned_variance else (out, None)
+    return checks.same_shape("eps_fn", model(x, t) if y is None else model(x, t, y), x), None
+
+
+def reverse_log_variance(schedule: DiscreteSchedule, i: torch.Tensor, variance: str, v: torch.Tensor | None,
+                         like: torch.Tensor) -> torch.Tensor:
+    """log sigma_i^2 of p(x_{i-1} | x_i) at steps i (M,): log beta_i, log beta_tilde_i (clipped at i = 1)
+    or, for ``learned``, v log beta_i + (1 - v) log beta_tilde_i (shaped like v); else shaped (M, 1, ...)."""
+    checks.one_of("variance", variance, VARIANCES[1:])
+    beta, bt = (checks.bcast(schedule._take(a, i, like), like)
+                for a in (schedule.betas, schedule.posterior_variance_clipped))
+    if variance == "learned":
+        if v is None:
+            raise ValueError("variance 'learned' needs a learned-variance model (its v).")
+        return learned_log_variance(v, beta, bt)
+    return (beta if variance == "beta" else bt).log()
+
+
+def step_kl(schedule: DiscreteSchedule, i: torch.Tensor, eps: torch.Tensor, z: torch.Tensor,
+            log_var: torch.Tensor) -> torch.Tensor:
+    """L_{i-1} per sample (M,) in nats, for steps i >= 2 (see the module); log_var broadcasts against eps."""
+    b, a, bt = (checks.bcast(schedule._take(t, i, eps), eps)
+                for t in (schedule.betas, schedule.alphas_cumprod, schedule.posterior_variance))
+    inv = torch.exp(-log_var)
+    per = log_var - bt.log() + bt * inv - 1 + b.square() / ((1 - b) * (1 - a)) * (eps - z).square() * inv
+    return 0.5 * per.flatten(1).sum(1)
+
+
+def decoder_nll(schedule: DiscreteSchedule, x1: torch.Tensor, eps: torch.Tensor, log_var: torch.Tensor,
+                x0: torch.Tensor, levels: int | None, data_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+    """L_0 = -log p(x_0 | x_1) per sample in nats, p = N(mu_1, sigma_1^2) discretized to ``levels`` bins
+    (x_0 the bin centres of the levels) or, with ``levels`` None, its density at x_0."""
+    one = torch.ones(x1.shape[0], dtype=torch.long, device=x1.device)
+    b, a = (checks.bcast(schedule._take(t, one, x1), x1) for t in (schedule.betas, schedule.alphas_cumprod))
+    mean = (x1 - b / (1 - a).sqrt() * eps) / (1 - b).sqrt()
+    log_var = log_var.expand_as(mean)
+    if levels is None:
+        return 0.5 * (log_var + math.log(2 * math.pi) + (x0 - mean).square() * torch.exp(-log_var)).flatten(1).sum(1)
+    k = continuous_to_levels(x0, levels, data_range)
+    return -_decoder_log_prob(k, mean, torch.exp(0.5 * log_var), levels, data_range)
+
+
+def prior_kl(schedule: DiscreteSchedule, x0: torch.Tensor) -> torch.Tensor:
+    """L_T = KL(N(sqrt(abar_T) x_0, (1 - abar_T) I) || N(0, I)) per sample, in nats."""
+    ab = schedule.alphas_cumprod[-1].to(device=x0.device, dtype=x0.dtype)
+    return 0.5 * (ab * x0.flatten(1).square().sum(1) - x0[0].numel() * (ab + torch.log1p(-ab)))
+
+
+def _variance(model, variance: str) -> str:
+    learned = getattr(model, "learned_variance", False)
+    if variance == "auto":
+        return "learned" if learned else "beta"
+    if variance == "learned" and not learned:
+        raise ValueError("variance 'learned' needs a ScoreModel with learned_variance=True.")
+    return variance
+
+
+@torch.no_grad()  # inference: the model (e.g. a ScoreModel with trainable weights) records no graph
+def ddpm_vlb_terms(eps_fn: ScoreModel | ScoreFn, schedule: DiscreteSchedule, x_discrete: torch.Tensor, *,
                    levels: int = 256, data_range: tuple[float, float] = (-1.0, 1.0),
-                   variance: str = "beta", generator: torch.Generator | None = None,
+                   variance: str = "auto", generator: torch.Generator | None = None,
                    dtype: torch.dtype = torch.float32,
                    max_batch: int = 8192) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(L_T, sum_{i=2}^T L_{i-1}, L_0) in nats per sample, each of shape (N,); see the module.
 
-    ``eps_fn(x, t)``: the model's noise prediction at step i, called with x = x_i of shape (M, ...)
-    and t = i/T as an (M,) tensor (the continuous time, as ``ScoreModel`` nets are called).
-    ``variance``: sigma_i^2 = beta_i (``beta``) or beta_tilde_i (``beta_tilde``); the decoder uses
-    sigma_1^2 = beta_1, or beta_tilde_2 for ``beta_tilde`` (beta_tilde_1 = 0), as DDPM's code does.
-    The sum over steps is exact (all T steps, evaluated in chunks of at most ``max_batch`` rows);
-    each term uses one draw x_i ~ q(x_i | x_0) per sample, so the result is an unbiased
-    single-draw estimate of each sample's bound.
+    ``eps_fn``: a ScoreModel (read as eps with the chain's marginals, ``chain_prediction``) or a
+    callable eps_fn(x, t) called with x = x_i of shape (M, ...) and t = t_i as an (M,) tensor.
+    ``variance``: sigma_i^2 = beta_i (``beta``), beta_tilde_i (``beta_tilde``) or the model's
+    learned one (``learned``); ``auto`` is ``learned`` for a learned-variance model, else ``beta``.
+    The decoder uses sigma_1^2 = beta_1, or beta_tilde_2 for ``beta_tilde`` (beta_tilde_1 = 0), as
+    DDPM's code does. The sum over steps is exact (all T steps, evaluated in chunks of at most
+    ``max_batch`` rows); each term uses one draw x_i ~ q(x_i | x_0) per sample, so the result is an
+    unbiased single-draw estimate of each sample's bound.
     """
     if not callable(eps_fn):
-        raise TypeError(f"eps_fn must be a callable (x, t) -> eps, got {type(eps_fn).__name__}.")
-    if not isinstance(schedule, DDPMSchedule) or schedule.T < 2:
-        raise ValueError(f"schedule must be a DDPMSchedule with T >= 2, got {schedule!r}.")
+        raise TypeError(f"eps_fn must be a ScoreModel or a callable (x, t) -> eps, got {type(eps_fn).__name__}.")
+    if not isinstance(schedule, DiscreteSchedule) or schedule.T < 2:
+        raise ValueError(f"schedule must be a DDPMSchedule (or a respaced one) with T >= 2, got {schedule!r}.")
     if not isinstance(x_discrete, torch.Tensor) or x_discrete.is_floating_point() or x_discrete.ndim < 2:
         raise TypeError("x_discrete must be an integer tensor (N, ...) of levels 0..levels-1, got "
                         f"{getattr(x_discrete, 'dtype', type(x_discrete).__name__)}.")
-    checks.one_of("variance", variance, ("beta", "beta_tilde"))
+    checks.one_of("variance", variance, VARIANCES)
+    variance = _variance(eps_fn, variance)
     checks.positive_int("max_batch", max_batch)
     if levels < 2:
         raise ValueError(f"levels must be >= 2 for the discretized decoder, got {levels}.")
     x0 = levels_to_continuous(x_discrete, levels, data_range, 0.5, dtype)
-    n, dim, steps = x0.shape[0], x0[0].numel(), schedule.T
-    tables = (schedule.betas, schedule.alphas_cumprod, schedule.posterior_variance)
-    beta, abar, btilde = (a.to(device=x0.device, dtype=dtype) for a in tables)
-    sigma2 = beta if variance == "beta" else torch.cat([btilde[1:2], btilde[1:]])
-
-    prior = 0.5 * (abar[-1] * x0.flatten(1).square().sum(1) - dim * (abar[-1] + torch.log1p(-abar[-1])))
+    n, steps = x0.shape[0], schedule.T
+    prior = prior_kl(schedule, x0)
     kl, decoder = torch.zeros_like(prior), torch.zeros_like(prior)
     chunk = max(1, max_batch // n)
     for start in range(0, steps, chunk):
-        i = torch.arange(start, min(start + chunk, steps), device=x0.device)  # 0-based: step i + 1
+        i = torch.arange(start + 1, min(start + chunk, steps) + 1, device=x0.device)  # 1-based steps
         idx = i.repeat_interleave(n)
         xr = x0.repeat((len(i),) + (1,) * (x0.ndim - 1))
         z = torch.randn(xr.shape, generator=generator, device=x0.device, dtype=dtype)
-        ab = checks.bcast(abar[idx], xr)
-        xi = ab.sqrt() * xr + (1 - ab).sqrt() * z
-        eps = checks.same_shape("eps_fn", eps_fn(xi, (idx + 1).to(dtype) / steps), xi)
-        sq = (eps - z).flatten(1).square().sum(1).reshape(len(i), n)
-        b, a, s2, bt = beta[i, None], abar[i, None], sigma2[i, None], btilde[i, None]
-        terms = b.square() / (2 * s2 * (1 - b) * (1 - a)) * sq
-        terms = terms + 0.5 * dim * (torch.log(s2 / bt) + bt / s2 - 1)
-        kl = kl + terms[i > 0].sum(0)
+        xi = schedule.q_sample(xr, idx, z)
+        eps, v = chain_prediction(eps_fn, schedule, xi, idx)
+        log_var = reverse_log_variance(schedule, idx, variance, v, xi)
+        later = idx > 1
+        kl = kl + torch.where(later, step_kl(schedule, idx.clamp_min(2), eps, z, log_var), 0).reshape(len(i), n).sum(0)
         if start == 0:
-            mean = (xi[:n] - (beta[0] / (1 - abar[0]).sqrt()) * eps[:n]) / (1 - beta[0]).sqrt()
-            decoder = -_decoder_log_prob(x_discrete, mean, sigma2[0].sqrt(), levels, data_range)
+            decoder = decoder_nll(schedule, xi[:n], eps[:n], log_var[:n], x0, levels, data_range)
     return prior, kl, decoder
 
 
-def ddpm_vlb_bits_per_dim(eps_fn: ScoreFn, schedule: DDPMSchedule, x_discrete: torch.Tensor,
+def ddpm_vlb_bits_per_dim(eps_fn: ScoreModel | ScoreFn, schedule: DiscreteSchedule, x_discrete: torch.Tensor,
                           **kwargs) -> torch.Tensor:
     """The DDPM bound (L_T + sum_{i=2}^T L_{i-1} + L_0) / (D ln 2) in bits per dimension, shape (N,);
     an upper bound on -log2 p(k) / D of the discrete model. Keywords as ``ddpm_vlb_terms``."""

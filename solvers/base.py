@@ -51,6 +51,21 @@ class CountingScore:
         self.probes.append((t.reshape(-1)[0], finite_probe(out)))
         return out
 
+    @property
+    def learned_variance(self) -> bool:
+        """Whether the score_fn also returns a learned variance's v (``score_and_v``, e.g. a
+        ScoreModel with learned_variance=True)."""
+        return bool(getattr(self.score_fn, "learned_variance", False)) and hasattr(self.score_fn, "score_and_v")
+
+    def with_v(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(score, v) from one call of ``score_fn.score_and_v``, counted as one evaluation."""
+        self.nfe += 1
+        score, v = self.score_fn.score_and_v(x, t)
+        checks.same_shape("score_fn", score, x)
+        checks.same_shape("v", v, x)
+        self.probes.append((t.reshape(-1)[0], finite_probe(score) + finite_probe(v)))
+        return score, v
+
 
 # -- options and capabilities -----------------------------------------------------------------
 @dataclass(frozen=True)

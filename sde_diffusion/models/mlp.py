@@ -28,10 +28,11 @@ class MLPScore(nn.Module):
 
     The time embedding (``fourier`` or ``sinusoidal``, width ``emb_dim``) goes through a two-layer
     SiLU MLP; with ``num_classes`` a label embedding (with the null label ``num_classes``) is added.
+    ``out_dim`` (default ``dim``) is 2 dim for a learned-variance model (prediction and v).
     """
 
     def __init__(self, dim: int, hidden: int = 256, blocks: int = 3, embedding: str = "fourier",
-                 emb_dim: int = 64, num_classes: int | None = None):
+                 emb_dim: int = 64, num_classes: int | None = None, out_dim: int | None = None):
         super().__init__()
         self.dim = checks.positive_int("dim", dim)
         checks.positive_int("hidden", hidden)
@@ -42,7 +43,7 @@ class MLPScore(nn.Module):
         self.label_embed = LabelEmbedding(num_classes, hidden) if num_classes is not None else None
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(_Block(hidden) for _ in range(blocks))
-        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim))
+        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, out_dim or dim))
 
     def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
         t = check_inputs(x, t, y, num_classes=self.num_classes, event_shape=f"(N, {self.dim})",

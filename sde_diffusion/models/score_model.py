@@ -1,5 +1,5 @@
-"""``ScoreModel``: a backbone read as a score, a noise prediction, a denoiser, a velocity or an
-EDM-preconditioned denoiser under an SDE.
+"""``ScoreModel``: a backbone read as a score, a noise prediction, a denoiser, a velocity, a
+posterior mean or an EDM-preconditioned denoiser under an SDE, optionally with a learned variance.
 
 The one place where the four predictions convert (an ``edm`` net predicts x0). With x_t = m(t) x_0 + s(t) z,
 (m, s) = ``sde.marginal(t)`` and z ~ N(0, I) (Song et al. 2021; Ho et al. 2020):
@@ -22,6 +22,17 @@ score error at t = 0.02 of 0.51 against 0.39). F's input and target have unit va
 level, and at high noise x0 -> the bounded c_out F, so the score -(x - m x0) / s^2 keeps the Gaussian
 tail -x / s^2 for inputs far outside the training data (an eps-net would have to output eps = x there,
 which a bounded network cannot extrapolate).
+
+``mu`` (Ho et al. 2020, sec. 3.2, the "mu_tilde prediction" rows of Table 2): the net predicts the mean
+of the reverse step from t to s = max(t - h, 0), h = ``mu_step`` (1/T for a T-step chain), i.e. the
+posterior mean mu_tilde(x_t, x_0) = E[x_s | x_t, x_0] at x_0's estimate. With a = m_t / m_s and
+G^2 = s_t^2 - a^2 s_s^2 (the variance of x_t given x_s),
+    mu = (x - (G^2 / s_t) eps) / a,      eps = (x - a mu) s_t / G^2,
+which on DDPM's chain (m = sqrt(abar)) is mu = (x_i - beta_i / sqrt(1 - abar_i) eps) / sqrt(alpha_i).
+
+A learned variance (Nichol & Dhariwal 2021, sec. 3.1): the net returns twice the channels (dim 1),
+the prediction and v; ``schedule.learned_variance`` reads v as Sigma = exp(v log beta + (1 - v) log
+beta_tilde) of the reverse step the caller takes (``predict(..., with_v=True)``, ``score_and_v``).
 """
 
 from __future__ import annotations
@@ -39,7 +50,7 @@ from .mlp import MLPScore
 from .unet import UNet
 
 PREDICTIONS = ("eps", "score", "x0", "v")     # what convert() maps between
-PARAMETERIZATIONS = (*PREDICTIONS, "edm")     # what a net may be trained as (edm predicts x0)
+PARAMETERIZATIONS = (*PREDICTIONS, "edm", "mu")  # what a net may be trained as (edm predicts x0)
 
 
 def edm_scalings(sigma: torch.Tensor, sigma_data: float | torch.Tensor
@@ -102,10 +113,13 @@ class ScoreModel(nn.Module):
     ``edm`` (see the module) calls net(c_in x / m, t) and reads its output through c_skip, c_out;
     ``sigma_data`` is kept as a buffer, so it travels with the weights (training sets it from the
     data unless the config names it; 0.5 is EDM's value for images in [-1, 1]).
+    ``mu`` needs ``mu_step`` h in (0, T), the step whose posterior mean the net predicts. With
+    ``learned_variance`` the net's output holds the prediction and v stacked along dim 1.
     """
 
     def __init__(self, net: Callable, sde: SDE, parameterization: str = "eps", *,
-                 input_scaling: bool = False, sigma_data: float | torch.Tensor = 0.5):
+                 input_scaling: bool = False, sigma_data: float | torch.Tensor = 0.5,
+                 learned_variance: bool = False, mu_step: float | None = None):
         super().__init__()
         if not callable(net):
             raise TypeError(f"net must be an nn.Module or a callable net(x, t[, y]), "
@@ -124,11 +138,19 @@ class ScoreModel(nn.Module):
             self.register_buffer("sigma_data", sd.reshape(()).clone())
         else:
             self.sigma_data = None
+        if self.parameterization == "mu":
+            if isinstance(mu_step, bool) or not isinstance(mu_step, (int, float)) or not 0 < mu_step < sde.T:
+                raise ValueError(f"parameterization 'mu' needs mu_step, the reverse step's length, in "
+                                 f"(0, T) = (0, {sde.T:g}) (1/T for a T-step chain), got {mu_step!r}.")
+            mu_step = float(mu_step)
+        self.mu_step = mu_step if self.parameterization == "mu" else None
+        self.learned_variance = bool(learned_variance)
 
     def with_net(self, net: Callable) -> "ScoreModel":
         """The same parameterization, SDE and scalings around another net (e.g. a DDP wrapper of it)."""
         return ScoreModel(net, self.sde, self.parameterization, input_scaling=self.input_scaling,
-                          sigma_data=0.5 if self.sigma_data is None else self.sigma_data)
+                          sigma_data=0.5 if self.sigma_data is None else self.sigma_data,
+                          learned_variance=self.learned_variance, mu_step=self.mu_step)
 
     @property
     def num_classes(self) -> int | None:
@@ -136,31 +158,50 @@ class ScoreModel(nn.Module):
         return getattr(self.net, "num_classes", None)
 
     def predict(self, x: torch.Tensor, t: Time, y: torch.Tensor | None = None, *,
-                kind: str | None = None, marginal: tuple | None = None) -> torch.Tensor:
-        """The ``kind`` prediction (default: the net's own parameterization; x0 for edm) at (x, t).
+                kind: str | None = None, marginal: tuple | None = None, with_v: bool = False):
+        """The ``kind`` prediction (default: the net's own parameterization; x0 for edm, eps for mu)
+        at (x, t); with ``with_v`` the pair (prediction, v) of a learned-variance model.
 
         ``marginal`` = (m, s), each (N,), replaces ``sde.marginal(t)``: for a discrete DDPM chain,
-        (sqrt(abar_i), sqrt(1 - abar_i)) at t = i / T_steps in (0, 1].
+        (sqrt(abar_i), sqrt(1 - abar_i)) at t = i / T_steps in (0, 1]; a ``mu`` model also takes the
+        previous step's (m_s, s_s) as a third and fourth entry (else ``sde.marginal(t - mu_step)``).
         """
         checks.float_tensor("x", x)
+        if with_v and not self.learned_variance:
+            raise ValueError("with_v needs a learned-variance model (learned_variance=True).")
         if marginal is None:
             t = checks.time(t, self.sde.T, batch=x.shape[0], like=x)
             m, s = self.sde.marginal(t)
         else:
             t = checks.time(t, max(self.sde.T, 1.0), batch=x.shape[0], like=x)
-            m, s = marginal
+            m, s = marginal[:2]
         if self.parameterization == "edm":
             sigma, x_ve = s / m, x / bcast(m, x)
             c_skip, c_out, c_in = edm_scalings(sigma, self.sigma_data.to(x.dtype))
-            out = bcast(c_skip, x) * x_ve + bcast(c_out, x) * self._net(bcast(c_in, x) * x_ve, t, y, x)
-            source = "x0"
+            raw, v = self._net(bcast(c_in, x) * x_ve, t, y, x)
+            out, source = bcast(c_skip, x) * x_ve + bcast(c_out, x) * raw, "x0"
         else:
             inp = x / bcast((m.square() + s.square()).sqrt(), x) if self.input_scaling else x
-            out, source = self._net(inp, t, y, x), self.parameterization
-        return convert(out, source, kind or source, x, m, s)
+            (out, v), source = self._net(inp, t, y, x), self.parameterization
+        if source == "mu":
+            m_s, s_s = marginal[2:] if marginal is not None and len(marginal) == 4 else \
+                self.sde.marginal((t - self.mu_step).clamp_min(0))
+            a = m / m_s
+            out, source = (x - bcast(a, x) * out) * bcast(s / (s.square() - (a * s_s).square()), x), "eps"
+        out = convert(out, source, kind or source, x, m, s)
+        return (out, v) if with_v else out
 
-    def _net(self, inp: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-        return checks.same_shape("net", self.net(inp, t) if y is None else self.net(inp, t, y), x)
+    def _net(self, inp: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None,
+             x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the net's prediction, its v or None), each shaped like x."""
+        out = self.net(inp, t) if y is None else self.net(inp, t, y)
+        if not self.learned_variance:
+            return checks.same_shape("net", out, x), None
+        want = (x.shape[0], 2 * x.shape[1], *x.shape[2:])
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
+            raise ValueError(f"a learned-variance net must return the prediction and v stacked along dim 1, "
+                             f"shape {want}; got {tuple(getattr(out, 'shape', ()))}.")
+        return out.chunk(2, dim=1)
 
     def score(self, x: torch.Tensor, t: Time, y: torch.Tensor | None = None) -> torch.Tensor:
         """grad_x log p_t(x [| y]) = -eps / s(t)."""
@@ -173,6 +214,11 @@ class ScoreModel(nn.Module):
     def x0(self, x: torch.Tensor, t: Time, y: torch.Tensor | None = None) -> torch.Tensor:
         """The denoised estimate E[x_0 | x_t = x] = (x + s^2 score) / m."""
         return self.predict(x, t, y, kind="x0")
+
+    def score_and_v(self, x: torch.Tensor, t: Time, y: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(score, v) of a learned-variance model in one net call (the ancestral sampler's input)."""
+        return self.predict(x, t, y, kind="score", with_v=True)
 
     def forward(self, x: torch.Tensor, t: Time, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.score(x, t, y)
@@ -196,15 +242,24 @@ class ScoreModel(nn.Module):
 NETS = {"mlp": MLPScore, "unet": UNet}
 
 
+_WIDTH = {"mlp": ("dim", "out_dim"), "unet": ("in_channels", "out_channels")}
+
+
 def build_model(kind: str, sde: SDE, *, parameterization: str = "eps", input_scaling: bool = False,
-                sigma_data: float = 0.5, **net_kwargs) -> ScoreModel:
+                sigma_data: float = 0.5, learned_variance: bool = False, mu_step: float | None = None,
+                **net_kwargs) -> ScoreModel:
     """``ScoreModel(NETS[kind](**net_kwargs), sde, parameterization, ...)`` with ``kind`` in {mlp, unet};
-    an unknown keyword fails naming it and the allowed ones."""
+    a learned-variance net gets twice the output width. An unknown keyword fails naming it and the
+    allowed ones."""
     cls = NETS[checks.one_of("model kind", kind, NETS)]
     allowed = [p for p in inspect.signature(cls).parameters]
     unknown = sorted(set(net_kwargs) - set(allowed))
     if unknown:
+        own = ['parameterization', 'input_scaling', 'sigma_data', 'learned_variance', 'mu_step']
         raise ValueError(f"unknown option(s) {', '.join(unknown)} for model {kind!r}; allowed: "
-                         f"{', '.join(allowed + ['parameterization', 'input_scaling', 'sigma_data'])}.")
+                         f"{', '.join(allowed + own)}.")
+    if learned_variance:
+        width, out = _WIDTH[kind]
+        net_kwargs[out] = 2 * net_kwargs.get(width, 1)
     return ScoreModel(cls(**net_kwargs), sde, parameterization, input_scaling=input_scaling,
-                      sigma_data=sigma_data)
+                      sigma_data=sigma_data, learned_variance=learned_variance, mu_step=mu_step)

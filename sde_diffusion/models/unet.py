@@ -89,12 +89,13 @@ class UNet(nn.Module):
     channels, the size halving (rounding up) between levels, ``blocks_per_level`` residual blocks
     per level on each side, attention at the levels whose size is in ``attention_resolutions`` and
     in the middle, and class conditioning through a label embedding with a null label when
-    ``num_classes`` is given."""
+    ``num_classes`` is given. ``out_channels`` (default ``in_channels``) is 2 in_channels for a
+    learned-variance model (prediction and v)."""
 
     def __init__(self, in_channels: int = 1, base_channels: int = 32, channel_mults: tuple = (1, 2),
                  blocks_per_level: int = 2, attention_resolutions: tuple = (4,), dropout: float = 0.0,
                  num_classes: int | None = None, image_size: int = 8, embedding: str = "sinusoidal",
-                 attention_heads: int = 4):
+                 attention_heads: int = 4, out_channels: int | None = None):
         super().__init__()
         self.in_channels = checks.positive_int("in_channels", in_channels)
         self.image_size = checks.positive_int("image_size", image_size)
@@ -122,7 +123,7 @@ class UNet(nn.Module):
                                 for c_prev, c, a in zip(chans[-1:] + chans[::-1], chans[::-1], attn[::-1]))
         self.upsample = nn.ModuleList(nn.Conv2d(c, c, 3, padding=1) for c in chans[:0:-1])
         self.out = nn.Sequential(_norm(chans[0]), nn.SiLU(),
-                                 _zero(nn.Conv2d(chans[0], in_channels, 3, padding=1)))
+                                 _zero(nn.Conv2d(chans[0], out_channels or in_channels, 3, padding=1)))
 
     def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
         size = self.image_size
