@@ -25,7 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import Config, RESUMABLE_CHANGES, build_sde, differences, from_dict, to_dict
+from .config import Config, RESUMABLE_CHANGES, build_schedule, build_sde, differences, from_dict, to_dict
 
 FILES = ("model.safetensors", "ema.safetensors", "state.pt", "config.json")
 FORMAT = 1
@@ -270,10 +270,14 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu", sde
 
 
 def model_kwargs(cfg: Config, meta: dict) -> dict:
-    """The backbone arguments: the config's ``model.params`` plus the data's shape."""
+    """The backbone arguments: the config's ``model.params`` plus the data's shape, the learned
+    variance, and for ``mu`` the length 1/T of the chain's step."""
     shape = tuple(meta["event_shape"])
     data_arg = {"dim": shape[0]} if cfg.model.kind == "mlp" else {"in_channels": shape[0]}
-    return {"parameterization": cfg.model.parameterization, **data_arg, **cfg.model.params}
+    extra = {"learned_variance": True} if cfg.model.learned_variance else {}
+    if cfg.model.parameterization == "mu":
+        extra["mu_step"] = 1 / build_schedule(cfg).T
+    return {"parameterization": cfg.model.parameterization, **data_arg, **extra, **cfg.model.params}
 
 
 # -- diffusers models: the model string diffusers:PATH ----------------------------------------------

@@ -40,17 +40,20 @@ class SDEConfig:
 @dataclass
 class ModelConfig:
     kind: str = "mlp"                                       # mlp | unet
-    parameterization: str = "eps"                           # eps | score | x0 | v | edm
+    parameterization: str = "eps"                           # eps | score | x0 | v | edm | mu (ddpm chains)
     params: dict = field(default_factory=dict)             # backbone arguments
     sigma_data: Optional[float] = None                      # edm: data std; null = estimated from the training data
+    learned_variance: bool = False                          # the net also outputs v (iDDPM); needs loss vlb or hybrid
 
 
 @dataclass
 class LossConfig:
-    kind: str = "dsm"                 # dsm (continuous t) | ddpm (L_simple on the schedule)
+    kind: str = "dsm"                 # dsm (continuous t) | ddpm (an objective on the discrete schedule)
     weighting: str = "sigma2"         # sigma2 | likelihood | none | edm (edm models)
     eps: float = 1e-5                 # t ~ U(eps, T)
     importance_sampling: bool = False
+    objective: str = "simple"         # ddpm: simple (L_simple) | mean_mse | vlb (the true bound L) | hybrid
+    vlb_weight: float = 0.001         # lambda of hybrid = L_simple + lambda L_vlb (Nichol & Dhariwal 2021)
 
 
 @dataclass
@@ -124,6 +127,7 @@ def _validate(cfg: Config) -> Config:
     if cfg.loss.kind == "ddpm" and cfg.sde.name != "ddpm":
         raise ValueError(f"loss.kind: 'ddpm' needs sde.name 'ddpm' (a discrete schedule), "
                          f"got sde.name {cfg.sde.name!r}.")
+    _check_objective(cfg)
     at_least = {1: {"train": ("steps", "batch_size", "log_every", "ckpt_every", "keep"), "sample": ("steps", "n"),
                     "classifier": ("hidden", "layers", "steps", "batch_size", "ckpt_every")},
                 0: {"train": ("warmup", "sample_every", "seed"), "classifier": ("seed",)}}
@@ -153,6 +157,27 @@ def _validate(cfg: Config) -> Config:
     return cfg
 
 
+def _check_objective(cfg: Config) -> None:
+    """loss.objective, loss.vlb_weight, model.learned_variance and the mu parameterization together."""
+    from ..losses import OBJECTIVES
+
+    loss, model = cfg.loss, cfg.model
+    _one_of("loss.objective", loss.objective, OBJECTIVES)
+    if loss.objective != "simple" and loss.kind != "ddpm":
+        raise ValueError(f"loss.objective: {loss.objective!r} is an objective of the discrete chain; it needs "
+                         f"loss.kind 'ddpm' (and sde.name 'ddpm'), got loss.kind {loss.kind!r}.")
+    if not (math.isfinite(loss.vlb_weight) and loss.vlb_weight > 0):
+        raise ValueError(f"loss.vlb_weight: must be a finite number > 0, got {loss.vlb_weight}.")
+    if model.learned_variance and loss.objective not in ("vlb", "hybrid"):
+        raise ValueError(f"model.learned_variance: only the bound trains v; it needs loss.objective 'vlb' or "
+                         f"'hybrid', got {loss.objective!r}.")
+    if loss.objective == "hybrid" and not model.learned_variance:
+        raise ValueError("loss.objective: 'hybrid' trains a learned variance; set model.learned_variance: true.")
+    if model.parameterization == "mu" and cfg.sde.name != "ddpm":
+        raise ValueError(f"model.parameterization: 'mu' predicts the posterior mean of a discrete chain's step; "
+                         f"it needs sde.name 'ddpm', got {cfg.sde.name!r}.")
+
+
 def _params(path: str, cls: type, params: dict) -> dict:
     """Check a params mapping against the init fields of dataclass ``cls``, naming unknown keys."""
     allowed = [f.name for f in dataclasses.fields(cls) if f.init]
@@ -170,7 +195,8 @@ def _check_model(model: ModelConfig) -> None:
 
     _one_of("model.kind", model.kind, NETS)
     _one_of("model.parameterization", model.parameterization, PARAMETERIZATIONS)
-    allowed = [p for p in inspect.signature(NETS[model.kind]).parameters if p not in ("dim", "in_channels")]
+    derived = ("dim", "in_channels", "out_dim", "out_channels")  # from the data and model.learned_variance
+    allowed = [p for p in inspect.signature(NETS[model.kind]).parameters if p not in derived]
     for key in model.params:
         if key not in allowed + ["input_scaling"]:
             raise ValueError(f"model.params.{key}: unknown key for model {model.kind!r}; allowed: "

@@ -1,7 +1,7 @@
 """Training: AdamW with linear warm-up, gradient clipping, an EMA of the weights, atomic checkpoints.
 
 One step: x_0 ~ data (``data.batches``, epochs of seeded permutations), loss = ``dsm_loss`` (t ~ U(eps, T),
-or importance-sampled) or the DDPM ``ddpm_loss``, AdamW step with lr_k = lr min(1, k / warmup),
+or importance-sampled) or the DDPM ``ddpm_loss`` (``loss.objective``: L_simple, the bound, hybrid, ...), AdamW step with lr_k = lr min(1, k / warmup),
 then EMA update  theta_ema <- decay theta_ema + (1 - decay) theta  (``torch.optim.swa_utils``).
 
 Reproducible: the run is a function of the config's seeds. A checkpoint stores the weights, the EMA,
@@ -161,7 +161,8 @@ def train(cfg: Config | None, out: str | Path, *, resume: bool = False,
         x0, y, draws = world.shard(x0), world.shard(y), {k: world.shard(v) for k, v in draws.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             if cfg.loss.kind == "ddpm":
-                return ddpm_loss(trainee, schedule, x0, y=y, generator=noise_gen, **draws)
+                return ddpm_loss(trainee, schedule, x0, y=y, generator=noise_gen, objective=cfg.loss.objective,
+                                 vlb_weight=cfg.loss.vlb_weight, levels=ds.levels, **draws)
             return dsm_loss(trainee, x0, weighting=cfg.loss.weighting, eps=cfg.loss.eps,
                             importance_sampling=cfg.loss.importance_sampling, y=y, generator=noise_gen, **draws)
 
