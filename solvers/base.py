@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from sde_diffusion import checks
 from sde_diffusion.sde import SDE, ScoreFn
+from sde_diffusion.vlb import chain_prediction
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,15 @@ class CountingScore:
         """Whether the score_fn also returns a learned variance's v (``score_and_v``, e.g. a
         ScoreModel with learned_variance=True)."""
         return bool(getattr(self.score_fn, "learned_variance", False)) and hasattr(self.score_fn, "score_and_v")
+
+    def on_chain(self, x: torch.Tensor, schedule, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(eps, v or None) of a ScoreModel at step ``step`` (1-based) of a discrete chain, read with the
+        chain's own marginals (``vlb.chain_prediction``), counted as one evaluation."""
+        self.nfe += 1
+        i = torch.full((x.shape[0],), step, device=x.device, dtype=torch.long)
+        eps, v = chain_prediction(self.score_fn, schedule, x, i)
+        self.probes.append((schedule.times[step - 1].to(x.device), finite_probe(eps)))
+        return eps, v
 
     def with_v(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(score, v) from one call of ``score_fn.score_and_v``, counted as one evaluation."""

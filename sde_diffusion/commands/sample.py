@@ -20,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", help="sampler (see solvers.available(); default: the config's sample.method)")
     p.add_argument("--steps", type=int, help="number of steps (default: the config's sample.steps)")
     p.add_argument("--n", type=int, help="number of samples (default: the config's sample.n)")
+    p.add_argument("--respace", action="store_true",
+                   help="with --method ancestral on a DDPM-chain model (sde.name ddpm): run the chain's own "
+                        "steps respaced to --steps, variances recomputed (Nichol & Dhariwal 2021, sec. 4)")
     p.add_argument("--batch-size", type=int,
                    help="samples per sampler call, batch i seeded by the seed and i (default: all at once); "
                         "under torchrun each rank takes whole batches")
@@ -42,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from ..dequantize import DATA_RANGE, continuous_to_levels
     from ..training.distributed import chunk_seed, setup
     from ..training.checkpoint import is_exported, load_checkpoint, read_meta
+    from ..training.config import build_schedule
     from ..training.train import draw_samples
     from ..training.viz import save_samples
 
@@ -58,9 +62,18 @@ def run(args: argparse.Namespace) -> int:
     classifier = None if args.classifier is None else load_noisy_classifier(
         args.classifier, device=dev, sde=model.sde, event_shape=shape)[0]
     scale = 1.0 if args.classifier_scale is None else args.classifier_scale
+    options = {}
+    if args.respace:
+        chain = build_schedule(cfg)
+        if method != "ancestral" or chain is None:
+            raise ValueError(f"--respace runs the ancestral sampler on a DDPM chain: it needs --method ancestral "
+                             f"and a model trained with sde.name ddpm; got method {method!r}, sde.name {cfg.sde.name!r}.")
+        if steps > chain.T:
+            raise ValueError(f"--respace: --steps must lie in 1..T = 1..{chain.T}, got {steps}.")
+        options["schedule"] = chain.respace(steps)
     results = [draw_samples(model, cfg, shape, device=dev, seed=chunk_seed(args.seed or 0, i), n=b - a,
                             method=method, steps=steps, label=args.label, guidance=args.guidance,
-                            classifier=classifier, classifier_scale=scale)
+                            classifier=classifier, classifier_scale=scale, **options)
                for i, a, b in world.chunks(n, args.batch_size or n)]
     x = world.gather(torch.cat([r.x for r in results]) if results else torch.zeros(0, *shape, device=dev))
     nfe = int(world.sum(torch.tensor(sum(r.nfe for r in results), device=dev)))
@@ -71,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         f"_c{scale:g}" if classifier is not None else "")
     run = Path(args.diffusers or args.checkpoint.removeprefix("diffusers:"))  # an exported model's folder (e.g. the package's assets) is not written to
     run = Path("runs") / run.resolve().name if is_exported(run) else run
+    tag = ("_respaced" if args.respace else "") + tag
     out = Path(args.out) if args.out else run / "samples" / f"{method}_{steps}{tag}"
     out.parent.mkdir(parents=True, exist_ok=True)
     x, levels = x.cpu(), meta["levels"]

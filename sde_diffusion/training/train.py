@@ -48,11 +48,12 @@ class TrainResult:
 def draw_samples(model: ScoreModel, cfg: Config, shape: tuple[int, ...], *, device, seed: int,
                  n: int | None = None, method: str | None = None, steps: int | None = None,
                  label: int | None = None, guidance: float = 0.0, classifier: NoisyClassifier | None = None,
-                 classifier_scale: float = 1.0):
+                 classifier_scale: float = 1.0, **options):
     """``solvers.sample`` from ``model`` by the config's (or the given) method, leaving the global RNG
     untouched; returns the SampleResult. With ``label``, samples of that class under classifier-free
     guidance weight ``guidance`` (a conditional model) and/or a noisy ``classifier`` with weight
-    ``classifier_scale`` (``guidance.guided_score``)."""
+    ``classifier_scale`` (``guidance.guided_score``). ``options`` go to the method (e.g. ancestral's
+    ``schedule``)."""
     import solvers
 
     n = n or cfg.sample.n
@@ -65,7 +66,7 @@ def draw_samples(model: ScoreModel, cfg: Config, shape: tuple[int, ...], *, devi
         gen = torch.Generator(device).manual_seed(seed)
         return solvers.sample(score_fn, model.sde, (n, *shape),
                               method=method or cfg.sample.method, steps=steps or cfg.sample.steps,
-                              eps=cfg.sample.eps, generator=gen, device=device)
+                              eps=cfg.sample.eps, generator=gen, device=device, **options)
 
 
 def _global_draws(cfg: Config, schedule, x0: torch.Tensor, gen: torch.Generator) -> dict:
