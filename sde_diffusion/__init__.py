@@ -11,7 +11,7 @@ from .losses import ddpm_loss, dsm_loss
 from .models import MLPScore, ScoreModel, UNet, build_model, from_denoiser
 from .models.diffusers_adapter import from_diffusers
 from .reverse import ReverseSDE
-from .schedule import DDPMSchedule
+from .schedule import DDPMSchedule, RespacedSchedule, learned_log_variance
 from .sde import SDE, CosineVPSDE, DiscreteVPSDE, SubVPSDE, VESDE, VPSDE, get_sde
 from .vlb import ddpm_vlb_bits_per_dim
 
@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SDE", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", "DiscreteVPSDE", "get_sde", "ReverseSDE",
-    "DDPMSchedule", "GaussianMixture", "ring2d", "grid2d", "random_mixture",
+    "DDPMSchedule", "RespacedSchedule", "learned_log_variance", "GaussianMixture", "ring2d", "grid2d", "random_mixture",
     "Dataset", "load_dataset", "available_datasets", "batches",
     "MLPScore", "UNet", "ScoreModel", "build_model", "from_diffusers", "from_denoiser", "dsm_loss", "ddpm_loss",
     "classifier_guided", "guided_score", "NoisyClassifier", "train_classifier", "train_noisy_classifier",

@@ -170,7 +170,7 @@ def ddpm_loss(model: ScoreModel | Callable, schedule: DDPMSchedule, x0: torch.Te
     if objective == "simple":
         return _reduce(simple, reduction)
     if objective == "mean_mse":
-        b, ab = (schedule._take(t, i, x0) for t in (schedule.betas, schedule.alphas_cumprod))
+        b, ab = (schedule.take(t, i, x0) for t in (schedule.betas, schedule.alphas_cumprod))
         return _reduce(b.square() / ((1 - b) * (1 - ab)) * simple, reduction)
     mean = eps.detach() if objective == "hybrid" else eps
     log_var = reverse_log_variance(schedule, i, "learned" if learned else "beta", v, xi)

@@ -56,25 +56,26 @@ class DiscreteSchedule:
         """beta_tilde_i = (1 - abar_{i-1}) / (1 - abar_i) beta_i, the variance of q(x_{i-1} | x_i, x_0)."""
         return (1 - self.alphas_cumprod_prev) / (1 - self.alphas_cumprod) * self.betas
 
-    def _take(self, table: torch.Tensor, i, like: torch.Tensor) -> torch.Tensor:
-        """table[i - 1] for 1-based steps i (int or (N,) tensor), on ``like``'s device/dtype."""
-        idx = torch.as_tensor(i, device=table.device).long()
+    def take(self, table: torch.Tensor, i, like: torch.Tensor) -> torch.Tensor:
+        """table[i - 1] for 1-based steps i (int or (N,) tensor), on ``like``'s device/dtype. Steps on an
+        accelerator stay there (the table is copied to them): no device-to-host read in a loop."""
+        idx = (i if isinstance(i, torch.Tensor) else torch.as_tensor(i)).long()
         if idx.device.type == "cpu" and bool(((idx < 1) | (idx > self.T)).any()):
             raise ValueError(f"step i must lie in 1..T = 1..{self.T}, got {i!r}.")
-        return table[idx - 1].to(device=like.device, dtype=like.dtype)
+        return table.to(idx.device)[idx - 1].to(device=like.device, dtype=like.dtype)
 
     def q_sample(self, x0: torch.Tensor, i, noise: torch.Tensor) -> torch.Tensor:
         """x_i = sqrt(abar_i) x_0 + sqrt(1 - abar_i) noise."""
         checks.float_tensor("x0", x0)
         checks.same_shape("noise", noise, x0)
-        ab = self._take(self.alphas_cumprod, torch.as_tensor(i).expand(x0.shape[0]), x0)
+        ab = self.take(self.alphas_cumprod, torch.as_tensor(i).expand(x0.shape[0]), x0)
         return bcast(ab.sqrt(), x0) * x0 + bcast((1 - ab).sqrt(), x0) * noise
 
     def posterior_mean_coefs(self, i, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(c0, ct) with mu_tilde(x_i, x_0) = c0 x_0 + ct x_i (DDPM eq. 7):
         c0 = sqrt(abar_{i-1}) beta_i / (1 - abar_i),  ct = sqrt(alpha_i) (1 - abar_{i-1}) / (1 - abar_i)."""
-        ab, ab_prev = (self._take(a, i, like) for a in (self.alphas_cumprod, self.alphas_cumprod_prev))
-        beta, alpha = self._take(self.betas, i, like), self._take(self.alphas, i, like)
+        ab, ab_prev = (self.take(a, i, like) for a in (self.alphas_cumprod, self.alphas_cumprod_prev))
+        beta, alpha = self.take(self.betas, i, like), self.take(self.alphas, i, like)
         return ab_prev.sqrt() * beta / (1 - ab), alpha.sqrt() * (1 - ab_prev) / (1 - ab)
 
     @cached_property
@@ -88,7 +89,7 @@ class DiscreteSchedule:
         """The reverse-step variance sigma_i^2 of DDPM Algorithm 2: ``beta`` (beta_i) or
         ``beta_tilde`` (beta_tilde_i; 0 at i = 1)."""
         checks.one_of("variance", variance, ("beta", "beta_tilde"))
-        return self._take(self.betas if variance == "beta" else self.posterior_variance, i, like)
+        return self.take(self.betas if variance == "beta" else self.posterior_variance, i, like)
 
     def to_sde(self) -> SDE:
         raise NotImplementedError

@@ -75,7 +75,7 @@ def _decoder_log_prob(k: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, le
 def chain_marginals(schedule: DiscreteSchedule, i: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """(sqrt(abar_i), sqrt(1 - abar_i), m, s) at 1-based steps i (M,): the chain's marginal, and that of
     the base chain's step before (the step a ``mu`` model's mean refers to; ``abar_before``)."""
-    ab, before = (schedule._take(a, i, like) for a in (schedule.alphas_cumprod, schedule.abar_before))
+    ab, before = (schedule.take(a, i, like) for a in (schedule.alphas_cumprod, schedule.abar_before))
     return ab.sqrt(), (1 - ab).sqrt(), before.sqrt(), (1 - before).sqrt()
 
 
@@ -84,7 +84,7 @@ def chain_prediction(model: ScoreModel | ScoreFn, schedule: DiscreteSchedule, x:
     """(eps, v) of ``model`` at x = x_i, step i (M,) of the chain, called at t = ``schedule.times``: a
     ScoreModel converts with the chain's own marginals (v None unless it learns the variance); any
     other callable is an eps_fn(x, t[, y])."""
-    t = schedule._take(schedule.times, i, x)
+    t = schedule.take(schedule.times, i, x)
     if isinstance(model, ScoreModel):
         out = model.predict(x, t, y, kind="eps", marginal=chain_marginals(schedule, i, x),
                             with_v=model.learned_variance)
@@ -97,7 +97,7 @@ def reverse_log_variance(schedule: DiscreteSchedule, i: torch.Tensor, variance: 
     """log sigma_i^2 of p(x_{i-1} | x_i) at steps i (M,): log beta_i, log beta_tilde_i (clipped at i = 1)
     or, for ``learned``, v log beta_i + (1 - v) log beta_tilde_i (shaped like v); else shaped (M, 1, ...)."""
     checks.one_of("variance", variance, VARIANCES[1:])
-    beta, bt = (checks.bcast(schedule._take(a, i, like), like)
+    beta, bt = (checks.bcast(schedule.take(a, i, like), like)
                 for a in (schedule.betas, schedule.posterior_variance_clipped))
     if variance == "learned":
         if v is None:
@@ -109,7 +109,7 @@ def reverse_log_variance(schedule: DiscreteSchedule, i: torch.Tensor, variance: 
 def step_kl(schedule: DiscreteSchedule, i: torch.Tensor, eps: torch.Tensor, z: torch.Tensor,
             log_var: torch.Tensor) -> torch.Tensor:
     """L_{i-1} per sample (M,) in nats, for steps i >= 2 (see the module); log_var broadcasts against eps."""
-    b, a, bt = (checks.bcast(schedule._take(t, i, eps), eps)
+    b, a, bt = (checks.bcast(schedule.take(t, i, eps), eps)
                 for t in (schedule.betas, schedule.alphas_cumprod, schedule.posterior_variance))
     inv = torch.exp(-log_var)
     per = log_var - bt.log() + bt * inv - 1 + b.square() / ((1 - b) * (1 - a)) * (eps - z).square() * inv
@@ -121,7 +121,7 @@ def decoder_nll(schedule: DiscreteSchedule, x1: torch.Tensor, eps: torch.Tensor,
     """L_0 = -log p(x_0 | x_1) per sample in nats, p = N(mu_1, sigma_1^2) discretized to ``levels`` bins
     (x_0 the bin centres of the levels) or, with ``levels`` None, its density at x_0."""
     one = torch.ones(x1.shape[0], dtype=torch.long, device=x1.device)
-    b, a = (checks.bcast(schedule._take(t, one, x1), x1) for t in (schedule.betas, schedule.alphas_cumprod))
+    b, a = (checks.bcast(schedule.take(t, one, x1), x1) for t in (schedule.betas, schedule.alphas_cumprod))
     mean = (x1 - b / (1 - a).sqrt() * eps) / (1 - b).sqrt()
     log_var = log_var.expand_as(mean)
     if levels is None:

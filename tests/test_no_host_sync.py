@@ -172,3 +172,18 @@ def test_log_likelihood_right_hand_side_has_no_sync_on_cuda(divergence, cuda_dev
     r = log_likelihood(model, model.sde, x, divergence=divergence, rtol=1e-3, atol=1e-3,
                        generator=torch.Generator(cuda_device).manual_seed(2))
     assert torch.isfinite(r.log_prob).all() and r.nfe > 2
+
+
+def test_learned_variance_on_a_respaced_chain_reads_the_device_once(reads):
+    """Ancestral sampling of a learned-variance U-Net on a respaced chain (iDDPM sec. 4): the chain's
+    tables go to the device, the steps' v stays there; one read per call."""
+    torch.manual_seed(0)
+    model = build_model("unet", VPSDE(), base_channels=8, channel_mults=(1, 2), blocks_per_level=1,
+                        attention_resolutions=(4,), image_size=8, learned_variance=True)
+    model = model.to("meta").eval().requires_grad_(False)
+    sched = DDPMSchedule(T=50).respace(STEPS)
+    with torch.no_grad():
+        x = solvers.sample(model, model.sde, SHAPE, method="ancestral", steps=STEPS, device="meta",
+                           schedule=sched).x
+    assert x.device.type == "meta" and tuple(x.shape) == SHAPE
+    assert len(reads) == 1 and reads[0][0] > 3
