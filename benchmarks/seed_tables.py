@@ -20,9 +20,10 @@ trained by the toolkit's trainer from its config in ``configs/tables/`` (``--ste
     python benchmarks/seed_tables.py --steps 2000 --rows ho_eps_simple iddpm_hybrid   # a subset, shorter
     python benchmarks/seed_tables.py --quick                                          # a smoke run, ~5 minutes
 
-Each row's results go to ``<out>/runs/<row>/row.json`` and are reused on a later call (``--fresh`` retrains),
-so rows can be run by separate processes; every call then writes ``seed_tables.md`` and ``seed_tables.json``
-from all rows measured so far. CPU minutes are the trainer's process time.
+Each row's results go to ``<out>/runs/<row>/row.json`` and are reused on a later call (``--fresh`` retrains,
+``--resample`` redraws only the samples of the rows given, from their checkpoints), so rows can be run by
+separate processes; every call then writes ``seed_tables.md`` and ``seed_tables.json`` from all rows
+measured so far. CPU minutes are the trainer's process time.
 """
 
 from __future__ import annotations
@@ -131,21 +132,24 @@ def ode_bpd(model, test, device) -> dict:
     return {"ode": mean, "ode_se": se}
 
 
-def measure(row: str, info: dict, args, device) -> dict:
+def measure(row: str, info: dict, args, device, only_fd: bool = False) -> dict:
+    """Every figure of the row; with ``only_fd`` the sample figures alone, the rest kept from ``info``."""
     model, cfg = load_checkpoint(info["checkpoint"], device=device)
     model = model.eval().requires_grad_(False)
     test = load_dataset(cfg.data.name, split="test", path=cfg.data.path)
     k = test.discrete()
     t0 = time.process_time()
     out = {**info, **fd_repeats(model, cfg, device, args.n, args.repeats)}
-    if build_schedule(cfg) is not None:
+    if build_schedule(cfg) is not None and not only_fd:
         out.update(bound(model, cfg, k, test.levels, device))
-    if row in ODE_ROWS:
+    if row in ODE_ROWS and not only_fd:
         out.update(ode_bpd(model, test, device))
     for variance in RESPACED.get(row, ()):
         for K in args.respace:
-            out[f"respaced_{variance}_{K}"] = {**fd_repeats(model, cfg, device, args.n, args.repeats, K, variance),
-                                               **bound(model, cfg, k, test.levels, device, K, variance)}
+            key = f"respaced_{variance}_{K}"
+            figures = {} if only_fd else bound(model, cfg, k, test.levels, device, K, variance)
+            out[key] = {**info.get(key, {}), **fd_repeats(model, cfg, device, args.n, args.repeats, K, variance),
+                        **figures}
     out["eval_cpu_min"] = (time.process_time() - t0) / 60
     return out
 
@@ -204,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--respace", type=int, nargs="+", default=[25, 50, 100])
     p.add_argument("--device", default="cpu")
     p.add_argument("--fresh", action="store_true", help="retrain and remeasure rows already measured")
+    p.add_argument("--resample", action="store_true",
+                   help="redraw the samples (FD) of rows already measured, from their checkpoints; keep the rest")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 rows, 200 steps, small sample sets")
     args = p.parse_args(argv)
     if args.quick:
@@ -212,6 +218,13 @@ def main(argv: list[str] | None = None) -> None:
     for row in args.rows:
         run = out / "runs" / row
         done = run / "row.json"
+        if done.exists() and args.resample and not args.fresh:
+            info = json.loads(done.read_text())
+            if info["status"] == "ok":
+                result = measure(row, info, args, device, only_fd=True)
+                done.write_text(json.dumps(result, indent=1))
+                print(f"{row}: resampled, FD {pm(result['fd'], result['fd_se'])}", flush=True)
+            continue
         if done.exists() and not args.fresh:
             continue
         if run.exists():

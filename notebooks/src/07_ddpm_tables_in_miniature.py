@@ -19,10 +19,13 @@
 
 # %%
 # %matplotlib inline
+import warnings
+
+warnings.filterwarnings("ignore")  # library deprecation notices would print this machine's paths
+
 import json
 import math
 import tempfile
-import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -40,7 +43,6 @@ from sde_diffusion.training.data import load_dataset
 from sde_diffusion.training.train import train
 from sde_diffusion.vlb import ddpm_vlb_bits_per_dim
 
-warnings.filterwarnings("ignore")
 torch.set_num_threads(1)
 ROOT = Path.cwd().parent
 
@@ -235,9 +237,12 @@ print((ROOT / "benchmarks" / "results" / "seed_tables.md").read_text())
 # diverged (the papers' "–") counts as the worst.
 
 # %%
-def value(row, key):
-    """(mean, s.e.) of a measured row; (inf, 0) if its training diverged; None if it was not run."""
+def value(row, key, respaced=None):
+    """(mean, s.e.) of a measured row (of its chain respaced as ``respaced`` = "variance_K" when given);
+    (inf, 0) if its training diverged; None if it was not run."""
     r = results.get(row)
+    if r is not None and r["status"] == "ok" and respaced is not None:
+        r = r.get(f"respaced_{respaced}", {"status": "ok"}) | {"status": "ok"}
     if r is None or (r["status"] == "ok" and r.get(key) is None):
         return None
     return (math.inf, 0.0) if r["status"] != "ok" else (r[key], r.get(key + "_se") or 0.0)
@@ -278,6 +283,12 @@ claims = [
      value("ho_eps_simple", "ode"), value("ho_eps_simple", "bound")),
     ("Song: sub-VP has a lower PF-ODE NLL than VP (3.05 vs 3.21)",
      value("song_subvp", "ode"), value("song_vp", "ode")),
+    ("iDDPM: at 25 steps the learned variance samples better than beta",
+     value("iddpm_hybrid", "fd", "learned_25"), value("ho_eps_simple", "fd", "beta_25")),
+    ("iDDPM: at 25 steps the learned variance samples better than beta_tilde",
+     value("iddpm_hybrid", "fd", "learned_25"), value("ho_eps_simple", "fd", "beta_tilde_25")),
+    ("iDDPM: 100 respaced steps sample (nearly) as well as the full chain: FD at K = 100 vs K = 1000",
+     value("iddpm_hybrid", "fd", "learned_100"), value("iddpm_hybrid", "fd")),
 ]
 verdicts = []
 for text, better, worse in claims:
@@ -286,11 +297,27 @@ for text, better, worse in claims:
 assert "not measured" not in verdicts, "run benchmarks/seed_tables.py for every row"
 
 # %% [markdown]
-# The respacing table answers improved DDPM's claim that a learned variance keeps sample quality with
-# far fewer steps. On digits the fixed variance $\beta$ already samples *better* on respaced chains of
-# 50-100 steps than on the full chain, and $\tilde\beta$ better still, so the learned variance has less
-# to rescue than on CIFAR-10; the bound on the respaced chains tells the variances apart much more
-# clearly than the FD does.
+# The rows the papers could not train ("–") trained here without trouble (Ho et al.'s eps with L and a
+# learned Sigma; the mean's MSE); none of the nine runs diverged. The measured orderings above, in words
+# (the committed run, 3,000 training steps a row, about 4.5 CPU minutes each):
+#
+# * **Posterior-mean prediction** is far behind in every form at this budget (FD above 250, bounds of
+#   8-12 bits/dim against 2.8-2.9): the net must output $\tilde\mu \approx x_t / \sqrt{\alpha_t}$ to a
+#   precision of $\beta_t$ to carry the noise, which 3,000 steps do not reach. Ho et al.'s ordering
+#   within the $\tilde\mu$ rows therefore cannot be tested; eps prediction's advantage carries over, much
+#   amplified.
+# * **L_simple** has a lower FD than the true bound $L$ with a fixed variance, as in Ho et al., but not
+#   beyond the error bars on digits; nor does the true bound give a better NLL bound here.
+# * A **learned variance** gives the best bounds (L with learned Sigma and the hybrid objective, 2.76-2.77
+#   bits/dim against 2.93), improved DDPM's likelihood result; with the hybrid objective it does so
+#   without losing sample quality.
+# * **Fewer steps**: with 25 respaced steps the hybrid model's samples are clearly better than the fixed
+#   $\beta$ ones (improved DDPM's claim; $\tilde\beta$ comes close), and on digits 100 respaced steps
+#   sample *better* than the full chain for the L_simple and hybrid models, so "nearly as good as the
+#   full chain" holds with room to spare.
+# * **Probability flow**: the PF-ODE likelihood of a DDPM model is well below its bound (Song et al.'s
+#   3.28 against 3.75 carries over); sub-VP's advantage over VP does *not*: on digits sub-VP's PF-ODE NLL
+#   is higher.
 
 # %%
 for row in ("ho_eps_simple", "iddpm_hybrid", "ho_eps_vlb_learned"):
@@ -302,3 +329,4 @@ for row in ("ho_eps_simple", "iddpm_hybrid", "ho_eps_vlb_learned"):
         print(f"{row:20s} {key.removeprefix('respaced_'):16s} FD {x['fd']:6.2f} ± {x['fd_se']:.2f}   "
               f"bound {x['bound']:7.3f} ± {x['bound_se']:.3f}")
     print(f"{row:20s} {'full chain':16s} FD {r['fd']:6.2f} ± {r['fd_se']:.2f}   bound {r['bound']:7.3f} ± {r['bound_se']:.3f}")
+assert all(r["status"] == "ok" for r in results.values()), "a row diverged: update the text above"
