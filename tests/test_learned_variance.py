@@ -76,6 +76,20 @@ def test_ancestral_with_learned_variance_of_the_exact_posterior(v):
     assert not torch.allclose(got, run(model, "beta_tilde" if v == 1 else "beta"), atol=1e-3)
 
 
+@pytest.mark.parametrize("v, fixed", [(1.0, "beta"), (0.0, "beta_tilde")])
+def test_ancestral_with_a_learned_variance_on_the_sdes_own_grid(v, fixed):
+    """Without a chain (any VP-type SDE's discretization), the step's extremes are its own
+    G^2 = s_t^2 - a^2 s_s^2 and G^2 s_s^2 / s_t^2: v = 1 and v = 0 reproduce those fixed variances."""
+    gmm, sde = random_mixture(dim=3, components=3, seed=2), DDPMSchedule().to_sde()
+    exact = gmm.score(sde)
+    model = ScoreModel(lambda x, t: torch.cat([-sde.marginal(t)[1][:, None] * exact(x, t),
+                                               torch.full_like(x, v)], 1), sde, "eps", learned_variance=True)
+    run = lambda variance: solvers.sample(model, sde, (32, 3), "ancestral", 12, variance=variance, dtype=F64,  # noqa: E731
+                                          generator=torch.Generator().manual_seed(4)).x
+    torch.testing.assert_close(run("auto"), run(fixed), rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(run("auto"), run("beta_tilde" if fixed == "beta" else "beta"), atol=1e-3)
+
+
 def test_vlb_terms_with_a_learned_variance_are_the_kl_divergences():
     """Each L_{i-1} with a per-dimension learned Sigma equals kl_divergence(q(x_{i-1} | x_i, x_0),
     N(mu_theta, Sigma_theta)) summed over dims, Sigma_theta = exp(v log beta + (1 - v) log beta_tilde);
