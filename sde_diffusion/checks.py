@@ -40,6 +40,16 @@ def one_of(name: str, value: str, allowed) -> str:
     return value
 
 
+def own_sde(score_fn, sde):
+    """``sde``, or when None the score_fn's own (a ScoreModel's ``.sde``, e.g. from ``sde_diffusion.load``)."""
+    if sde is None:
+        sde = getattr(score_fn, "sde", None)
+        if sde is None:
+            raise TypeError("sde is required: this score_fn has no SDE of its own (a ScoreModel, e.g. from "
+                            "sde_diffusion.load, carries one).")
+    return sde
+
+
 def generator(name: str, value) -> torch.Generator | None:
     """Require a ``torch.Generator`` or None."""
     if value is not None and not isinstance(value, torch.Generator):

@@ -158,12 +158,15 @@ def _check_likelihood_args(score_fn, sde, x, divergence, probes, noise, method, 
         raise ValueError(f"eps must be a float in (0, T) = (0, {sde.T:g}), got {eps!r}.")
 
 
-def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, divergence: str = "exact",
+def log_likelihood(score_fn: ScoreFn, sde: SDE | None = None, x: torch.Tensor | None = None, *,
+                   divergence: str = "exact",
                    probes: int = 1, noise: str = "rademacher", method: str = "dopri5",
                    rtol: float = 1e-5, atol: float = 1e-5, eps: float = 1e-5,
                    generator: torch.Generator | None = None, jacobian: str = "auto",
                    progress: bool = False) -> LikelihoodResult:
     """log p_eps(x) in nats per sample by the probability-flow ODE, on x's device and dtype.
+
+    ``log_likelihood(model, x)`` takes the model's own SDE (a ScoreModel's ``.sde``).
 
     ``x``: (N, D) or (N, C, H, W), float32 or float64; ``generator`` (for the probes) on x's device.
     ``divergence="exact"``: tr(ds/dx) per right-hand side, by ``jacobian``: "loop", one forward
@@ -190,6 +193,9 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, divergence: 
     Integration: torchdiffeq ``method`` (adaptive) with rtol/atol enforced per sample (see
     ``per_sample_norm``), the last step landing exactly on T. ``nfe`` counts calls of score_fn.
     """
+    if x is None and isinstance(sde, torch.Tensor):  # log_likelihood(model, x)
+        sde, x = None, sde
+    sde = checks.own_sde(score_fn, sde)
     _check_likelihood_args(score_fn, sde, x, divergence, probes, noise, method, rtol, atol, eps, generator,
                            jacobian)
     n, dim = x.shape[0], x[0].numel()
@@ -308,11 +314,15 @@ def bits_from_log_prob(log_p: torch.Tensor, dim: int, levels: int,
     return -(log_p + dim * math.log(bin_width(levels, data_range))) / (dim * math.log(2))
 
 
-def bits_per_dim(score_fn: ScoreFn, sde: SDE, x_discrete: torch.Tensor, *, levels: int = 256,
-                 data_range: tuple[float, float] = (-1.0, 1.0), dequantization: str = "uniform",
+def bits_per_dim(score_fn: ScoreFn, sde: SDE | None = None, x_discrete: torch.Tensor | None = None, *,
+                 levels: int | None = None, data_range: tuple[float, float] | None = None,
+                 dequantization: str = "uniform",
                  n_dequant: int = 1, generator: torch.Generator | None = None,
                  dtype: torch.dtype = torch.float32, **likelihood_kwargs) -> torch.Tensor:
     """Bits per dimension of discrete data (integer levels 0..levels-1), per sample, shape (N,).
+
+    ``bits_per_dim(model, x_discrete)`` takes the model's own SDE, levels and data range (a model from
+    ``sde_diffusion.load``); otherwise ``levels`` defaults to 256 and ``data_range`` to (-1, 1).
 
     With the level map of ``data.py`` (bin width w = (hi - lo) / levels, x = lo + (k + u) w):
         bpd(k) = -( (1/M) sum_j log p_eps(x_j) + D log w ) / (D ln 2),   x_j = lo + (k + u_j) w,
@@ -325,6 +335,11 @@ def bits_per_dim(score_fn: ScoreFn, sde: SDE, x_discrete: torch.Tensor, *, level
     The continuous x has ``dtype`` on ``x_discrete``'s device; the M draws are solved as one batch
     of M N points (``dequantize``). Remaining keywords go to ``log_likelihood`` (divergence, probes, rtol, atol, eps, ...).
     """
+    if x_discrete is None and isinstance(sde, torch.Tensor):  # bits_per_dim(model, x_discrete)
+        sde, x_discrete = None, sde
+    sde = checks.own_sde(score_fn, sde)
+    levels = levels or getattr(score_fn, "levels", None) or 256
+    data_range = data_range or getattr(score_fn, "data_range", None) or (-1.0, 1.0)
     x = dequantize(x_discrete, levels=levels, data_range=data_range, dequantization=dequantization,
                    n_dequant=n_dequant, generator=generator, dtype=dtype)
     log_p = log_likelihood(score_fn, sde, x, generator=generator, **likelihood_kwargs).log_prob

@@ -19,11 +19,11 @@ from sde_diffusion.sde import SDE, ScoreFn
 
 # importing each family module registers its samplers
 from . import ancestral, dpm_solver, predictor_corrector, probability_flow, stochastic, torchsde_adapter  # noqa: F401
-from .base import METHODS, Context, CountingScore, SampleResult, get
+from .base import METHODS, Context, CountingScore, SampleResult, get, parse_method
 from .inpaint import known
 from .timesteps import time_grid
 
-__all__ = ["sample", "available", "SampleResult", "METHODS"]
+__all__ = ["sample", "available", "parse_method", "SampleResult", "METHODS"]
 
 
 def available() -> list[str]:
@@ -32,14 +32,18 @@ def available() -> list[str]:
 
 
 @torch.no_grad()  # inference records no graph; a score_fn may still enable grad for x (guidance)
-def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], method: str = "euler_maruyama",
+def sample(score_fn: ScoreFn, sde: SDE | None = None, shape: Sequence[int] | int | None = None,
+           method: str = "euler_maruyama",
            steps: int = 1000, *, eps: float = 1e-3, denoise: bool = True,
            generator: torch.Generator | None = None, device: torch.device | str | None = None,
            dtype: torch.dtype = torch.float32, progress: bool = False, return_trajectory: bool = False,
            x_T: torch.Tensor | None = None, inpaint: tuple | None = None, **options) -> SampleResult:
     """Draw samples of ``shape`` (N, ...) by ``method`` (see ``available()``) with ``steps`` steps.
 
-    ``options`` are the method's own (each method's docstring lists them; anything else is a
+    ``sample(model, shape)`` takes the model's own SDE (a ScoreModel's ``.sde``), and an int ``shape``
+    n means (n, *event_shape) for a loaded model (``sde_diffusion.load``), which knows its data shape.
+    ``method`` may carry options, ``name:option=value[:...]`` (``ode:solver=rk4``), as on the CLI;
+    ``options`` are the method's own too (each method's docstring lists them; anything else is a
     ValueError listing what is allowed). ``x_T`` starts from a given prior sample instead of drawing
     one. Noise comes from ``generator`` on its device; same generator state, same samples.
     ``inpaint = (mask, x_known)`` holds the known part (mask True or 1) by its forward marginal at
@@ -47,7 +51,15 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], method: str = "eul
     integrate one grid interval per call).
     Runs under ``torch.no_grad()``: the samples carry no autograd graph (grad_fn None).
     """
-    spec = get(method)
+    if shape is None and sde is not None and not isinstance(sde, SDE):  # sample(model, shape)
+        sde, shape = None, sde
+    sde = checks.own_sde(score_fn, sde)
+    shape = _shape(score_fn, shape)
+    name, parsed = parse_method(method)
+    twice = sorted(set(parsed) & set(options))
+    if twice:
+        raise ValueError(f"option {twice[0]!r} is set both in method={method!r} and as a keyword; set it once.")
+    spec, options = get(name), {**parsed, **options}
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be an sde_diffusion.SDE, got {type(sde).__name__}.")
     checks.positive_int("steps", steps)
@@ -67,7 +79,7 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], method: str = "eul
             raise ValueError(f"x_T must have shape {tuple(shape)}, got {tuple(x.shape)}.")
         x = x.to(device=device, dtype=dtype)
     ctx = Context(sde, counter, grid64, checks.upload(grid64, device, dtype), generator, progress,
-                  [] if return_trajectory else None, desc=method)
+                  [] if return_trajectory else None, desc=name)
     if inpaint is not None:
         ctx.known = known(inpaint, shape, sde.marginal(grid64), device, dtype)
     x = ctx.record(ctx.hold(x, 0))
@@ -83,6 +95,19 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], method: str = "eul
     ctx.check_finite(x)
     traj = torch.stack(ctx.trajectory) if return_trajectory else None
     return SampleResult(x, counter.nfe, traj)
+
+
+def _shape(score_fn, shape) -> tuple[int, ...]:
+    """``shape``, with an int n read as (n, *event_shape) of a model that knows its data shape."""
+    if shape is None:
+        raise TypeError("shape is required: (N, ...) or, for a loaded model, the number of samples N.")
+    if isinstance(shape, int) and not isinstance(shape, bool):
+        event = getattr(score_fn, "event_shape", None)
+        if event is None:
+            raise ValueError(f"shape {shape} is a sample count, which needs a model that knows its data shape "
+                             "(sde_diffusion.load); pass the full shape (N, ...) instead.")
+        return (checks.positive_int("shape", shape), *event)
+    return tuple(shape)
 
 
 def tweedie(ctx: Context, x: torch.Tensor) -> torch.Tensor:

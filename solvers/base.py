@@ -156,6 +156,40 @@ def get(name: str) -> Method:
     return METHODS[checks.one_of("sampling method", name, METHODS)]
 
 
+def parse_spec(spec: str, what: str = "method") -> tuple[str, dict]:
+    """'name[:option=value[:option=value]]' -> (name, options), each value read as a number when it is
+    one, else as a YAML scalar (true, null, text). A malformed or repeated option is a ValueError."""
+    if not isinstance(spec, str):
+        raise TypeError(f"{what} must be a string name[:option=value...], got {type(spec).__name__}.")
+    import yaml
+
+    name, *opts = spec.strip().split(":")
+    options = {}
+    for opt in opts:
+        key, eq, value = opt.partition("=")
+        if not eq or not key:
+            raise ValueError(f"{what} option {opt!r} in {spec!r} must read option=value.")
+        if key in options:
+            raise ValueError(f"{what} {spec!r} sets option {key!r} twice.")
+        try:
+            options[key] = int(value)
+        except ValueError:
+            try:
+                options[key] = float(value)
+            except ValueError:
+                options[key] = yaml.safe_load(value)
+    return name, options
+
+
+def parse_method(spec: str) -> tuple[str, dict]:
+    """(name, options) of a sampler spec ``name[:option=value...]`` (``ode:solver=rk4``, ``ddim:eta=0.5``):
+    the spelling of ``sample(method=...)`` and of the CLI; an unknown name is a ValueError listing the
+    methods (the options are checked by the method's ``bind``)."""
+    name, options = parse_spec(spec)
+    get(name)
+    return name, options
+
+
 # -- the per-call context and loop helper -------------------------------------------------------
 @dataclass
 class Context:

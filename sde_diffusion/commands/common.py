@@ -9,10 +9,30 @@ from pathlib import Path
 import torch
 
 
-def add_common(parser: argparse.ArgumentParser, seed_help: str) -> None:
+SOURCES = ("a run directory, a checkpoint folder, an exported model folder, shipped:NAME (digits_vp, digits_cfg), "
+           "diffusers:PATH or analytic:NAME (ring2d, grid2d, gmm64)")
+
+
+def add_common(parser: argparse.ArgumentParser, *, seed: str, out: str) -> None:
+    """The flags of every subcommand: --out (a folder), --no-progress, --device, --seed."""
+    parser.add_argument("--out", metavar="DIR", help=f"output folder ({out})")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--device", default=None,
                         help="torch device: cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
-    parser.add_argument("--seed", type=int, default=None, help=seed_help)
+    parser.add_argument("--seed", type=int, default=None, help=seed)
+
+
+def add_model(parser: argparse.ArgumentParser, what: str, **kwargs) -> None:
+    """--model SOURCE, the one way every subcommand names a model (``sde_diffusion.load``)."""
+    parser.add_argument("--model", metavar="SOURCE", help=f"{what}: {SOURCES}", **kwargs)
+
+
+def positive(args: argparse.Namespace, *names: str) -> None:
+    """Each named integer flag, when given, is >= 1."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value}.")
 
 
 def device(name: str | None) -> torch.device:
@@ -30,39 +50,38 @@ def device(name: str | None) -> torch.device:
     return dev
 
 
-def add_diffusers(group) -> None:
-    """--diffusers PATH, next to --checkpoint in ``group`` (a mutually exclusive group)."""
-    group.add_argument("--diffusers", metavar="PATH",
-                       help="a local diffusers model folder (UNet2DModel or pipeline save_pretrained), the same as "
-                            "--checkpoint diffusers:PATH; needs pip install \"sde-diffusion[diffusers]\"")
-
-
-def model_path(args: argparse.Namespace) -> str | None:
-    """The model string: diffusers:PATH for --diffusers, else --checkpoint."""
-    return f"diffusers:{args.diffusers}" if getattr(args, "diffusers", None) else args.checkpoint
-
-
-def add_run_arguments(parser: argparse.ArgumentParser, example: str, overrides: str) -> None:
-    """--config, overrides, --out, --resume, --no-progress of the training subcommands."""
+def add_run_arguments(parser: argparse.ArgumentParser, example: str, overrides: str, seed: str) -> None:
+    """--config, overrides, --resume and the common flags of the training subcommands."""
     parser.add_argument("--config", help=f"YAML config, e.g. {example} (optional with --resume)")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help=f"config overrides, e.g. {overrides}")
-    parser.add_argument("--out", help="run directory (default: runs/<config name>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_common(parser, seed=seed, out="the run directory; default runs/<config name>")
 
 
-def run_config(args: argparse.Namespace, seed_key: str):
+def run_config(args: argparse.Namespace, seed_key: str, model_config: bool = False):
     """(Config, run directory) of a training subcommand: --config with overrides (--seed sets
-    ``seed_key``), or with --resume alone the config of the run's latest checkpoint."""
+    ``seed_key``), with --resume alone the config of the run's latest checkpoint, or with
+    ``model_config`` and --model alone the config the model was trained with."""
     from ..training.checkpoint import latest, read_config
     from ..training.config import apply_overrides, from_dict, load_config, to_dict
 
-    if args.config is None and not args.resume:
-        raise ValueError("--config is required (unless --resume continues a run in --out).")
-    if args.out is None and args.config is None:
+    from_model = model_config and args.config is None and args.model is not None and not args.resume
+    if args.config is None and not args.resume and not from_model:
+        raise ValueError("--config is required (unless --resume continues a run in --out"
+                         f"{' or --model starts from a model' if model_config else ''}).")
+    if args.out is None and args.config is None and not from_model:
         raise ValueError("--resume needs --out (the run directory to continue).")
-    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     overrides = list(args.overrides) + ([f"{seed_key}={args.seed}"] if args.seed is not None else [])
+    if from_model:
+        from ..training.loading import load
+
+        cfg = load(args.model, kind="score model").info.config
+        if cfg.model.kind not in ("mlp", "unet"):
+            raise ValueError(f"--model {args.model!r} is a {cfg.model.kind} model; training continues only "
+                             "models trained by sde-diffusion (a run, a checkpoint or an export).")
+        name = Path(args.model.split(":", 1)[-1]).resolve().name
+        return from_dict(apply_overrides(to_dict(cfg), overrides)), Path(args.out or Path("runs") / f"{name}_tuned")
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     if args.config is not None:
         return load_config(args.config, overrides), out
     ckpt = latest(out)
@@ -71,15 +90,17 @@ def run_config(args: argparse.Namespace, seed_key: str):
     return from_dict(apply_overrides(to_dict(read_config(ckpt)), overrides)), out
 
 
-def run_training(args: argparse.Namespace, seed_key: str, trainer, command: str):
-    """``trainer(cfg, out, resume=, device=, progress=)`` under the subcommand's config; the result, or
-    None after printing a TrainingError (a fault mid-run, naming the last good checkpoint) as one line."""
+def run_training(args: argparse.Namespace, seed_key: str, trainer, command: str, model_config: bool = False,
+                 **extra):
+    """``trainer(cfg, out, resume=, device=, progress=, **extra)`` under the subcommand's config; the
+    result, or None after printing a TrainingError (a fault mid-run, naming the last good checkpoint)
+    as one line."""
     from ..training.runs import TrainingError
 
-    cfg, out = run_config(args, seed_key)
+    cfg, out = run_config(args, seed_key, model_config)
     dev = device(args.device)
     try:
-        return trainer(cfg, out, resume=args.resume, device=dev, progress=not args.no_progress)
+        return trainer(cfg, out, resume=args.resume, device=dev, progress=not args.no_progress, **extra)
     except TrainingError as e:
         print(f"sde-diffusion {command}: {e}", file=sys.stderr)
         return None

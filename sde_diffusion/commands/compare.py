@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .common import add_common, add_diffusers, device, model_path
+from .common import add_common, add_model, device
 
 HELP = ("compare samplers by step count on one model over independent repeats: NFE, quality against "
         "held-out data (mean +- s.e.), escaped samples and wall time; writes report.md, results.csv, "
@@ -17,31 +17,25 @@ HELP = ("compare samplers by step count on one model over independent repeats: N
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..evaluation.compare import DEFAULT_METHODS, DEFAULT_STEPS
 
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", default=None,
-                     help="analytic model: analytic:ring2d, analytic:grid2d or analytic:gmm64 (default ring2d), "
-                          "or diffusers:PATH")
-    src.add_argument("--checkpoint", help="a trained run directory or checkpoint folder instead")
-    add_diffusers(src)
+    add_model(p, "the model whose samplers to compare (default analytic:ring2d)", default="analytic:ring2d")
     p.add_argument("--data", help="a .npy/.npz file (images as uint8 levels, or float vectors) to compare against "
                                   "instead of the model's data: its fixed 10%% test split; needed for a diffusers model")
     p.add_argument("--sde", default=None, help="vp, subvp, ve, cosine or all (analytic default: all; "
-                   "a checkpoint: the SDE it was trained with, and no other)")
+                   "a trained model: the SDE it was trained with, and no other)")
     p.add_argument("--methods", default=None,
                    help=f"comma-separated samplers, name[:option=value...] (default {DEFAULT_METHODS}). A method "
                         "that needs a VP-type SDE is skipped with a note on VE, or is an error when both it "
                         "and a single --sde are given")
     p.add_argument("--steps", default=DEFAULT_STEPS, help=f"comma-separated step counts (default {DEFAULT_STEPS})")
-    p.add_argument("--n", type=int, default=4000, help="samples per run (default 4000)")
+    p.add_argument("--num-samples", type=int, default=4000, help="samples per cell and repeat (default 4000)")
     p.add_argument("--repeats", type=int, default=3, help="independent repeats per cell, each with its own "
                    "samples, held-out set and floor; tables give mean +- standard error (default 3)")
     p.add_argument("--show-steps", type=int, help="step count of the sample figures (default: the largest)")
     p.add_argument("--nll", action="store_true", help="also the test NLL by the probability-flow ODE "
                    "(bits/dim or nats/dim, with standard error) and the DDPM bound where it applies")
-    p.add_argument("--nll-n", type=int, default=500, help="held-out samples for --nll (default 500)")
-    p.add_argument("--out", default=None, help="report folder (default reports/compare_<model>)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_common(p, "sampling seed (default 0): every method starts from the same prior noise")
+    p.add_argument("--nll-num-points", type=int, default=500, help="held-out points for --nll (default 500)")
+    add_common(p, seed="sampling seed (default 0): every method starts from the same prior noise",
+               out="the report; default reports/compare_<model>")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,27 +43,27 @@ def run(args: argparse.Namespace) -> int:
 
     variants = compare.parse_methods(args.methods or compare.DEFAULT_METHODS)
     steps = compare.parse_steps(args.steps)
-    for name in ("n", "nll_n", "repeats"):
+    for name in ("num_samples", "nll_num_points", "repeats"):
         if getattr(args, name) < 2:
             raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 2, got {getattr(args, name)}.")
     if args.show_steps is not None and args.show_steps not in steps:
         raise ValueError(f"--show-steps {args.show_steps} is not one of --steps {','.join(map(str, steps))}.")
+    from ..training.loading import load, parse_source
+
     dev, seed = device(args.device), args.seed or 0
-    if (args.model or "").startswith("diffusers:"):  # a diffusers model string is a checkpoint
-        args.checkpoint, args.model = args.model, None
-    checkpoint = model_path(args)
-    if checkpoint:
-        if args.sde == "all":
-            raise ValueError("--sde all needs an analytic --model; a checkpoint has the one SDE it was trained with.")
-        target, model, cfg = compare.checkpoint_target(checkpoint, args.sde, args.n, dev, seed, data=args.data)
-        default_out = f"compare_{Path(checkpoint.removeprefix('diffusers:')).resolve().name}"
+    scheme, rest = parse_source(args.model)
+    model = None
+    if scheme == "analytic":  # every SDE at once, each with the mixture's exact score
+        if args.data is not None:
+            raise ValueError("--data applies to a trained or diffusers model; an analytic model is scored "
+                             "against its own fresh draws.")
+        target = compare.analytic_target(rest, args.sde or "all", args.num_samples, dev, seed)
     else:
-        model_name = args.model or "analytic:ring2d"
-        if not model_name.startswith("analytic:"):
-            raise ValueError(f"--model must read analytic:NAME (ring2d, grid2d, gmm64) or diffusers:PATH, got {model_name!r}; "
-                             "use --checkpoint for a trained model.")
-        target = compare.analytic_target(model_name.split(":", 1)[1], args.sde or "all", args.n, dev, seed)
-        default_out = f"compare_{model_name.split(':', 1)[1]}"
+        if args.sde == "all":
+            raise ValueError("--sde all needs an analytic --model; a trained model has the one SDE it was trained with.")
+        model = load(args.model, sde=args.sde, device=dev, kind="score model")
+        target = compare.model_target(model, dev, args.num_samples, seed, data=args.data)
+    default_out = f"compare_{Path(rest).resolve().name if scheme is None else rest.rstrip('/').split('/')[-1]}"
     show = args.show_steps or max(steps)
     pairs = compare.plan(target, variants, steps, explicit=args.methods is not None and args.sde is not None)
     for note in target.notes:  # before any compute: every change to what was asked
@@ -79,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
                                           show_steps=show, progress=not args.no_progress)
         nll_rows = None
         if args.nll:
-            nll_rows = (nll_table.model_rows(model, cfg, dev, n=args.nll_n, seed=seed) if checkpoint
-                        else nll_table.analytic_rows(target, args.nll_n, dev, seed))
+            nll_rows = (nll_table.model_rows(model, dev, n=args.nll_num_points, seed=seed, data=args.data)
+                        if model is not None else nll_table.analytic_rows(target, args.nll_num_points, dev, seed))
     out = Path(args.out) if args.out else Path("reports") / default_out
     files = report.write_compare(out, target, rows, shown, show, nll_rows)
     print(report.text_table(files["cells"], report.compare_columns(files["cells"])))

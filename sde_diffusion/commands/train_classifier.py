@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_common, add_run_arguments, finished, run_training
+from .common import add_model, add_run_arguments, finished, run_training
 
 HELP = ("train a noisy classifier p(y | x_t, t) on the config's data and SDE (its classifier section), "
         "for sample --classifier")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_run_arguments(p, "configs/digits_classifier.yaml", "classifier.steps=1000 classifier.hidden=128")
-    add_common(p, "training seed (overrides classifier.seed)")
+    add_run_arguments(p, "configs/digits_classifier.yaml", "classifier.steps=1000 classifier.hidden=128",
+                      seed="training seed (overrides classifier.seed)")
+    add_model(p, "the score model the classifier will guide: its SDE and data shape are checked against the "
+                 "config's before training")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..training.classifier_training import train_noisy_classifier
 
-    result = run_training(args, "classifier.seed", train_noisy_classifier, "train-classifier")
+    result = run_training(args, "classifier.seed", train_noisy_classifier, "train-classifier", guides=args.model)
     if result is None:
         return 1
     print(finished(result))

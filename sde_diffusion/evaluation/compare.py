@@ -28,7 +28,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import yaml
 from tqdm.auto import tqdm
 
 from .. import checks
@@ -57,22 +56,15 @@ class Variant:
 
 
 def parse_methods(text: str) -> list[Variant]:
-    """'ancestral,ode:solver=rk4,...' -> Variants; unknown method or malformed option: ValueError."""
-    from solvers import METHODS
+    """'ancestral,ode:solver=rk4,...' -> Variants (``solvers.parse_method`` each); unknown method or
+    malformed option: ValueError."""
+    from solvers import parse_method
 
     out = []
     for label in (s.strip() for s in text.split(",")):
         if not label:
             raise ValueError(f"--methods {text!r} has an empty entry; give names separated by commas.")
-        name, *opts = label.split(":")
-        checks.one_of("method", name, METHODS)
-        options = {}
-        for opt in opts:
-            key, eq, value = opt.partition("=")
-            if not eq or not key:
-                raise ValueError(f"method option {opt!r} in {label!r} must read option=value.")
-            options[key] = yaml.safe_load(value)
-        out.append(Variant(label, name, options))
+        out.append(Variant(label, *parse_method(label)))
     if len({v.label for v in out}) != len(out):
         raise ValueError(f"--methods {text!r} names a method twice.")
     return out
@@ -166,16 +158,17 @@ def escape_of(**where) -> Callable[[torch.Tensor], tuple[float, float]]:
     return lambda x: tuple(float(v) for v in escaped(x, **where))
 
 
-def model_target(model, cfg, device: torch.device, n: int, seed: int = 0, name: str = "model") -> Target:
-    """A trained ScoreModel with its config: SW2 (vectors) or classifier FD (images) against the
-    test split of the config's data; per repeat the floor from a fresh train subset of the same size
-    (and, for vectors smaller than the test split, a fresh test subset)."""
+def model_target(model, device: torch.device, n: int, seed: int = 0, name: str | None = None,
+                 data: str | None = None) -> Target:
+    """A loaded model (``load``): SW2 (vectors) or classifier FD (images) against the test split of its
+    data (or of the .npy/.npz file ``data``); per repeat the floor from a fresh train subset of the same
+    size (and, for vectors smaller than the test split, a fresh test subset)."""
     from ..dequantize import DATA_RANGE
-    from ..training.data import load_dataset
+    from ..training.loading import model_dataset
 
-    test = load_dataset(cfg.data.name, split="test", path=cfg.data.path)
-    train = load_dataset(cfg.data.name, split="train", path=cfg.data.path)
-    notes, sde_name = [], "vp" if cfg.sde.name == "ddpm" else cfg.sde.name
+    test, train = (model_dataset(model, split, data=data) for split in ("test", "train"))
+    notes, sde_name = [], model.info.config.sde.name
+    sde_name = "vp" if sde_name == "ddpm" else sde_name
     subset = lambda data, m, r, stream: data.x[torch.randperm(  # noqa: E731
         len(data), generator=torch.Generator().manual_seed(sub_seed(seed, r, stream)))[:m]].to(device)
     if test.x.ndim == 4:
@@ -200,24 +193,8 @@ def model_target(model, cfg, device: torch.device, n: int, seed: int = 0, name: 
             return Scorer(lambda x: (float(sliced_w2(x.to(held_out.dtype), held_out, generator=proj())), math.nan),
                           float(sliced_w2(subset(train, m, r, 3), held_out, generator=proj())))
         n, escape = m, escape_of(reference=test.x.to(device))
-    return Target(name, {sde_name: model.sde}, lambda sde: model, test.shape, metric, functools.lru_cache(scorer),
-                  ref, n, escape, levels=test.levels, notes=notes)
-
-
-def checkpoint_target(path: str, sde: str | None, n: int, device: torch.device, seed: int = 0,
-                      data: str | None = None):
-    """``model_target`` of a run directory, a checkpoint or ``diffusers:PATH``; ``sde`` (if given) must
-    be the one it was trained with; ``data`` (a .npy/.npz file) replaces the model's data. Returns
-    (target, model, cfg)."""
-    from ..training.checkpoint import load_checkpoint, with_data
-
-    model, cfg = load_checkpoint(path, device=device)
-    cfg = with_data(cfg, data)
-    trained = "vp" if cfg.sde.name == "ddpm" else cfg.sde.name
-    if sde is not None and sde != trained:
-        raise ValueError(f"checkpoint {path!r} was trained with the {cfg.sde.name} SDE ({model.sde}), not "
-                         f"{sde!r}; drop --sde or pass --sde {trained}.")
-    return model_target(model.requires_grad_(False), cfg, device, n, seed, name=str(path)), model, cfg
+    return Target(name or model.info.source, {sde_name: model.sde}, lambda sde: model, test.shape, metric,
+                  functools.lru_cache(scorer), ref, n, escape, levels=test.levels, notes=notes)
 
 
 def quantize(x: torch.Tensor, levels: int | None) -> torch.Tensor:

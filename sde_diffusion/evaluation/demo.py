@@ -42,10 +42,12 @@ class DemoSizes:
     show_steps: int = 20
 
 
-def run_demo(out: Path, *, checkpoint: str | None = None, sizes: DemoSizes = DemoSizes(),
+def run_demo(out: Path, *, model: str = "shipped:digits_vp", sizes: DemoSizes = DemoSizes(),
              device: torch.device | str = "cpu", seed: int = 0, progress: bool = True) -> dict:
-    """Run the demo into ``out``; returns the report path and the headline figures."""
-    from ..training.shipped import COMMAND, load_shipped
+    """Run the demo into ``out`` with the digits model of source ``model`` (``load``); returns the
+    report path and the headline figures."""
+    from ..training.loading import load
+    from ..training.shipped import COMMAND
 
     t_start, device = time.perf_counter(), torch.device(device)
     for steps in (sizes.analytic_steps, sizes.digits_steps):
@@ -59,20 +61,16 @@ def run_demo(out: Path, *, checkpoint: str | None = None, sizes: DemoSizes = Dem
                                           progress=progress)
     files_a = report.write_compare(out / sizes.analytic, gm, rows_a, shown_a, sizes.show_steps, heading="Samplers")
 
-    if checkpoint is None:
-        model, cfg, meta = load_shipped(device=device)
-        source = f"the shipped model (`{COMMAND}`, {meta['step']} steps)"
-    else:
-        from ..training.checkpoint import load_checkpoint
-        model, cfg = load_checkpoint(checkpoint, device=device)
-        model.requires_grad_(False)
-        source = f"checkpoint `{checkpoint}`"
-    digits = compare.model_target(model, cfg, device, sizes.digits_n, seed, name="digits")
+    source = model
+    model = load(source, device=device)
+    source = (f"the shipped model (`{COMMAND}`, {model.info.meta['step']} steps)" if source == "shipped:digits_vp"
+              else f"model `{source}`")
+    digits = compare.model_target(model, device, sizes.digits_n, seed, name="digits")
     rows_d, shown_d = compare.run_compare(digits, compare.parse_methods(DIGITS_METHODS),
                                           compare.parse_steps(sizes.digits_steps), None, device,
                                           repeats=sizes.digits_repeats, seed=seed, show_steps=sizes.show_steps,
                                           progress=progress)
-    nll = nll_table.model_rows(model, cfg, device, n=sizes.nll_n, n_vlb=sizes.vlb_n, seed=seed,
+    nll = nll_table.model_rows(model, device, n=sizes.nll_n, n_vlb=sizes.vlb_n, seed=seed,
                                rtol=sizes.nll_rtol)
     files_d = report.write_compare(out / "digits", digits, rows_d, shown_d, sizes.show_steps, nll, heading="Samplers")
 

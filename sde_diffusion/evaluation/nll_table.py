@@ -110,17 +110,19 @@ def nll_per_sample(model, x: torch.Tensor, levels: int | None, *, generator, bat
     return PerSample(torch.cat(values) if values else empty, torch.cat(se) if se else empty, nfe, seconds)
 
 
-def model_rows(model, cfg, device: torch.device, n: int | None = None, n_vlb: int = 50, seed: int = 0,
-               rtol: float = 1e-5) -> list[dict]:
-    """Test-set NLL of a trained model: PF-ODE (Hutchinson, dopri5) on n test samples (all if None);
-    for discrete data also the DDPM bound on n_vlb samples where a chain applies, and the Gaussian
-    baseline. Bits/dim for discrete data, nats/dim for continuous."""
-    from ..training.data import load_dataset
+def model_rows(model, device: torch.device, n: int | None = None, n_vlb: int = 50, seed: int = 0,
+               rtol: float = 1e-5, data: str | None = None) -> list[dict]:
+    """Test-set NLL of a loaded model (``load``) on its test split (or the file ``data``): PF-ODE
+    (Hutchinson, dopri5) on n test samples (all if None); for discrete data also the DDPM bound on
+    n_vlb samples where a chain applies, and the Gaussian baseline. Bits/dim for discrete data,
+    nats/dim for continuous."""
+    from ..training.loading import model_dataset
     from ..vlb import ddpm_vlb_bits_per_dim
 
-    test = load_dataset(cfg.data.name, split="test", path=cfg.data.path)
+    cfg = model.info.config
+    test = model_dataset(model, "test", data=data)
     if n is not None and n < len(test):
-        test = load_dataset(cfg.data.name, split="test", path=cfg.data.path, n=n, seed=seed)
+        test = model_dataset(model, "test", data=data, n=n, seed=seed)
     sde_name, levels = cfg.sde.name, test.levels
     unit = "bits/dim" if levels else "nats/dim"
     gen = torch.Generator(device).manual_seed(seed)
@@ -135,11 +137,11 @@ def model_rows(model, cfg, device: torch.device, n: int | None = None, n_vlb: in
     if schedule is not None and n_vlb > 0:
         t0 = time.perf_counter()
         # a chain-trained model (mu, learned variance) is read on its chain; a continuous one at its SDE
-        chain_model = model if cfg is not None and cfg.sde.name == "ddpm" else model.eps
+        chain_model = model if cfg.sde.name == "ddpm" else model.eps
         vlb = ddpm_vlb_bits_per_dim(chain_model, schedule, k[:n_vlb].to(device), levels=levels, data_range=DATA_RANGE,
                                     generator=torch.Generator(device).manual_seed(seed), max_batch=4096)
         rows.append(row(sde_name, f"DDPM bound (T={schedule.T})", unit, vlb, time.perf_counter() - t0))
-    train = load_dataset(cfg.data.name, split="train", path=cfg.data.path)
+    train = model_dataset(model, "train", data=data)
     rows.append(row("-", "full-covariance Gaussian (baseline)", unit,
                     gaussian_bpd(train.x, k, levels, torch.Generator().manual_seed(seed)), 0.0))
     return rows

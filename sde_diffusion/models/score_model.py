@@ -38,7 +38,8 @@ beta_tilde) of the reverse step the caller takes (``predict(..., with_v=True)``,
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -103,6 +104,22 @@ def convert(value: torch.Tensor, source: str, target: str, x: torch.Tensor, m: t
     return value if source == target else from_eps(to_eps(value, source, x, m, s), target, x, m, s)
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a loaded model knows beyond its SDE (``sde_diffusion.load``): the ``source`` it was loaded
+    from, the data's ``event_shape`` (per sample), its ``levels`` (None: continuous) and ``data_range``
+    (the interval the levels map onto), the run ``config``, ``meta`` (step, dataset, path, ...) and,
+    for an analytic model, the Gaussian ``mixture`` itself."""
+
+    source: str
+    event_shape: tuple[int, ...]
+    levels: int | None
+    data_range: tuple[float, float] | None
+    config: Any = None
+    meta: dict = field(default_factory=dict)
+    mixture: Any = None
+
+
 class ScoreModel(nn.Module):
     """A backbone ``net(x, t[, y])`` predicting ``parameterization`` under ``sde``.
 
@@ -145,12 +162,30 @@ class ScoreModel(nn.Module):
             mu_step = float(mu_step)
         self.mu_step = mu_step if self.parameterization == "mu" else None
         self.learned_variance = bool(learned_variance)
+        self.info: ModelInfo | None = None
+
+    @property
+    def event_shape(self) -> tuple[int, ...] | None:
+        """The shape of one sample, known for a loaded model (``info``), else None."""
+        return None if self.info is None else self.info.event_shape
+
+    @property
+    def levels(self) -> int | None:
+        """The data's levels per value for a loaded model of discrete data, else None."""
+        return None if self.info is None else self.info.levels
+
+    @property
+    def data_range(self) -> tuple[float, float] | None:
+        """The interval (lo, hi) that a loaded model's levels map onto, else None."""
+        return None if self.info is None else self.info.data_range
 
     def with_net(self, net: Callable) -> "ScoreModel":
         """The same parameterization, SDE and scalings around another net (e.g. a DDP wrapper of it)."""
-        return ScoreModel(net, self.sde, self.parameterization, input_scaling=self.input_scaling,
-                          sigma_data=0.5 if self.sigma_data is None else self.sigma_data,
-                          learned_variance=self.learned_variance, mu_step=self.mu_step)
+        other = ScoreModel(net, self.sde, self.parameterization, input_scaling=self.input_scaling,
+                           sigma_data=0.5 if self.sigma_data is None else self.sigma_data,
+                           learned_variance=self.learned_variance, mu_step=self.mu_step)
+        other.info = self.info
+        return other
 
     @property
     def num_classes(self) -> int | None:

@@ -6,7 +6,7 @@ data and SDE and its ``classifier`` section. Checkpoints are the score models' (
 safetensors, atomic, verified) with ``kind: noisy classifier`` in the manifest; they hold the
 optimizer, the step and the RNG states, and the data stream is replayed from the step, so ``--resume``
 continues exactly. A classifier guides only a model trained under the same SDE on the same data
-shape (``load_noisy_classifier(..., sde=model.sde)`` checks it).
+shape (``load(run, sde=model.sde, event_shape=model.event_shape)`` checks it).
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import (atomic_write_text, kind_of, latest, load_weights, read_config, read_manifest,
-                         read_state, resolve, save_checkpoint)
+from .checkpoint import atomic_write_text, latest, load_weights, read_state, save_checkpoint
 from ..checks import bcast
 from .config import Config, build_sde, to_dict
 from .data import batches, load_dataset
@@ -43,9 +42,22 @@ class ClassifierRun:
     accuracy: dict[float, float]  # t -> held-out accuracy at t (empty if interrupted)
 
 
-def _build(cfg: Config, meta: dict) -> NoisyClassifier:
+def build_classifier(cfg: Config, meta: dict) -> NoisyClassifier:
+    """The run's NoisyClassifier for data of ``meta``'s event_shape and num_classes."""
     return NoisyClassifier(math.prod(meta["event_shape"]), meta["num_classes"], hidden=cfg.classifier.hidden,
                            layers=cfg.classifier.layers)
+
+
+def _check_guides(source: str, sde, shape: tuple[int, ...]) -> None:
+    from .loading import load
+
+    model = load(source, kind="score model")
+    if model.sde != sde:
+        raise ValueError(f"the classifier would train under {sde}, but --model {source!r} samples under "
+                         f"{model.sde}; set the config's sde section to the model's.")
+    if model.event_shape != tuple(shape):
+        raise ValueError(f"the classifier's data has shape {tuple(shape)}, --model {source!r} takes "
+                         f"{model.event_shape}; train on the model's data.")
 
 
 def held_out_accuracy(classifier: NoisyClassifier, cfg: Config, *, device, times=(0.0, 0.25, 0.5),
@@ -68,9 +80,12 @@ def held_out_accuracy(classifier: NoisyClassifier, cfg: Config, *, device, times
 
 
 def train_noisy_classifier(cfg: Config | None, out: str | Path, *, resume: bool = False,
-                           device: str | torch.device = "cpu", progress: bool = True) -> ClassifierRun:
+                           device: str | torch.device = "cpu", progress: bool = True,
+                           guides: str | None = None) -> ClassifierRun:
     """Train the run's noisy classifier into ``out`` (or continue its latest checkpoint with ``resume``;
-    ``cfg`` None then means the checkpoint's config). One process (no torchrun: it is small)."""
+    ``cfg`` None then means the checkpoint's config). ``guides``: the source of the score model it is
+    meant for (``load``), whose SDE and data shape must be the run's (checked before training). One
+    process (no torchrun: it is small)."""
     if env_size() > 1:
         raise ValueError("train-classifier runs in one process; launch it without torchrun.")
     out, device = Path(out), torch.device(device)
@@ -81,10 +96,13 @@ def train_noisy_classifier(cfg: Config | None, out: str | Path, *, resume: bool 
     ds = load_dataset(cfg.data.name, split="train", path=cfg.data.path, n=cfg.data.n, seed=cfg.data.seed)
     if ds.y is None:
         raise ValueError(f"data.name: a classifier needs labels; dataset {ds.name!r} has none.")
+    if guides is not None:
+        _check_guides(guides, sde, ds.shape)
     meta = {"kind": KIND, "event_shape": list(ds.shape), "levels": ds.levels, "num_classes": ds.num_classes,
             "dataset": ds.name}
-    torch.manual_seed(cc.seed)
-    classifier = _build(cfg, meta).to(device).train()
+    with torch.random.fork_rng():  # the initial weights from the run's seed; the caller's RNG untouched
+        torch.manual_seed(cc.seed)
+        classifier = build_classifier(cfg, meta).to(device).train()
     opt = torch.optim.Adam(classifier.parameters(), lr=cc.lr)
     noise_gen = torch.Generator(device).manual_seed(cc.seed + 1)
     step, losses = 0, []
@@ -132,25 +150,3 @@ def train_noisy_classifier(cfg: Config | None, out: str | Path, *, resume: bool 
     classifier.eval()
     accuracy = {} if stop.requested else held_out_accuracy(classifier, cfg, device=device)
     return ClassifierRun(out, step, stop.requested is not None, latest(out), classifier, cfg, accuracy)
-
-
-def load_noisy_classifier(path: str | Path, *, device: torch.device | str = "cpu",
-                          sde=None, event_shape: tuple[int, ...] | None = None) -> tuple[NoisyClassifier, Config]:
-    """(NoisyClassifier in eval mode, its run Config) from a ``train-classifier`` run or checkpoint.
-    With ``sde`` / ``event_shape`` (those of the model to guide), a classifier trained under another
-    SDE or on another data shape is refused, naming both."""
-    ckpt = resolve(path)
-    manifest = read_manifest(ckpt)
-    if kind_of(manifest) != KIND:
-        raise ValueError(f"checkpoint {str(ckpt)!r} holds a {kind_of(manifest)}, not a noisy classifier "
-                         "(train one with sde-diffusion train-classifier).")
-    cfg = read_config(ckpt)
-    if sde is not None and build_sde(cfg) != sde:
-        raise ValueError(f"classifier {str(ckpt)!r} was trained under {build_sde(cfg)}, but the model "
-                         f"samples under {sde}; train the classifier with the model's SDE.")
-    if event_shape is not None and tuple(manifest["event_shape"]) != tuple(event_shape):
-        raise ValueError(f"classifier {str(ckpt)!r} takes data of shape {tuple(manifest['event_shape'])}, "
-                         f"the model's is {tuple(event_shape)}.")
-    classifier = _build(cfg, manifest)
-    load_weights(classifier, ckpt, ema=False)
-    return classifier.to(device).eval(), cfg

@@ -1,4 +1,4 @@
-"""The trained digits model the package ships for ``sde-diffusion demo``, and how it is reproduced.
+"""The trained digits models the package ships (``load("shipped:digits_vp")``), and how they are reproduced.
 
 ``sde_diffusion/assets/digits_vp/`` holds the EMA weights (``ema.safetensors``), the run's ``config.json`` and
 ``meta.json`` (data shape, levels, training step, the weights' SHA-256, the command that made it):
@@ -14,9 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
-import torch
-
-from .checkpoint import load_checkpoint, read_manifest, read_meta, resolve, sha256_file
+from .checkpoint import read_manifest, resolve, sha256_file
 
 SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "digits_vp"
 COMMAND = "sde-diffusion train --config configs/digits_vp.yaml --out runs/digits_vp"
@@ -34,13 +32,6 @@ def export(run_dir: str | Path, dest: str | Path = SHIPPED, command: str = COMMA
             "dataset": manifest.get("dataset"), "sha256": sha256_file(dest / "ema.safetensors"), "command": command}
     (dest / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return dest
-
-
-def load_shipped(path: str | Path = SHIPPED, device: torch.device | str = "cpu"):
-    """(ScoreModel in eval mode without gradients, Config, meta) of an export (default: the shipped digits
-    model): ``checkpoint.load_checkpoint`` plus ``read_meta``, a convenience for notebooks."""
-    model, cfg = load_checkpoint(path, device=device)
-    return model.requires_grad_(False), cfg, read_meta(path)
 
 
 def main(argv: list[str] | None = None) -> None:

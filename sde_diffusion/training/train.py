@@ -24,9 +24,10 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write_text, latest, load_weights, model_kwargs, read_state, save_checkpoint
+from .checkpoint import atomic_write_text, latest, load_weights, read_state, save_checkpoint
 from .config import Config, build_schedule, build_sde, to_dict
 from .data import batches, check_model_data, load_dataset
+from .loading import model_kwargs
 from .distributed import ddp, setup
 from ..guidance import NoisyClassifier, guided_score
 from ..losses import ddpm_loss, dsm_loss, sample_importance_time
@@ -48,12 +49,12 @@ class TrainResult:
 def draw_samples(model: ScoreModel, cfg: Config, shape: tuple[int, ...], *, device, seed: int,
                  n: int | None = None, method: str | None = None, steps: int | None = None,
                  label: int | None = None, guidance: float = 0.0, classifier: NoisyClassifier | None = None,
-                 classifier_scale: float = 1.0, **options):
+                 classifier_scale: float = 1.0, progress: bool = False, **options):
     """``solvers.sample`` from ``model`` by the config's (or the given) method, leaving the global RNG
     untouched; returns the SampleResult. With ``label``, samples of that class under classifier-free
     guidance weight ``guidance`` (a conditional model) and/or a noisy ``classifier`` with weight
-    ``classifier_scale`` (``guidance.guided_score``). ``options`` go to the method (e.g. ancestral's
-    ``schedule``)."""
+    ``classifier_scale`` (``guidance.guided_score``). ``method`` may carry options (``ode:solver=rk4``);
+    ``options`` go to the method too (e.g. ancestral's ``schedule``); ``progress``: a tqdm bar."""
     import solvers
 
     n = n or cfg.sample.n
@@ -66,7 +67,7 @@ def draw_samples(model: ScoreModel, cfg: Config, shape: tuple[int, ...], *, devi
         gen = torch.Generator(device).manual_seed(seed)
         return solvers.sample(score_fn, model.sde, (n, *shape),
                               method=method or cfg.sample.method, steps=steps or cfg.sample.steps,
-                              eps=cfg.sample.eps, generator=gen, device=device, **options)
+                              eps=cfg.sample.eps, generator=gen, device=device, progress=progress, **options)
 
 
 def _global_draws(cfg: Config, schedule, x0: torch.Tensor, gen: torch.Generator) -> dict:
@@ -102,14 +103,34 @@ def _build(cfg: Config, meta: dict, device: torch.device, data: torch.Tensor) ->
 
 def train(cfg: Config | None, out: str | Path, *, resume: bool = False,
           device: str | torch.device = "cpu", progress: bool = True,
-          max_seconds: float | None = None) -> TrainResult:
+          max_seconds: float | None = None, init: str | None = None) -> TrainResult:
     """Train under ``cfg`` into run directory ``out`` (or continue its latest checkpoint with
-    ``resume``; ``cfg`` None then means the checkpoint's own config). ``max_seconds`` ends the run
-    early (with a checkpoint) after that much wall time: for time-boxed benchmarks only, since the
-    step count then depends on the machine's speed. Under torchrun it trains data-parallel
-    (``distributed``): the same run as one process with the same global batch, rank 0 writing."""
-    out = Path(out)
+    ``resume``; ``cfg`` None then means the checkpoint's own config). ``init``: a model source
+    (``load``) whose weights a fresh run starts from, for fine-tuning (same architecture; the EMA
+    starts there too). ``max_seconds`` ends the run early (with a checkpoint) after that much wall
+    time: for time-boxed benchmarks only, since the step count then depends on the machine's speed.
+    Under torchrun it trains data-parallel (``distributed``): the same run as one process with the
+    same global batch, rank 0 writing. The caller's global random state is left as it was."""
     world, device = setup(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return _train(cfg, Path(out), resume, world, device, progress, max_seconds, init)
+
+
+def _init_weights(model: ScoreModel, source: str) -> None:
+    """Copy the weights of the model at ``source`` into ``model``, naming any architecture mismatch."""
+    from .loading import load
+
+    weights = load(source, kind="score model").state_dict()
+    own = model.state_dict()
+    wrong = sorted(set(own) ^ set(weights)) or [k for k in own if own[k].shape != weights[k].shape]
+    if wrong:
+        raise ValueError(f"--model {source!r} does not fit the config's architecture (first difference: "
+                         f"{wrong[0]}); start from a model trained with the same model section.")
+    model.load_state_dict(weights)
+
+
+def _train(cfg, out: Path, resume: bool, world, device: torch.device, progress: bool,
+           max_seconds: float | None, init: str | None) -> TrainResult:
     cfg, ckpt = open_run(out, cfg, resume, "score model")
     tc = cfg.train
     if tc.batch_size % world.size:
@@ -120,6 +141,9 @@ def train(cfg: Config | None, out: str | Path, *, resume: bool = False,
             "dataset": ds.name}
     torch.manual_seed(tc.seed)
     model = _build(cfg, meta, device, ds.x).train()
+    if init is not None and not resume:
+        _init_weights(model, init)
+        meta["init"] = init
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
     ema.module.eval()
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
