@@ -18,10 +18,8 @@ from pathlib import Path
 import torch
 
 import solvers
-from sde_diffusion import VPSDE, log_likelihood
+from sde_diffusion import VPSDE, load, log_likelihood, model_dataset
 from sde_diffusion.models import build_model
-from sde_diffusion.training.data import load_dataset
-from sde_diffusion.training.shipped import load_shipped
 
 from likelihood import scipy_reference  # benchmarks/likelihood.py: the score_sde-style RK45 reference
 
@@ -80,9 +78,9 @@ def large_unet(plan, device: torch.device):
 
 
 def models(plan, device: torch.device) -> dict:
-    digits, _, meta = load_shipped(device=device)
+    digits = load("shipped:digits_vp", device=device)
     large = large_unet(plan, device)
-    return {"digits": (digits, tuple(meta["event_shape"])),
+    return {"digits": (digits, digits.event_shape),
             "large": (large, (plan.large["in_channels"],) + (plan.large["image_size"],) * 2)}
 
 
@@ -177,8 +175,8 @@ def likelihood_model(plan, device: torch.device):
         torch.manual_seed(0)
         model = build_model("mlp", VPSDE(), dim=4, hidden=32, blocks=1).to(device).eval().requires_grad_(False)
         return model, torch.randn(plan.points, 4, generator=torch.Generator().manual_seed(0)).to(device)
-    model, _, _ = load_shipped(device=device)
-    return model, load_dataset("digits", split="test").x[:plan.points].to(device)
+    model = load("shipped:digits_vp", device=device)
+    return model, model_dataset(model, "test").x[:plan.points].to(device)
 
 
 def likelihood(plan, device: torch.device, budget) -> list[dict]:

@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 
 import solvers
-from sde_diffusion.training.checkpoint import latest, load_checkpoint
+from sde_diffusion.training.checkpoint import latest
 from sde_diffusion.training.config import load_config
-from sde_diffusion.training.data import load_dataset
+from sde_diffusion.training.loading import load
 from sde_diffusion.evaluation.features import load_classifier
-from sde_diffusion.training.classifier_training import load_noisy_classifier, train_noisy_classifier
+from sde_diffusion.training.classifier_training import train_noisy_classifier
 from sde_diffusion.guidance import classifier_guided
 from sde_diffusion.training.train import train
 from sde_diffusion.training.viz import save_samples
@@ -54,15 +54,14 @@ def main() -> None:
     run = out / "run"
     cfg = load_config(ROOT / "configs" / "digits_cfg.yaml", [f"train.steps={args.steps}", "train.sample_every=0"])
     train(cfg, run, resume=latest(run) is not None, device=dev, progress=False, max_seconds=args.max_seconds)
-    model, cfg = load_checkpoint(run, device=dev)
+    model = load(run, device=dev)
     step = int(latest(run).name.split("_")[-1])
 
-    ds = load_dataset("digits", split="train")
     clf_cfg = load_config(ROOT / "configs" / "digits_classifier.yaml", [f"classifier.steps={args.classifier_steps}"])
     clf_run = out / "classifier"
     trained = train_noisy_classifier(clf_cfg, clf_run, resume=latest(clf_run) is not None, device=dev,
                                      progress=False)
-    clf, _ = load_noisy_classifier(clf_run, device=dev, sde=model.sde)
+    clf = load(clf_run, device=dev, sde=model.sde, kind="noisy classifier")
     judge = load_classifier(device=dev)
 
     y = torch.arange(10, device=dev).repeat_interleave(args.n)
@@ -74,13 +73,13 @@ def main() -> None:
     for name, score_fn in settings.items():
         gen = torch.Generator(dev).manual_seed(0)
         with torch.no_grad():
-            x = solvers.sample(score_fn, model.sde, (len(y), 1, 8, 8), args.method, args.sampler_steps,
-                               generator=gen, device=dev).x.clamp(-1, 1)
+            x = solvers.sample(score_fn, model.sde, (len(y), *model.event_shape), args.method,
+                               args.sampler_steps, generator=gen, device=dev).x.clamp(-1, 1)
             hit = (judge(x).argmax(1) == y).double()
         rows.append({"setting": name, "accuracy": f"{float(hit.mean()):.3f}",
                      "se": f"{float(hit.std() / len(hit) ** 0.5):.3f}"})
         save_samples(x[::max(1, args.n // 8)].cpu(), out / f"guidance_{name.replace(' ', '_')}.png",
-                     levels=ds.levels, title=name)
+                     levels=model.levels, title=name)
     with open(out / "guidance.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -140,15 +140,14 @@ def _per_nfe(fn, reps: int, device) -> float:
 
 def model_costs(device, batch: int = 100) -> list[dict]:
     """Seconds per NFE (one right-hand side: the score and its divergence) by divergence method."""
-    from sde_diffusion import build_model
-    from sde_diffusion.training.shipped import load_shipped
+    from sde_diffusion import build_model, load
 
     def mlp(dim):
         torch.manual_seed(0)
         return build_model("mlp", VPSDE(), dim=dim, hidden=64, blocks=2, embedding="sinusoidal", emb_dim=64)
 
     models = [("toy MLP", (2,), mlp(2)), ("toy MLP", (64,), mlp(64)),
-              ("digits U-Net (shipped)", (1, 8, 8), load_shipped()[0])]
+              ("digits U-Net (shipped)", (1, 8, 8), load("shipped:digits_vp"))]
     rows = []
     for name, shape, model in models:
         for dtype in (torch.float32, torch.float64):
@@ -175,11 +174,10 @@ def digits_bpd(device, costs: list[dict], probes: int) -> None:
     The s.e. over samples includes the probe noise; without it (the exact divergence's s.e.) it would
     be sqrt((var_n(value) - mean_n se_n^2) / N), se_n the s.e. of point n over its probes (P >= 2)."""
     from sde_diffusion.evaluation.nll_table import mean_se, nll_per_sample
-    from sde_diffusion.training.data import load_dataset
-    from sde_diffusion.training.shipped import load_shipped
+    from sde_diffusion import load, model_dataset
 
-    model = load_shipped(device=device)[0]
-    test = load_dataset("digits", split="test")
+    model = load("shipped:digits_vp", device=device)
+    test = model_dataset(model, "test")
     start = time.perf_counter()
     r = nll_per_sample(model, test.x.to(device), test.levels, generator=torch.Generator(device).manual_seed(0),
                        batch_size=100, divergence="hutchinson", probes=probes, rtol=1e-5, atol=1e-5)

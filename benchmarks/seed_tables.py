@@ -42,9 +42,8 @@ import solvers
 from sde_diffusion.dequantize import DATA_RANGE
 from sde_diffusion.evaluation.compare import model_target
 from sde_diffusion.evaluation.nll_table import mean_se, nll_per_sample
-from sde_diffusion.training.checkpoint import load_checkpoint
 from sde_diffusion.training.config import build_schedule, load_config
-from sde_diffusion.training.data import load_dataset
+from sde_diffusion.training.loading import load, model_dataset
 from sde_diffusion.training.runs import TrainingError
 from sde_diffusion.training.train import train
 from sde_diffusion.vlb import ddpm_vlb_bits_per_dim
@@ -94,7 +93,7 @@ def train_row(row: str, steps: int | None, out: Path, device: torch.device) -> d
 def fd_repeats(model, cfg, device, n: int, repeats: int, steps: int | None = None, variance: str = "auto") -> dict:
     """Ancestral samples: on the config's chain (respaced to ``steps`` when given) or, for an SDE-trained
     model, 1000 steps on the SDE. FD per repeat, its mean and s.e., and the floor."""
-    target = model_target(model, cfg, device, n)
+    target = model_target(model, device, n)
     chain = build_schedule(cfg)
     fds, floors, nfe = [], [], 0
     for r in range(repeats):
@@ -134,9 +133,9 @@ def ode_bpd(model, test, device) -> dict:
 
 def measure(row: str, info: dict, args, device, only_fd: bool = False) -> dict:
     """Every figure of the row; with ``only_fd`` the sample figures alone, the rest kept from ``info``."""
-    model, cfg = load_checkpoint(info["checkpoint"], device=device)
-    model = model.eval().requires_grad_(False)
-    test = load_dataset(cfg.data.name, split="test", path=cfg.data.path)
+    model = load(info["checkpoint"], device=device)
+    cfg = model.info.config
+    test = model_dataset(model, "test")
     k = test.discrete()
     t0 = time.process_time()
     out = {**info, **fd_repeats(model, cfg, device, args.n, args.repeats)}

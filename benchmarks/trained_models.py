@@ -31,7 +31,7 @@ import solvers
 from sde_diffusion.evaluation.compare import model_target
 from sde_diffusion.evaluation.nll_table import nll_per_sample
 from sde_diffusion.training.config import load_config
-from sde_diffusion.training.data import load_dataset
+from sde_diffusion.training.loading import load, model_dataset
 from sde_diffusion.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,11 +58,12 @@ def train_model(config: str, overrides: list[str], out: Path, device: torch.devi
     cfg = load_config(ROOT / "configs" / config, overrides + ["train.sample_every=0", "train.ckpt_every=100000"])
     start = time.process_time()
     result = train(cfg, out, device=device, progress=False)
-    return result.model.eval(), cfg, time.process_time() - start
+    cpu = time.process_time() - start
+    return load(result.out, device=device), cpu  # the EMA model with its info (data, levels, config)
 
 
-def sampler_rows(name: str, model, cfg, methods, steps, n: int, device: torch.device) -> list[dict]:
-    target = model_target(model, cfg, device, n)
+def sampler_rows(name: str, model, methods, steps, n: int, device: torch.device) -> list[dict]:
+    target = model_target(model, device, n)
     scorer = target.scorer(0)
     rows = []
     for method in methods:
@@ -124,20 +125,20 @@ def main(argv: list[str] | None = None) -> None:
         for data in ("moons", "ring"):
             for par in PARAMETERIZATIONS:
                 name = f"{data} {par}"
-                model, cfg, cpu = train_model("toy_vp.yaml", [f"data.name={data}", f"model.parameterization={par}",
-                                                              f"train.steps={toy_steps}"], Path(tmp) / name, dev)
+                model, cpu = train_model("toy_vp.yaml", [f"data.name={data}", f"model.parameterization={par}",
+                                                         f"train.steps={toy_steps}"], Path(tmp) / name, dev)
                 trained.append({"model": name, "train steps": toy_steps, "train CPU s": round(cpu)})
-                rows += sampler_rows(name, model, cfg, TOY_METHODS, a.steps, n_toy, dev)
+                rows += sampler_rows(name, model, TOY_METHODS, a.steps, n_toy, dev)
                 print(f"{name}: trained in {cpu:.0f} CPU s", flush=True)
         for par in PARAMETERIZATIONS:
             name = f"digits {par}"
-            model, cfg, cpu = train_model("digits_vp.yaml", [f"model.parameterization={par}",
-                                                             f"train.steps={digit_steps}"], Path(tmp) / name, dev)
+            model, cpu = train_model("digits_vp.yaml", [f"model.parameterization={par}",
+                                                        f"train.steps={digit_steps}"], Path(tmp) / name, dev)
             trained.append({"model": name, "train steps": digit_steps, "train CPU s": round(cpu)})
-            rows += sampler_rows(name, model, cfg, DIGIT_METHODS, a.steps, n_digits, dev)
-            test = load_dataset("digits", split="test").x[:n_bpd].to(dev)
-            v = nll_per_sample(model, test, 17, generator=torch.Generator(dev).manual_seed(0), batch_size=n_bpd,
-                               divergence="hutchinson")
+            rows += sampler_rows(name, model, DIGIT_METHODS, a.steps, n_digits, dev)
+            test = model_dataset(model, "test").x[:n_bpd].to(dev)
+            v = nll_per_sample(model, test, model.levels, generator=torch.Generator(dev).manual_seed(0),
+                               batch_size=n_bpd, divergence="hutchinson")
             bpd.append({"model": name, "test bits/dim": float(v.mean()), "s.e.": float(v.std() / len(v) ** 0.5),
                         "digits": len(v)})
             print(f"{name}: trained in {cpu:.0f} CPU s", flush=True)

@@ -229,30 +229,30 @@ def tiny_run(tmp_path_factory):
 
 @pytest.fixture
 def nan_weights(monkeypatch):
-    """load_checkpoint as the CLI calls it (``training.checkpoint.load_checkpoint``, imported when a
-    command runs), with every weight of the loaded model set to NaN."""
-    import sde_diffusion.training.checkpoint as checkpoint
-    load = checkpoint.load_checkpoint
+    """``load`` as the CLI calls it (``training.loading.load``, imported when a command runs), with every
+    weight of the loaded model set to NaN."""
+    import sde_diffusion.training.loading as loading
+    load = loading.load
 
     def poisoned(*args, **kwargs):
-        model, cfg = load(*args, **kwargs)
+        model = load(*args, **kwargs)
         with torch.no_grad():
             for p in model.parameters():
                 p.fill_(NAN)
-        return model, cfg
-    monkeypatch.setattr(checkpoint, "load_checkpoint", poisoned)
+        return model
+    monkeypatch.setattr(loading, "load", poisoned)
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["sample", "--steps", "4", "--n", "8"],
+    (["sample", "--steps", "4", "--num-samples", "8"],
      r"sampling produced NaN/Inf: the score function returned non-finite values at t = 1\.$"),
-    (["nll", "--n", "4"], r"log_likelihood produced NaN/Inf: the score function returned non-finite values at t = "),
+    (["nll", "--num-points", "4"], r"log_likelihood produced NaN/Inf: the score function returned non-finite values at t = "),
 ])
 def test_cli_model_producing_nan_exits_2_naming_where(argv, message, tiny_run, nan_weights, tmp_path, capsys):
     """The first score call (t = T = 1) is NaN. (No state is named: the tiny config samples by Heun,
     whose second evaluation in step 1 already gets NaN input, which ScoreModel refuses on CPU.)"""
     out = ["--out", str(tmp_path / "s")] if argv[0] == "sample" else []
-    assert main([argv[0], "--checkpoint", str(tiny_run), *argv[1:], "--device", "cpu", *out]) == 2
+    assert main([argv[0], "--model", str(tiny_run), *argv[1:], "--device", "cpu", *out]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert re.search(message, err.strip()), err
@@ -272,7 +272,8 @@ def test_cli_impossible_solver_parameters_exit_2(argv, message, tiny_run, tmp_pa
     else:
         run = tiny_run
     out = ["--out", str(tmp_path / "s")] if argv[0] == "sample" else []
-    assert main([argv[0], "--checkpoint", str(run), *argv[1:], "--n", "4", "--device", "cpu", *out]) == 2
+    count = "--num-samples" if argv[0] == "sample" else "--num-points"
+    assert main([argv[0], "--model", str(run), *argv[1:], count, "4", "--device", "cpu", *out]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and re.search(message, err.strip()), err
 

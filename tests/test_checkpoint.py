@@ -9,7 +9,8 @@ import torch
 from _tiny import tiny_config
 
 from sde_diffusion.training import checkpoint as ckpt_mod
-from sde_diffusion.training.checkpoint import latest, load_checkpoint, load_weights, read_state, resolve
+from sde_diffusion import load
+from sde_diffusion.training.checkpoint import latest, load_weights, read_state, resolve
 from sde_diffusion.models import build_model
 from sde_diffusion.sde import VESDE, VPSDE
 from sde_diffusion.training.train import TrainingError, train
@@ -37,11 +38,12 @@ def _probe():
 
 def test_round_trip_gives_identical_outputs(run):
     out, result = run
-    model, cfg = load_checkpoint(out)
+    model = load(out)
     x, t = _probe()
     with torch.no_grad():
         assert torch.equal(model(x, t), result.model(x, t))  # the EMA weights, bit for bit
-    assert cfg == result.config and model.sde == VPSDE(0.1, 20.0)
+    assert model.info.config == result.config and model.sde == VPSDE(0.1, 20.0)
+    assert model.event_shape == (2,) and model.levels is None and model.info.meta["step"] == 8
     assert resolve(out) == resolve(out / "checkpoints") == resolve(resolve(out)) == out / "checkpoints" / "step_00000008"
 
 
@@ -60,7 +62,7 @@ def test_truncated_file_is_reported(fresh, name):
     path = latest(fresh[0]) / name
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(ValueError, match=f"{name} is truncated"):
-        load_checkpoint(fresh[0])
+        load(fresh[0])
 
 
 @pytest.mark.parametrize("name", ["ema.safetensors", "state.pt"])
@@ -70,7 +72,7 @@ def test_corrupted_byte_is_reported(fresh, name):
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=f"{name} is corrupted"):
-        load_checkpoint(fresh[0])
+        load(fresh[0])
 
 
 def _rehash(ckpt, name):
@@ -86,7 +88,7 @@ def test_damaged_safetensors_header_is_a_clear_error_even_with_a_forged_manifest
     (ckpt / "ema.safetensors").write_bytes(b"\xff" * 8 + b"garbage")
     _rehash(ckpt, "ema.safetensors")
     with pytest.raises(ValueError, match="ema.safetensors cannot be read"):
-        load_checkpoint(fresh[0])
+        load(fresh[0])
 
 
 class Payload:
@@ -103,15 +105,15 @@ def test_state_file_with_an_arbitrary_object_is_refused(fresh):
 
 def test_missing_and_foreign_paths(fresh, tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
-        load_checkpoint(tmp_path / "nowhere")
+        load(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="is not a checkpoint"):
-        load_checkpoint(tmp_path)
+        load(tmp_path)
     (latest(fresh[0]) / "model.safetensors").unlink()
     with pytest.raises(ValueError, match="model.safetensors is missing"):
-        load_checkpoint(fresh[0])
+        load(fresh[0])
     (latest(fresh[0]) / "manifest.json").write_text("{not json")
     with pytest.raises(ValueError, match="manifest.json is unreadable"):
-        load_checkpoint(latest(fresh[0]))
+        load(latest(fresh[0]))
 
 
 def test_other_architecture_is_refused_naming_the_parameter(run):
@@ -124,8 +126,8 @@ def test_other_architecture_is_refused_naming_the_parameter(run):
 
 
 def test_other_sde_is_refused_naming_both(run):
-    with pytest.raises(ValueError, match=r"trained with VPSDE\(beta_min=0.1, beta_max=20.0\), not VESDE"):
-        load_checkpoint(run[0], sde=VESDE())
+    with pytest.raises(ValueError, match=r"trained with the vp SDE \(VPSDE\(beta_min=0.1, beta_max=20.0\)\), not VESDE"):
+        load(run[0], sde=VESDE())
 
 
 @pytest.mark.parametrize("override, key", [("model.params.hidden=32", "model.params"),
@@ -147,7 +149,7 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(fresh, monkeypatch):
     with pytest.raises(TrainingError, match="could not write the checkpoint of step 12 .No space left"):
         train(tiny_config("train.steps=12"), out, resume=True, progress=False)
     assert latest(out) == before and not list((out / "checkpoints").glob(".tmp-*"))
-    model, _ = load_checkpoint(out)
+    model = load(out)
     x, t = _probe()
     with torch.no_grad():
         assert torch.equal(model(x, t), result.model(x, t))

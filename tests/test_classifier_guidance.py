@@ -20,11 +20,12 @@ import pytest
 import torch
 
 import solvers
-from sde_diffusion.training.classifier_training import held_out_accuracy, load_noisy_classifier
+from sde_diffusion import load
+from sde_diffusion.training.classifier_training import held_out_accuracy
 from sde_diffusion.commands.cli import main
 from sde_diffusion.evaluation.features import load_classifier
 from sde_diffusion.guidance import guided_score
-from sde_diffusion.training.shipped import SHIPPED, load_shipped
+from sde_diffusion.training.shipped import SHIPPED
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "digits_classifier.yaml")
@@ -42,7 +43,7 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model():
-    return load_shipped()[0]
+    return load("shipped:digits_vp")
 
 
 def _judged(score_fn, sde, y, method="dpm_solver", steps=20):
@@ -53,7 +54,7 @@ def _judged(score_fn, sde, y, method="dpm_solver", steps=20):
 
 
 def test_classifier_guided_samples_are_the_requested_digit(run, model):
-    classifier, _ = load_noisy_classifier(run, sde=model.sde, event_shape=(1, 8, 8))
+    classifier = load(run, sde=model.sde, event_shape=(1, 8, 8))
     y = torch.arange(10).repeat_interleave(N_PER_LABEL)
     unguided = _judged(model, model.sde, y)
     guided = _judged(guided_score(model, y, classifier=classifier, scale=3.0), model.sde, y)
@@ -65,8 +66,8 @@ def test_noisy_classifier_accuracy_falls_with_the_noise_level(run):
     """On held-out digits: nearly clean data (t = eps) is classified like clean data (measured 0.98 on
     the 300 test digits, SE 0.008; we assert >= 0.9), and forward noise destroys the label
     information, so accuracy decreases with t (measured 0.79 at t = T/4, 0.29 at T/2)."""
-    classifier, cfg = load_noisy_classifier(run)
-    acc = list(held_out_accuracy(classifier, cfg, device="cpu").values())
+    classifier = load(run, kind="noisy classifier")
+    acc = list(held_out_accuracy(classifier, classifier.info.config, device="cpu").values())
     assert acc[0] >= 0.9 and acc[0] > acc[1] > acc[2], acc
 
 
@@ -74,10 +75,10 @@ def test_cli_sample_with_a_classifier(run, tmp_path):
     """40 samples of label 7 from the shipped model: >= 0.7 judged a 7 (at p = 0.95, SE = 0.034:
     7 SE of margin); an exported model's folder is read but not written to."""
     out = tmp_path / "sevens"
-    args = ["sample", "--checkpoint", str(SHIPPED), "--classifier", str(run), "--label", "7",
-            "--classifier-scale", "3", "--method", "dpm_solver", "--steps", "20", "--n", "40"]
+    args = ["sample", "--model", str(SHIPPED), "--classifier", str(run), "--label", "7",
+            "--classifier-scale", "3", "--method", "dpm_solver", "--steps", "20", "--num-samples", "40"]
     assert main([*args, "--out", str(out)]) == 0
-    x = torch.from_numpy(np.load(out.with_suffix(".npz"))["x"])
+    x = torch.from_numpy(np.load(out / "samples.npz")["x"])
     assert (load_classifier()(x.clamp(-1, 1)).argmax(1) == 7).double().mean() >= 0.7
     assert not (SHIPPED / "samples").exists()
 
@@ -90,7 +91,7 @@ def test_resumed_classifier_training_equals_an_uninterrupted_run(tmp_path):
     assert main(["train-classifier", "--config", CONFIG, *short, "classifier.steps=2", "--out", str(resumed),
                  "--no-progress"]) == 0
     assert main(["train-classifier", "--resume", "--out", str(resumed), "classifier.steps=4", "--no-progress"]) == 0
-    a, b = load_noisy_classifier(straight)[0], load_noisy_classifier(resumed)[0]
+    a, b = load(straight), load(resumed)
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), name
 
@@ -99,7 +100,7 @@ def test_bad_classifier_input_exits_2_with_one_line(run, tmp_path, capsys):
     other_sde = tmp_path / "ve"
     assert main(["train-classifier", "--config", CONFIG, "sde.name=ve", "sde.params={}", "classifier.steps=1",
                  "--out", str(other_sde), "--no-progress"]) == 0
-    sample = ["sample", "--checkpoint", str(SHIPPED), "--n", "4", "--steps", "2", "--out", str(tmp_path / "s")]
+    sample = ["sample", "--model", str(SHIPPED), "--num-samples", "4", "--steps", "2", "--out", str(tmp_path / "s")]
     cases = [
         ([*sample, "--classifier-scale", "2"], "--classifier-scale needs --classifier"),
         ([*sample, "--classifier", str(run)], "need a label"),
@@ -107,8 +108,10 @@ def test_bad_classifier_input_exits_2_with_one_line(run, tmp_path, capsys):
         ([*sample, "--classifier", str(run), "--label", "1", "--classifier-scale", "-1"], "scale must be a number >= 0"),
         ([*sample, "--classifier", str(run), "--label", "1", "--guidance", "2"], "needs a conditional model"),
         ([*sample, "--classifier", str(other_sde), "--label", "1"], "trained under VESDE"),
-        ([*sample, "--classifier", str(SHIPPED), "--label", "1"], "is not a checkpoint"),
-        (["sample", "--checkpoint", str(run)], "holds a noisy classifier, not a score model"),
+        ([*sample, "--classifier", str(SHIPPED), "--label", "1"], "holds a score model, not a noisy classifier"),
+        (["train-classifier", "--config", CONFIG, "sde.name=ve", "sde.params={}", "--model", "shipped:digits_vp",
+          "--out", str(tmp_path / "g")], "but --model 'shipped:digits_vp' samples under VPSDE"),
+        (["sample", "--model", str(run)], "holds a noisy classifier, not a score model"),
         (["train-classifier", "--config", CONFIG, "--out", str(run)], "already holds a run"),
         (["train", "--resume", "--out", str(run)], "holds a noisy classifier run, not a score model run"),
         (["train-classifier", "--config", str(ROOT / "configs" / "toy_vp.yaml"), "--out", str(tmp_path / "r")],

@@ -64,7 +64,7 @@ def _rows(path) -> list[dict]:
 def test_compare_on_the_ring_writes_every_file_with_sane_numbers(tmp_path, capsys):
     out = tmp_path / "cmp"
     rc = main(["compare", "--model", "analytic:ring2d", "--sde", "vp", "--methods", "euler_maruyama,heun",
-               "--steps", "3,200", "--n", "1000", "--repeats", "2", "--nll", "--nll-n", "100", "--out", str(out),
+               "--steps", "3,200", "--num-samples", "1000", "--repeats", "2", "--nll", "--nll-num-points", "100", "--out", str(out),
                "--no-progress"])
     assert rc == 0
     printed = capsys.readouterr().out
@@ -119,7 +119,7 @@ def test_compare_on_the_ring_writes_every_file_with_sane_numbers(tmp_path, capsy
 
 
 def test_compare_all_sdes_skips_vp_only_methods_on_ve_with_a_note(tmp_path, capsys):
-    rc = main(["compare", "--sde", "all", "--methods", "ddim", "--steps", "2", "--n", "50",
+    rc = main(["compare", "--sde", "all", "--methods", "ddim", "--steps", "2", "--num-samples", "50",
                "--out", str(tmp_path / "all"), "--no-progress"])
     assert rc == 0
     assert "note: ddim skipped on ve: it needs a VP-type SDE." in capsys.readouterr().out
@@ -127,18 +127,19 @@ def test_compare_all_sdes_skips_vp_only_methods_on_ve_with_a_note(tmp_path, caps
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--methods", "heun,nosuch"], "unknown method 'nosuch'; allowed: "),
+    (["--methods", "heun,nosuch"], "unknown sampling method 'nosuch'; allowed: "),
     (["--steps", ","], "--steps is empty"),
     (["--steps", "10,x"], "--steps must be integers"),
     (["--methods", "ode:solver=nosuch"], "unknown solver 'nosuch'"),
     (["--methods", "ddim", "--sde", "ve"], "method 'ddim' needs a VP-type SDE"),
-    (["--model", "ring2d"], "--model must read analytic:NAME"),
+    (["--model", "ring2d"], "model source 'ring2d' does not exist: give a run or model folder, shipped:NAME, "
+                            "diffusers:PATH or analytic:NAME (did you mean analytic:ring2d?)"),
     (["--model", "analytic:nosuch"], "unknown analytic model 'nosuch'"),
     (["--show-steps", "7", "--steps", "10"], "--show-steps 7 is not one of --steps 10"),
     (["--repeats", "1"], "--repeats must be an integer >= 2, got 1"),
 ])
 def test_bad_input_exits_2_with_one_line(args, message, tmp_path, capsys):
-    assert main(["compare", "--n", "50", "--out", str(tmp_path / "x"), "--no-progress", *args]) == 2
+    assert main(["compare", "--num-samples", "50", "--out", str(tmp_path / "x"), "--no-progress", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("sde-diffusion compare: error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "x").exists()
@@ -149,14 +150,14 @@ def test_a_checkpoint_must_match_the_requested_sde(tmp_path, capsys):
 
     run = tmp_path / "run"
     train(tiny_config("train.steps=4"), run, device="cpu", progress=False)
-    assert main(["compare", "--checkpoint", str(run), "--sde", "ve", "--out", str(tmp_path / "c")]) == 2
+    assert main(["compare", "--model", str(run), "--sde", "ve", "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
-    assert "was trained with the vp SDE" in err and "pass --sde vp" in err
-    assert main(["compare", "--checkpoint", str(run), "--sde", "all", "--out", str(tmp_path / "c")]) == 2
+    assert "was trained with the vp SDE" in err and "or pass vp" in err
+    assert main(["compare", "--model", str(run), "--sde", "all", "--out", str(tmp_path / "c")]) == 2
     assert "--sde all needs an analytic --model" in capsys.readouterr().err
     # the matching SDE runs: SW2 against the toy ring's test split, floor from a train subset; n is
     # capped to the test split's size, said before the work starts and at the head of the report
-    assert main(["compare", "--checkpoint", str(run), "--methods", "heun", "--steps", "4", "--n", "100000",
+    assert main(["compare", "--model", str(run), "--methods", "heun", "--steps", "4", "--num-samples", "100000",
                  "--repeats", "2", "--out", str(tmp_path / "c"), "--no-progress"]) == 0
     printed = capsys.readouterr().out.splitlines()
     rows = _rows(tmp_path / "c" / "results.csv")

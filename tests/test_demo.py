@@ -9,7 +9,8 @@ import torch
 
 from sde_diffusion.commands.cli import main
 from sde_diffusion.evaluation.demo import DemoSizes, run_demo
-from sde_diffusion.training.shipped import SHIPPED, load_shipped
+from sde_diffusion import load
+from sde_diffusion.training.shipped import SHIPPED
 
 SMALL = DemoSizes(analytic_n=100, analytic_steps="5,20", analytic_repeats=2, digits_n=100, digits_steps="5,20",
                   digits_repeats=2, nll_n=40, vlb_n=4, nll_rtol=1e-3, show_steps=20)
@@ -23,9 +24,9 @@ def demo(tmp_path_factory):
 
 
 def test_the_shipped_model_loads_verified():
-    model, cfg, meta = load_shipped()
-    assert cfg.sde.name == "vp" and tuple(meta["event_shape"]) == (1, 8, 8) and meta["levels"] == 17
-    assert "configs/digits_vp.yaml" in meta["command"]
+    model = load("shipped:digits_vp")
+    assert model.info.config.sde.name == "vp" and model.event_shape == (1, 8, 8) and model.levels == 17
+    assert "configs/digits_vp.yaml" in model.info.meta["command"]
     assert sum(f.stat().st_size for f in SHIPPED.iterdir()) < 2_000_000
 
 

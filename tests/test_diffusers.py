@@ -221,12 +221,12 @@ def test_bad_scheduler_configs(unet, config, match):
 
 
 def test_without_diffusers_one_line_names_the_extra(monkeypatch, tmp_path, capsys):
-    """With diffusers not importable, from_diffusers and the CLI's --diffusers fail with one line
-    naming the extra to install (exit code 2)."""
+    """With diffusers not importable, from_diffusers and the CLI's --model diffusers:PATH fail with one
+    line naming the extra to install (exit code 2)."""
     monkeypatch.setitem(sys.modules, "diffusers", None)  # `import diffusers` now raises ImportError
     with pytest.raises(ImportError, match=re.escape('pip install "sde-diffusion[diffusers]"')):
         from_diffusers(tmp_path)
-    assert cli.main(["nll", "--diffusers", str(tmp_path), "--data", "x.npz"]) == 2
+    assert cli.main(["nll", "--model", f"diffusers:{tmp_path}", "--data", "x.npz"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and 'pip install "sde-diffusion[diffusers]"' in err
 
@@ -323,11 +323,11 @@ def readme_example() -> tuple[str, list[str]]:
 
 
 def test_readme_example_runs(tmp_path, monkeypatch, capsys):
-    """The README example builds a tiny UNet and 8-bit digits, then `compare --diffusers` writes its
-    report and table, and `nll --diffusers --data --out` prints bits/dim and writes one CSV row per image and the JSON summary (finite, above the 7 bits/dim the
+    """The README example builds a tiny UNet and 8-bit digits, then `compare --model diffusers:PATH` writes
+    its report and table, and `nll --model diffusers:PATH --data --out` prints bits/dim and writes one CSV row per image and the JSON summary (finite, above the 7 bits/dim the
     bin width alone contributes minus the continuous density's log, i.e. any finite number > 0)."""
     python, commands = readme_example()
-    assert len(commands) == 2 and "--diffusers" in commands[0] and commands[1].startswith("sde-diffusion nll")
+    assert len(commands) == 2 and "--model diffusers:" in commands[0] and commands[1].startswith("sde-diffusion nll")
     monkeypatch.chdir(tmp_path)
     exec(compile(python, "README.md", "exec"), {})
     assert cli.main(shlex.split(commands[0])[1:] + ["--no-progress"]) == 0
@@ -344,14 +344,13 @@ def test_readme_example_runs(tmp_path, monkeypatch, capsys):
 
 
 def test_sample_takes_a_diffusers_model_string(tmp_path):
-    """`sample --checkpoint diffusers:PATH` (the same as --diffusers PATH) draws from the folder's
-    model: the .npz holds the UNet's shape and 8-bit levels, and the samples equal those of
+    """`sample --model diffusers:PATH` draws from the folder's model: samples.npz holds the UNet's shape and 8-bit levels, and the samples equal those of
     ``solvers.sample`` on ``from_diffusers(PATH)`` with the same seed (to float32 rounding)."""
     tiny_unet().to(torch.float32).save_pretrained(tmp_path / "m")
     out = tmp_path / "s"
-    assert cli.main(["sample", "--checkpoint", f"diffusers:{tmp_path / 'm'}", "--method", "ddim", "--steps", "3",
-                     "--n", "2", "--out", str(out), "--device", "cpu"]) == 0
-    saved = np.load(out.with_suffix(".npz"))
+    assert cli.main(["sample", "--model", f"diffusers:{tmp_path / 'm'}", "--method", "ddim", "--steps", "3",
+                     "--num-samples", "2", "--out", str(out), "--device", "cpu"]) == 0
+    saved = np.load(out / "samples.npz")
     assert saved["x"].shape == (2, 1, 8, 8) and saved["levels"].max() <= 255 and int(saved["nfe"]) == 4
     model = from_diffusers(tmp_path / "m")
     with torch.no_grad():

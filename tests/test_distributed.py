@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from sde_diffusion.training.checkpoint import load_checkpoint
+from sde_diffusion import load
 from sde_diffusion.training.config import load_config
 
 OVERRIDES = ["train.steps=20", "train.batch_size=64", "train.ckpt_every=20", "train.log_every=10",
@@ -76,8 +76,8 @@ def test_replicas_hold_identical_weights(runs):
 
 def test_two_processes_equal_one_process_on_the_whole_batch(runs):
     multi, single = runs
-    m2, _ = load_checkpoint(multi, ema=False)
-    m1, _ = load_checkpoint(single, ema=False)
+    m2 = load(multi, ema=False)
+    m1 = load(single, ema=False)
     for (k, p2), p1 in zip(m2.state_dict().items(), m1.state_dict().values()):
         torch.testing.assert_close(p2, p1, rtol=0, atol=1e-5, msg=k)
     # the metrics (rank 0 only) hold the mean loss over both shards: equal to the single run's
@@ -139,7 +139,7 @@ def test_sharded_nll_equals_one_process(runs, tmp_path, capsys):
     from sde_diffusion.commands.cli import main
 
     multi, _ = runs
-    argv = ["nll", "--checkpoint", str(multi), "--n", "6", "--batch-size", "2", "--divergence", "hutchinson",
+    argv = ["nll", "--model", str(multi), "--num-points", "6", "--batch-size", "2", "--divergence", "hutchinson",
             "--rtol", "1e-3", "--atol", "1e-3", "--device", "cpu", "--seed", "3"]
     rank0, rank1 = _cli(argv, tmp_path / "nll")
     assert main(argv) == 0
@@ -152,10 +152,10 @@ def test_sharded_sample_equals_one_process(runs, tmp_path):
     from sde_diffusion.commands.cli import main
 
     multi, _ = runs
-    argv = ["sample", "--checkpoint", str(multi), "--n", "10", "--batch-size", "3", "--steps", "20",
+    argv = ["sample", "--model", str(multi), "--num-samples", "10", "--batch-size", "3", "--steps", "20",
             "--device", "cpu", "--seed", "5"]
     _cli([*argv, "--out", str(tmp_path / "two")], tmp_path / "sample")
     assert main([*argv, "--out", str(tmp_path / "one")]) == 0
-    two, one = np.load(tmp_path / "two.npz"), np.load(tmp_path / "one.npz")
+    two, one = np.load(tmp_path / "two" / "samples.npz"), np.load(tmp_path / "one" / "samples.npz")
     assert two["x"].shape == (10, 2) and int(two["nfe"]) == int(one["nfe"])
     assert np.array_equal(two["x"], one["x"])

@@ -6,7 +6,7 @@ import torch
 
 from sde_diffusion import VPSDE, build_model, log_likelihood, random_mixture, ring2d
 from sde_diffusion.likelihood import _score_and_quadratic_forms, _score_and_trace_func
-from sde_diffusion.training.shipped import load_shipped
+from sde_diffusion import load
 
 F64 = torch.float64
 SDE = VPSDE()
@@ -18,7 +18,7 @@ def _mlp():
 
 
 def _unet():
-    return load_shipped()[0].double()
+    return load("shipped:digits_vp").double()
 
 
 CASES = {

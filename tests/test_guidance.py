@@ -133,9 +133,9 @@ def test_cli_sample_label_and_guidance(cfg_model, tmp_path):
     from sde_diffusion.commands.cli import main
 
     out = tmp_path / "s"
-    args = ["sample", "--checkpoint", str(cfg_model.out), "--n", str(N), "--steps", "200", "--seed", "7"]
+    args = ["sample", "--model", str(cfg_model.out), "--num-samples", str(N), "--steps", "200", "--seed", "7"]
     assert main([*args, "--label", str(LABEL), "--guidance", "1", "--out", str(out)]) == 0
-    x = torch.from_numpy(__import__("numpy").load(out.with_suffix(".npz"))["x"])
+    x = torch.from_numpy(__import__("numpy").load(out / "samples.npz")["x"])
     assert (_mode(x) == LABEL).float().mean() >= GUIDED_MIN
     assert main([*args, "--label", "8"]) == 2  # labels 0..7
     assert main([*args, "--guidance", "1"]) == 2  # guidance without a label

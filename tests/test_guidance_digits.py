@@ -24,7 +24,7 @@ import torch
 
 import solvers
 from sde_diffusion.evaluation.features import load_classifier
-from sde_diffusion.training.shipped import load_shipped
+from sde_diffusion import load
 
 CFG = Path(__file__).resolve().parent.parent / "sde_diffusion" / "assets" / "digits_cfg"
 N_PER_LABEL = 20
@@ -35,7 +35,7 @@ SE = (CHANCE * (1 - CHANCE) / (10 * N_PER_LABEL)) ** 0.5
 @pytest.fixture(scope="module")
 def hits():
     """Fraction classified as the requested label for w = None (null label), 1 and 2."""
-    model, _, _ = load_shipped(CFG)
+    model = load(CFG)
     judge = load_classifier()
     y = torch.arange(10).repeat_interleave(N_PER_LABEL)
     null = torch.full_like(y, model.num_classes)

@@ -13,7 +13,7 @@ import solvers
 from sde_diffusion.commands.cli import main as cli
 from sde_diffusion.evaluation.metrics import sliced_w2
 from sde_diffusion.evaluation.nll_table import model_rows
-from sde_diffusion.training.checkpoint import load_checkpoint
+from sde_diffusion import load
 from sde_diffusion.training.config import build_schedule, load_config
 from sde_diffusion.training.data import load_dataset
 from sde_diffusion.training.train import train
@@ -41,7 +41,7 @@ def run(tmp_path_factory):
 
 def test_checkpoint_restores_the_variance_head(run):
     result, cfg, test, _ = run
-    model, _ = load_checkpoint(result.out)
+    model = load(result.out)
     assert model.learned_variance and model.parameterization == "eps"
     x, t = test.x[:64], torch.full((64,), 0.3)
     with torch.no_grad():
@@ -59,7 +59,7 @@ def test_hybrid_training_lowers_the_bound_below_both_fixed_variances(run):
              for v in ("learned", "beta", "beta_tilde")}
     assert bound["learned"] < bound["beta"] - 0.03 and bound["learned"] < bound["beta_tilde"] - 0.5, bound
     # the run's nll table reads a chain-trained model on its chain, with its own variance
-    rows = model_rows(result.model, cfg, torch.device("cpu"), n=100, n_vlb=50)
+    rows = model_rows(load(result.out), torch.device("cpu"), n=100, n_vlb=50)
     ddpm = next(r for r in rows if r["estimate"].startswith("DDPM bound"))
     subset = load_dataset("npy", split="test", path=cfg.data.path, n=100, seed=0)  # model_rows' own subset
     want = ddpm_vlb_bits_per_dim(result.model, chain, subset.discrete()[:50], levels=LEVELS,
@@ -85,16 +85,16 @@ def test_respaced_sampling_with_the_learned_variance_beats_the_fixed_one(run):
 def test_sample_command_respaces_the_chain(run, tmp_path, capsys):
     result, cfg, test, _ = run
     out = tmp_path / "respaced"
-    assert cli(["sample", "--checkpoint", str(result.out), "--method", "ancestral", "--steps", "10",
-                "--respace", "--n", "64", "--out", str(out)]) == 0
-    saved = np.load(out.with_suffix(".npz"))
+    assert cli(["sample", "--model", str(result.out), "--method", "ancestral", "--steps", "10",
+                "--respace", "--num-samples", "64", "--out", str(out)]) == 0
+    saved = np.load(out / "samples.npz")
     assert saved["x"].shape == (64, 2) and int(saved["nfe"]) == 10
-    model, _ = load_checkpoint(result.out)
+    model = load(result.out)
     want = solvers.sample(model, model.sde, (64, 2), "ancestral", 10, schedule=build_schedule(cfg).respace(10),
                           generator=torch.Generator().manual_seed(0))
     np.testing.assert_allclose(saved["x"], want.x.numpy(), rtol=1e-5, atol=1e-6)
-    assert cli(["sample", "--checkpoint", str(result.out), "--method", "ddim", "--steps", "10", "--respace",
-                "--n", "4", "--out", str(out)]) == 2
+    assert cli(["sample", "--model", str(result.out), "--method", "ddim", "--steps", "10", "--respace",
+                "--num-samples", "4", "--out", str(out)]) == 2
     assert capsys.readouterr().err.startswith("sde-diffusion sample: error: --respace runs the ancestral sampler "
                                               "on a DDPM chain: it needs --method ancestral")
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from _tiny import tiny_config
 
-from sde_diffusion import VPSDE, bits_per_dim, load_checkpoint, ring2d
+from sde_diffusion import VPSDE, bits_per_dim, load, ring2d
 from sde_diffusion.commands.cli import main
-from sde_diffusion.training.shipped import SHIPPED, load_shipped
+from sde_diffusion.training.shipped import SHIPPED
 from sde_diffusion.training.train import train
 
 GM = ring2d()
@@ -43,7 +43,7 @@ def test_analytic_mixture_scored_from_a_file_matches_its_exact_likelihood(ring_f
     <= 2 eps |d/dt log p_t| ~ 1e-4 per point (tests/test_likelihood.py's truncation bound) and the
     solver adds <= 1e-3 nats/dim, so the mean is within 3 s.e. + 1e-3 of -log p_0 / D, and so is the
     paired difference, whose s.e. is far smaller."""
-    out = _nll(["--checkpoint", "analytic:ring2d", "--sde", "vp", "--data", str(ring_file), "--dtype", "float64",
+    out = _nll(["--model", "analytic:ring2d", "--sde", "vp", "--data", str(ring_file), "--dtype", "float64",
                 "--batch-size", "25", "--out", str(tmp_path / "o")], capsys)
     x = torch.from_numpy(np.load(ring_file))
     true = -GM.log_prob(x) / 2
@@ -63,13 +63,13 @@ def test_analytic_mixture_scored_from_a_file_matches_its_exact_likelihood(ring_f
     assert {k: summary["settings"][k] for k in ("divergence", "rtol", "atol", "batch_size", "seed", "dtype")} == \
         {"divergence": "exact", "rtol": 1e-5, "atol": 1e-5, "batch_size": 25, "seed": 0, "dtype": "float64"}
     assert len(summary["nfe_per_batch"]) == len(summary["seconds_per_batch"]) == 3
-    assert summary["command"].startswith(f"sde-diffusion nll --checkpoint analytic:ring2d --sde vp --data {ring_file}")
+    assert summary["command"].startswith(f"sde-diffusion nll --model analytic:ring2d --sde vp --data {ring_file}")
 
 
 def test_hutchinson_standard_errors(ring_file, tmp_path, capsys):
     """4 probes per point: the mean stays within 3 s.e. of the exact value; the probe part of the
     s.e., sqrt(mean_n se_n^2 / N), is the per-point probe spread, smaller than the total."""
-    out = _nll(["--checkpoint", "analytic:ring2d", "--data", str(ring_file), "--dtype", "float64",
+    out = _nll(["--model", "analytic:ring2d", "--data", str(ring_file), "--dtype", "float64",
                 "--divergence", "hutchinson", "--probes", "4", "--rtol", "1e-4", "--atol", "1e-4",
                 "--out", str(tmp_path / "h")], capsys)
     s = json.loads((tmp_path / "h" / "summary.json").read_text())
@@ -86,7 +86,7 @@ def test_integer_file_gives_bits_per_dim_of_the_library(tmp_path, capsys):
     """Levels 0..L-1 dequantized as bits_per_dim does (batch 0 is seeded by --seed itself)."""
     k = np.random.RandomState(0).randint(0, 32, size=(8, 2))
     np.save(tmp_path / "k.npy", k.astype(np.float32))  # whole-number floats need --levels
-    out = _nll(["--checkpoint", "analytic:ring2d", "--data", str(tmp_path / "k.npy"), "--levels", "32",
+    out = _nll(["--model", "analytic:ring2d", "--data", str(tmp_path / "k.npy"), "--levels", "32",
                 "--dtype", "float64", "--seed", "5", "--rtol", "1e-3", "--atol", "1e-3"], capsys)
     ref = bits_per_dim(GM.score(VPSDE()), VPSDE(), torch.from_numpy(k), levels=32,
                        generator=torch.Generator().manual_seed(5), dtype=torch.float64, rtol=1e-3, atol=1e-3)
@@ -106,28 +106,27 @@ def test_run_trained_in_one_directory_is_scored_from_another(tmp_path, capsys, m
     saved = json.loads((tmp_path / "a" / "run" / "config.json").read_text())
     assert saved["data"]["path"] == str(tmp_path / "a" / "points.npy")  # stored absolute
     monkeypatch.chdir(tmp_path / "b")
-    out = _nll(["--checkpoint", str(tmp_path / "a" / "run"), "--rtol", "1e-3", "--atol", "1e-3"], capsys)
+    out = _nll(["--model", str(tmp_path / "a" / "run"), "--rtol", "1e-3", "--atol", "1e-3"], capsys)
     mean, se = _row(out, "nats/dim")
     assert math.isfinite(mean) and se > 0 and "(20 samples of shape (2,)" in out  # the 10% test split
 
 
-def test_load_checkpoint_reads_the_shipped_model_as_the_cli_does(tmp_path, capsys):
-    """One loader: load_checkpoint on the exported folder, load_shipped and the `sample` command give
-    the same model (the same samples, bit for bit)."""
+def test_the_shipped_model_reads_the_same_by_folder_by_name_and_through_the_cli(tmp_path, capsys):
+    """One loader: the exported folder, ``shipped:digits_vp`` and the `sample` command give the same model
+    (the same samples, bit for bit)."""
     from sde_diffusion.training.train import draw_samples
 
-    model, cfg = load_checkpoint(SHIPPED)
-    other, cfg2, meta = load_shipped(SHIPPED)
-    assert cfg == cfg2 and tuple(meta["event_shape"]) == (1, 8, 8)
+    model, other = load(SHIPPED), load("shipped:digits_vp")
+    assert model.info.config == other.info.config and other.event_shape == (1, 8, 8)
     x, t = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0.1, 0.5, 0.9])
     with torch.no_grad():
         assert torch.equal(model(x, t), other(x, t))
-    assert main(["sample", "--checkpoint", str(SHIPPED), "--method", "ddim", "--steps", "3", "--n", "4",
+    assert main(["sample", "--model", "shipped:digits_vp", "--method", "ddim", "--steps", "3", "--num-samples", "4",
                  "--device", "cpu", "--out", str(tmp_path / "s")]) == 0
-    ours = draw_samples(model, cfg, (1, 8, 8), device="cpu", seed=0, n=4, method="ddim", steps=3).x
-    assert np.array_equal(np.load(tmp_path / "s.npz")["x"], ours.numpy())
+    ours = draw_samples(model, model.info.config, (1, 8, 8), device="cpu", seed=0, n=4, method="ddim", steps=3).x
+    assert np.array_equal(np.load(tmp_path / "s" / "samples.npz")["x"], ours.numpy())
     with pytest.raises(ValueError, match="holds the EMA weights only"):
-        load_checkpoint(SHIPPED, ema=False)
+        load(SHIPPED, ema=False)
 
 
 @pytest.mark.parametrize("array, extra, message", [
@@ -144,18 +143,19 @@ def test_bad_data_file_is_refused_before_any_compute(array, extra, message, tmp_
     import sde_diffusion.evaluation.nll_table as table
     monkeypatch.setattr(table, "log_likelihood", lambda *a, **k: pytest.fail("computed before the data check"))
     np.save(tmp_path / "bad.npy", array)
-    assert main(["nll", "--checkpoint", str(SHIPPED), "--data", str(tmp_path / "bad.npy"), *extra,
+    assert main(["nll", "--model", str(SHIPPED), "--data", str(tmp_path / "bad.npy"), *extra,
                  "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and re.search(message, err.strip()), err
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--checkpoint", str(SHIPPED), "--levels", "17"], r"--levels applies to a --data file"),
-    (["--checkpoint", "analytic:ring2d", "--split", "test"], r"--split needs a run"),
-    (["--checkpoint", str(SHIPPED), "--sde", "ve"], r"--sde ve: .* was trained with the vp SDE; drop --sde or pass --sde vp\.$"),
-    (["--checkpoint", "analytic:ring3d"], r"unknown analytic model 'ring3d'; allowed: ring2d, grid2d, gmm64\.$"),
-    (["--checkpoint", "analytic:ring2d", "--probes", "3"], r"--probes applies to --divergence hutchinson"),
+    (["--model", str(SHIPPED), "--levels", "17"], r"--levels applies to a --data file"),
+    (["--model", "analytic:ring2d", "--split", "test"], r"--split needs a run"),
+    (["--model", str(SHIPPED), "--sde", "ve"], r"digits_vp' was trained with the vp SDE \(VPSDE.*\), not the ve SDE; "
+                                              r"leave the SDE unset \(it is the model's own\) or pass vp\.$"),
+    (["--model", "analytic:ring3d"], r"unknown analytic model 'ring3d'; allowed: ring2d, grid2d, gmm64\.$"),
+    (["--model", "analytic:ring2d", "--probes", "3"], r"--probes applies to --divergence hutchinson"),
 ])
 def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
     assert main(["nll", *argv, "--device", "cpu"]) == 2
@@ -184,7 +184,7 @@ def test_a_run_saved_with_a_relative_path_works_from_its_directory(tmp_path, cap
         old.setattr(runs, "absolute_data_path", lambda c: c)
         train(cfg, "run", progress=False)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["path"] == "points.npy"
-    mean, se = _row(_nll(["--checkpoint", "run", "--n", "5", "--rtol", "1e-3", "--atol", "1e-3"], capsys), "nats/dim")
+    mean, se = _row(_nll(["--model", "run", "--num-points", "5", "--rtol", "1e-3", "--atol", "1e-3"], capsys), "nats/dim")
     assert math.isfinite(mean) and se > 0
     resumed = train(tiny_config("data.name=npy", "data.path=points.npy", "data.n=null", "train.steps=4"), "run",
                     resume=True, progress=False)

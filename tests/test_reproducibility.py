@@ -49,7 +49,7 @@ def test_cli_nll_same_seed_same_output(tmp_path, capsys):
     train(tiny_config("train.steps=2"), run, progress=False)
     outputs = []
     for seed in ("0", "0", "1"):
-        assert main(["nll", "--checkpoint", str(run), "--n", "4", "--divergence", "hutchinson", "--rtol", "1e-4",
+        assert main(["nll", "--model", str(run), "--num-points", "4", "--divergence", "hutchinson", "--rtol", "1e-4",
                      "--atol", "1e-4", "--device", "cpu", "--seed", seed]) == 0
         outputs.append(re.sub(r"^\| seconds .*\n", "", capsys.readouterr().out, flags=re.M))  # wall time varies
     assert outputs[0] == outputs[1] and outputs[0] != outputs[2]

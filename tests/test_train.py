@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 from sde_diffusion import ring2d
 from sde_diffusion.training import train as train_mod
-from sde_diffusion.training.checkpoint import latest, load_checkpoint, read_state
+from sde_diffusion import load
+from sde_diffusion.training.checkpoint import latest, read_state
 from sde_diffusion.training.data import load_dataset
 from sde_diffusion.evaluation.metrics import sliced_w2
 from sde_diffusion.training.runs import TrainingDiverged
@@ -108,7 +109,7 @@ def test_sigint_saves_a_checkpoint_and_exits_0(tmp_path):
     assert proc.returncode == 0, stderr
     step = read_state(latest(out))["step"]
     assert f"interrupted at step {step};" in stdout and 0 < step < 1_000_000
-    model, _ = load_checkpoint(out)  # the saved checkpoint is complete and verified
+    model = load(out)  # the saved checkpoint is complete and verified
 
 
 def test_output_dir_that_is_a_file_fails_before_training(tmp_path):
@@ -191,7 +192,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     with pytest.raises(TrainingDiverged, match=r"non-finite loss \(nan\) at step 7; .*step_00000004"):
         train(tiny_config("train.steps=12", "train.log_every=3"), tmp_path, progress=False)
     assert read_state(latest(tmp_path))["step"] == 4
-    load_checkpoint(tmp_path)
+    load(tmp_path)
 
 
 def test_bf16_request_on_cpu_warns_and_trains_in_float32(tmp_path):

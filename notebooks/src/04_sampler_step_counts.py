@@ -223,7 +223,7 @@ fig.tight_layout()
 # ## 4. On a trained digits model
 #
 # Everything above used the exact score. The package ships a small U-Net trained on the 8x8 digits
-# with the same VP-SDE (`sde_diffusion/assets/digits_vp`, loaded by `load_shipped`). Its score has
+# with the same VP-SDE (`sde_diffusion/assets/digits_vp`, loaded by `sd.load("shipped:digits_vp")`). Its score has
 # errors of its own, so the question changes: at which step count does the *sampler* stop being the
 # limiting factor? Quality is now the Fréchet distance (FD) between 300 samples and the test digits,
 # in the penultimate-layer features of the shipped digits classifier (`compare.model_target`, the
@@ -233,17 +233,17 @@ fig.tight_layout()
 
 # %%
 from einops import rearrange
+import sde_diffusion as sd
 from sde_diffusion.evaluation.compare import model_target, parse_methods, run_compare
-from sde_diffusion.training.shipped import load_shipped
 
-digits_model, cfg, meta = load_shipped()
-target = model_target(digits_model, cfg, torch.device("cpu"), n=300)
+digits_model = sd.load("shipped:digits_vp")  # the model itself, knowing its SDE, data and shape
+target = model_target(digits_model, torch.device("cpu"), n=300)
 digit_methods = parse_methods("ancestral,euler_maruyama,ddim,heun,dpm_solver")
 digit_steps = [5, 10, 20, 50]
 rows, shown = run_compare(target, digit_methods, digit_steps, 300, torch.device("cpu"), show_steps=10,
                           progress=False)
 fd = {(r["method"], r["steps"]): (r["nfe"], r["quality"]) for r in rows}
-print(f"trained for {meta['step']} steps; noise floor (FD of 300 training digits to the test set): "
+print(f"trained for {digits_model.info.meta['step']} steps; noise floor (FD of 300 training digits to the test set): "
       f"{target.floor:.1f}\n")
 print("| method | kind | " + " | ".join(f"{k} steps" for k in digit_steps) + " |")
 print("|---|---|" + "---|" * len(digit_steps))

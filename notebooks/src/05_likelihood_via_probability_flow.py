@@ -229,7 +229,7 @@ plt.legend()
 # ## 5. The trained digits model
 #
 # The package ships a small U-Net trained on the digits with this VP-SDE (`sde_diffusion/assets/digits_vp`,
-# loaded by `load_shipped`; an $\epsilon$-predictor trained with denoising score matching). We score
+# loaded by `sd.load("shipped:digits_vp")`; an $\epsilon$-predictor trained with denoising score matching). We score
 # the same 100 test digits three ways:
 #
 # * **ODE, dequantized**: `bits_per_dim` with the network as the score, Hutchinson's estimator (one
@@ -243,20 +243,21 @@ plt.legend()
 #   learned nothing beyond the covariance.
 
 # %%
+import sde_diffusion as sd
 from sde_diffusion.evaluation.nll_table import ddpm_chain, gaussian_bpd, mean_se
-from sde_diffusion.training.shipped import load_shipped
 
-unet, cfg, meta = load_shipped()
-chain = ddpm_chain(cfg, unet.sde)
-trained = {
-    "trained U-Net, ODE (Hutchinson)": bits_per_dim(unet, unet.sde, k_test, levels=L, divergence="hutchinson",
-                                                    rtol=1e-4, atol=1e-4, generator=torch.Generator().manual_seed(6)),
+unet = sd.load("shipped:digits_vp")  # the model itself: unet.sde, unet.levels, unet.info.config, ...
+assert unet.levels == L
+chain = ddpm_chain(unet.info.config, unet.sde)
+trained = {  # bits_per_dim(model, k): the model's own SDE, levels and data range
+    "trained U-Net, ODE (Hutchinson)": bits_per_dim(unet, k_test, divergence="hutchinson", rtol=1e-4, atol=1e-4,
+                                                    generator=torch.Generator().manual_seed(6)),
     f"trained U-Net, DDPM bound (T = {chain.T})": ddpm_vlb_bits_per_dim(unet.eps, chain, k_test, levels=L,
                                                                        generator=torch.Generator().manual_seed(7)),
     "fitted mixture, ODE (section 3)": bpd["uniform dequantization, ODE"],
     "full-covariance Gaussian": gaussian_bpd(train.x, k_test, L, torch.Generator().manual_seed(8)),
 }
-print(f"{len(k_test)} test digits; U-Net trained for {meta['step']} steps\n")
+print(f"{len(k_test)} test digits; U-Net trained for {unet.info.meta['step']} steps\n")
 print("| model, estimate | bits/dim | stderr |\n|---|---|---|")
 print(f"| uniform over {L} levels | {math.log2(L):.3f} | - |")
 for name, b in trained.items():

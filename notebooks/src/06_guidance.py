@@ -15,7 +15,7 @@
 # which for $w = 1$ and the exact posterior is the conditional score; $w > 1$ samples from
 # $p_t(x)\, p_t(y \mid x)^w$ (sharper classes). In this toolkit: `classifier_guided(score_fn, log_prob, y, w)`
 # with `NoisyClassifier`, trained from a config by `sde-diffusion train-classifier` (section 3), and on the
-# command line `sde-diffusion sample --classifier RUN --label k --classifier-scale w`.
+# command line `sde-diffusion sample --model shipped:digits_vp --classifier RUN --label k --classifier-scale w`.
 #
 # **Classifier-free guidance** (Ho & Salimans 2022) needs no classifier: one network learns both the
 # conditional score and the unconditional one (the label is replaced by a *null* label with
@@ -27,31 +27,31 @@
 # The bracket is the network's implicit classifier gradient $\nabla_x \log p_t(y \mid x)$, so for exact
 # scores classifier-free guidance with weight $w$ is classifier guidance with weight $1 + w$; $w = 0$ is
 # the plain conditional model. In this toolkit: `ScoreModel.conditional(y, w)`, and on the command line
-# `sde-diffusion sample --label k --guidance w`.
+# `sde-diffusion sample --model shipped:digits_cfg --label k --guidance w`.
 #
-# Here we use the shipped class-conditional digits model (`sde_diffusion/assets/digits_cfg/`, trained by
-# `configs/digits_cfg.yaml` with `p_uncond = 0.1`) and judge the samples with the shipped digits
-# classifier (the CNN of the Fréchet distance, > 95 % accurate on the held-out digits).
+# Here we use the shipped class-conditional digits model (`sd.load("shipped:digits_cfg")`: the export in
+# `sde_diffusion/assets/digits_cfg/`, trained by `configs/digits_cfg.yaml` with `p_uncond = 0.1`) and
+# judge the samples with the shipped digits classifier (the CNN of the Fréchet distance, > 95 %
+# accurate on the held-out digits).
 
 # %%
 # %matplotlib inline
 import warnings
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto without ipywidgets
 import solvers
-import sde_diffusion
+import sde_diffusion as sd
 from sde_diffusion.evaluation.features import load_classifier
-from sde_diffusion.training.shipped import load_shipped
 
 torch.manual_seed(0)
-model, cfg, meta = load_shipped(Path(sde_diffusion.__file__).parent / "assets" / "digits_cfg")
+model = sd.load("shipped:digits_cfg")  # the model itself; its run's config and metadata in model.info
+cfg = model.info.config
 judge = load_classifier()
 print(f"{cfg.model.kind} with {model.num_classes} labels (null label = {model.num_classes}), "
-      f"trained {meta['step']} steps; p_uncond = {cfg.train.p_uncond}")
+      f"trained {model.info.meta['step']} steps; p_uncond = {cfg.train.p_uncond}")
 
 # %% [markdown]
 # ## 1. Samples per label as the guidance weight grows
@@ -137,7 +137,7 @@ from sde_diffusion.training.classifier_training import train_noisy_classifier
 from sde_diffusion.training.config import load_config
 from sde_diffusion.guidance import guided_score
 
-uncond, _, _ = load_shipped()
+uncond = sd.load("shipped:digits_vp")
 with tempfile.TemporaryDirectory() as run:
     trained = train_noisy_classifier(load_config("../configs/digits_classifier.yaml"), run, progress=False)
 print("held-out accuracy of the noisy classifier: "

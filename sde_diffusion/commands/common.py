@@ -76,9 +76,9 @@ def run_config(args: argparse.Namespace, seed_key: str, model_config: bool = Fal
         from ..training.loading import load
 
         cfg = load(args.model, kind="score model").info.config
-        if cfg.model.kind not in ("mlp", "unet"):
-            raise ValueError(f"--model {args.model!r} is a {cfg.model.kind} model; training continues only "
-                             "models trained by sde-diffusion (a run, a checkpoint or an export).")
+        if cfg is None or cfg.model.kind not in ("mlp", "unet"):
+            raise ValueError(f"--model {args.model!r} was not trained by sde-diffusion; training starts only from "
+                             "such a model (a run, a checkpoint or an export) or from --config.")
         name = Path(args.model.split(":", 1)[-1]).resolve().name
         return from_dict(apply_overrides(to_dict(cfg), overrides)), Path(args.out or Path("runs") / f"{name}_tuned")
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem

@@ -78,11 +78,11 @@ def _data(args, model, seed: int):
     from ..training.loading import model_dataset
 
     gm = model.info.mixture
+    if args.levels is not None and args.data is None:
+        raise ValueError("--levels applies to a --data file; a run's split has its own levels.")
     if gm is not None and args.data is None:
         if args.split is not None:
             raise ValueError("--split needs a run; score an analytic model on --data FILE or on its own draws.")
-        if args.levels is not None:
-            raise ValueError("--levels applies to a --data file; a run's split has its own levels.")
         n = args.num_points or 1000
         x = gm.sample(n, torch.Generator().manual_seed(seed))
         return Dataset(x, name=args.model, source=f"{n} draws of {args.model} (seed {seed})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
         options["schedule"] = chain.respace(steps)
     results = [draw_samples(model, cfg, model.event_shape, device=dev, seed=chunk_seed(args.seed or 0, i), n=b - a,
                             method=method, steps=steps, label=args.label, guidance=args.guidance,
-                            classifier=classifier, classifier_scale=scale, progress=not args.no_progress,
+                            classifier=classifier, classifier_scale=scale,
+                            progress=not args.no_progress and sys.stderr.isatty(),  # errors stay one line
                             **options)
                for i, a, b in world.chunks(n, args.batch_size or n)]
     x = world.gather(torch.cat([r.x for r in results]) if results else torch.zeros(0, *model.event_shape, device=dev))

@@ -175,6 +175,12 @@ def _load(source, sde, device, ema, event_shape) -> torch.nn.Module:
         folder = ASSETS / checks.one_of("shipped model", rest, shipped_models())
     else:
         folder = Path(rest)
+        if not folder.exists():
+            from ..analytic import PRESETS
+
+            guess = "analytic" if rest in PRESETS else "shipped" if rest in shipped_models() else None
+            raise ValueError(f"model source {rest!r} does not exist: give a run or model folder, shipped:NAME, "
+                             f"diffusers:PATH or analytic:NAME{f' (did you mean {guess}:{rest}?)' if guess else ''}.")
     if is_exported(folder):
         if not ema:
             raise ValueError(f"{source!r} is an exported model: it holds the EMA weights only (ema=True).")
