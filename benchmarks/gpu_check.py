@@ -35,7 +35,7 @@ import gpu_throughput as tp  # noqa: E402
 import gpu_training  # noqa: E402
 
 SHARES = {"tests": 0.15, "sampling": 0.35, "likelihood": 0.3, "training": 0.15, "ddp": 0.05}
-# device-agnostic tests taking the ``device`` fixture (tests/conftest.py), ~5 s on a CPU core
+# device-agnostic tests taking the ``device`` fixture (tests/conftest.py); their time: benchmarks/README.md
 DEVICE_TESTS = ["tests/test_solvers_contract.py::test_same_seed_same_samples",
                 "tests/test_solvers_contract.py::test_image_shaped_batches",
                 "tests/test_solvers_contract.py::test_ancestral_is_ddpm_algorithm_2_bit_for_bit",

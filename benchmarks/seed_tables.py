@@ -18,7 +18,7 @@ trained by the toolkit's trainer from its config in ``configs/tables/`` (``--ste
 
     python benchmarks/seed_tables.py --out benchmarks/results/seed_tables             # the configs' 5000 steps
     python benchmarks/seed_tables.py --steps 2000 --rows ho_eps_simple iddpm_hybrid   # a subset, shorter
-    python benchmarks/seed_tables.py --quick                                          # a smoke run, ~5 minutes
+    python benchmarks/seed_tables.py --quick                                          # a smoke run
 
 Each row's results go to ``<out>/runs/<row>/row.json`` and are reused on a later call (``--fresh`` retrains,
 ``--resample`` redraws only the samples of the rows given, from their checkpoints), so rows can be run by

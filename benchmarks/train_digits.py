@@ -1,7 +1,7 @@
 """Benchmark (not a test): train configs/digits_vp.yaml on CPU, then report test-set bits/dim.
 
 Training is time-boxed in CPU time of this process (``--minutes`` x 60 s, by default 10 minutes of
-one core, which fits in 10 wall minutes on an idle 2-core machine): it runs in chunks of
+one core): it runs in chunks of
 ``--chunk`` steps, each resumed exactly from the last checkpoint, until the config's steps or the
 budget is reached. CPU time rather than wall time keeps the budget fair on a shared machine.
 

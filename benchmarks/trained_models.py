@@ -10,8 +10,8 @@ the probability-flow ODE (Hutchinson, one dequantization draw). Finally the peak
 sampling, with ``solvers.sample`` as shipped (no_grad) and without it (its undecorated body, the old
 behaviour that kept every step's graph), each in a fresh subprocess.
 
-    python benchmarks/trained_models.py --quick          # about 3 minutes on one core
-    python benchmarks/trained_models.py --out benchmarks/results   # about 12 minutes
+    python benchmarks/trained_models.py --quick          # shorter training, fewer samples
+    python benchmarks/trained_models.py --out benchmarks/results   # run times: benchmarks/README.md
 """
 
 from __future__ import annotations
