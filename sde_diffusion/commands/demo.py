@@ -9,8 +9,8 @@ from pathlib import Path
 from .common import add_common, add_model, device
 
 HELP = ("the main job, no arguments needed: compare samplers on the analytic 64-D mixture and on the "
-        "shipped digits model over repeats, compute test bits/dim, write one report folder (about 3 minutes "
-        "on 2 CPU cores)")
+        "shipped digits model over repeats, compute test bits/dim, write one report folder (a few minutes "
+        "on a 2-core CPU)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,8 +1,8 @@
 """``sde-diffusion demo``: the toolkit's main job in one command, on built-in data only.
 
 1. Samplers on the analytic 64-D Gaussian mixture ``gmm64`` (exact score), every SDE: SW2 to fresh
-   data against NFE, over independent repeats. (The 2-D ring's SW2 floor fluctuates by ~30% per
-   sample set at any n, so a few repeats cannot order samplers there; gmm64's by ~4%.)
+   data against NFE, over independent repeats. (The 2-D ring's SW2 floor fluctuates too much between
+   sample sets for a few repeats to order samplers there: benchmarks/results/noise_floors.md.)
 2. Samplers on the shipped VP model of the 8x8 digits (``shipped``): Frechet distance in the digits
    classifier's features against NFE, over repeats, and sample grids.
 3. Test-set bits/dim of that model: probability-flow ODE, DDPM bound, full-covariance Gaussian baseline.
@@ -27,7 +27,7 @@ DIGITS_METHODS = "ancestral,euler_maruyama,ddim,heun,dpm_solver"
 
 @dataclass(frozen=True)
 class DemoSizes:
-    """How much work the demo does (the defaults take about 3 minutes on 2 CPU cores)."""
+    """How much work the demo does (sample sizes, step counts, repeats; ``--quick`` shrinks each)."""
 
     analytic: str = "gmm64"
     analytic_n: int = 250
