@@ -67,7 +67,9 @@ def test_adaptive_ode_imputation_agrees_with_the_marginal_run():
 
 # (not pc: its Langevin step size uses norms over all coordinates, which couples x1 into x2's steps)
 @pytest.mark.parametrize("method, opts", [("euler_maruyama", {}), ("reverse_diffusion", {}), ("ancestral", {}),
-                                          ("sde", {}), ("sde", {"solver": "srk"})])
+                                          ("sde", {}),
+                                          # srk: ~40 s of the 2-core budget; only in the full run
+                                          pytest.param("sde", {"solver": "srk"}, marks=pytest.mark.slow)])
 def test_stochastic_imputation_has_the_marginal_law(method, opts):
     n, steps = 8000, 100
     got = solvers.sample(GRID.score(SDE), SDE, (n, 2), method, steps, dtype=torch.float64,
