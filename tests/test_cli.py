@@ -28,6 +28,7 @@ def test_every_subcommand_has_help_device_and_seed(command, capsys):
     assert "--device" in text and "--seed" in text
 
 
+@pytest.mark.slow  # two fresh interpreters (~10 s); the same messages are checked in-process below; only the real entry point is slow-only
 def test_module_entry_point_and_bad_input_in_a_real_process():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ok = subprocess.run([sys.executable, "-m", "sde_diffusion", "train", "--help"], env=env,

@@ -177,6 +177,7 @@ def _cells(target, methods, steps, repeats, seed):
     return summarise(rows)
 
 
+@pytest.mark.slow  # 2 x 16 cells of 8 repeats (~10 s); only in the full run
 def test_two_seeds_give_intervals_that_agree_on_every_cell():
     """With the exact score the expected SW2 of a cell does not depend on the seed, so for two runs
     with different seeds z = |q_1 - q_2| / sqrt(se_1^2 + se_2^2) is a Welch t statistic with about
