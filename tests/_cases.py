@@ -21,7 +21,6 @@ import torch
 from sde_diffusion import DDPMSchedule
 from sde_diffusion.sde import SDES as _SDES, SDE, VPSDE
 from solvers import METHODS
-from solvers.base import Method
 
 SDE_NAMES: tuple[str, ...] = tuple(_SDES)
 DTYPES = (torch.float32, torch.float64)
@@ -40,10 +39,6 @@ def sde_ids(sde_list=None) -> list[str]:
 def methods() -> list[str]:
     """Every registered sampler, in registry order."""
     return list(METHODS)
-
-
-def method(name: str) -> Method:
-    return METHODS[name]
 
 
 def deterministic() -> list[str]:
@@ -172,7 +167,3 @@ def missing_methods(covered) -> list[str]:
     """Registered methods absent from ``covered`` (names, or (name, ...) tuples): they need cases."""
     names = {c if isinstance(c, str) else c[0] for c in covered}
     return [n for n in METHODS if n not in names]
-
-
-def missing_sdes(covered) -> list[str]:
-    return [n for n in SDE_NAMES if n not in set(covered)]
