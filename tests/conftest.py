@@ -1,6 +1,12 @@
-"""Shared fixtures: ``--device`` / ``--dtype`` select where the device-agnostic tests run."""
+"""Shared fixtures: ``--device`` / ``--dtype`` select where the device-agnostic tests run;
+``trained`` is the one source of trained test models (each trained once per session).
+
+Tiers: ``python -m pytest -m "not slow" -n 2`` is the development loop (a few minutes on 2 cores);
+``python -m pytest -n 2`` (the README's command, CI) runs everything, ``slow`` included."""
 
 import os
+from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -56,3 +62,43 @@ def _restore_torch_defaults():
     yield
     torch.set_default_dtype(default)
     torch.random.set_rng_state(state)
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A factory of trained test models, each trained once per session (per xdist worker):
+
+        trained(config, *overrides, tiny=False, prepare=None, datasets=None) -> TrainResult
+
+    trains ``configs/<config>.yaml`` with ``overrides`` (after the ``_tiny.TINY`` shrink when
+    ``tiny``) into a fresh directory under the session's tmp_path_factory. ``prepare(dir) -> list of
+    overrides`` writes input files (e.g. a data file) into that directory first; ``datasets`` (name ->
+    loader) are registered in ``training.data`` for the training only. Same arguments, same result
+    object: callers share it, so they must not write into ``result.out`` (copy it first)."""
+    from sde_diffusion.training import data
+    from sde_diffusion.training.config import load_config
+    from sde_diffusion.training.train import train
+    from _tiny import TINY
+
+    cache: dict = {}
+
+    def make(config: str, *overrides: str, tiny: bool = False, prepare: Callable[[Path], list] | None = None,
+             datasets: dict | None = None):
+        key = (config, overrides, tiny, prepare and f"{prepare.__module__}.{prepare.__qualname__}",
+               tuple(sorted(datasets or {})))
+        if key not in cache:
+            root = tmp_path_factory.mktemp(f"trained-{config}")
+            extra = list(prepare(root)) if prepare is not None else []
+            for name, loader in (datasets or {}).items():
+                data.register(name)(loader)
+            try:
+                cfg = load_config(CONFIGS / f"{config}.yaml", (TINY if tiny else []) + list(overrides) + extra)
+                cache[key] = train(cfg, root / "run", progress=False)
+            finally:
+                for name in datasets or {}:
+                    del data.DATASETS[name]
+        return cache[key]
+    return make

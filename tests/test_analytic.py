@@ -5,11 +5,12 @@ import math
 import pytest
 import torch
 
-from sde_diffusion import VESDE, VPSDE, CosineVPSDE, GaussianMixture, SubVPSDE, grid2d, random_mixture, ring2d
+import _cases
+from sde_diffusion import VPSDE, GaussianMixture, grid2d, random_mixture, ring2d
 from sde_diffusion.analytic import preset
 
-SDES = [VPSDE(), SubVPSDE(), VESDE(), CosineVPSDE()]
-IDS = [type(s).__name__ for s in SDES]
+SDES = _cases.sdes()  # every registered SDE
+IDS = _cases.sde_ids(SDES)
 MIXTURES = {"ring2d": ring2d(), "grid2d": grid2d(), "gmm16": random_mixture(dim=16, components=5)}
 
 

@@ -220,11 +220,10 @@ def test_methods_declare_what_they_refuse():
 # -- the CLI: a model that produces NaN, solver tolerances -----------------------------------------
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    from sde_diffusion.training.train import train
-    out = tmp_path_factory.mktemp("bad_input") / "run"
-    train(tiny_config("train.steps=2"), out, progress=False)
-    return out
+def tiny_run(trained):
+    """The session's shared tiny VP run (any trained VP checkpoint serves: the tests poison its
+    weights or refuse its arguments); read only."""
+    return trained("toy_vp", "train.steps=8", tiny=True).out
 
 
 @pytest.fixture
@@ -263,12 +262,9 @@ def test_cli_model_producing_nan_exits_2_naming_where(argv, message, tiny_run, n
     (["nll", "--atol", "nan"], r"atol must be a finite number > 0, got nan\.$"),
     (["sample", "--method", "ddim"], r"needs a VP-type SDE"),
 ])
-def test_cli_impossible_solver_parameters_exit_2(argv, message, tiny_run, tmp_path, capsys):
+def test_cli_impossible_solver_parameters_exit_2(argv, message, tiny_run, trained, tmp_path, capsys):
     if argv[0] == "sample":  # the tiny run is VP: ask for an SDE-restricted sampler on VE instead
-        ve = tmp_path / "ve"
-        from sde_diffusion.training.train import train
-        train(tiny_config("train.steps=1", base="toy_ve"), ve, progress=False)
-        run = ve
+        run = trained("toy_ve", "train.steps=1", tiny=True).out
     else:
         run = tiny_run
     out = ["--out", str(tmp_path / "s")] if argv[0] == "sample" else []

@@ -17,11 +17,11 @@ from sde_diffusion.training.train import TrainingError, train
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A finished 8-step tiny run (checkpoints at steps 4 and 8), copied fresh for each test."""
-    out = tmp_path_factory.mktemp("ckpt") / "run"
-    result = train(tiny_config("train.steps=8"), out, progress=False)
-    return out, result
+def run(trained):
+    """A finished 8-step tiny run (checkpoints at steps 4 and 8), the session's shared tiny VP model;
+    ``fresh`` copies it for each test that writes."""
+    result = trained("toy_vp", "train.steps=8", tiny=True)
+    return result.out, result
 
 
 @pytest.fixture

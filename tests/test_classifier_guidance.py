@@ -53,6 +53,7 @@ def _judged(score_fn, sde, y, method="dpm_solver", steps=20):
     return (load_classifier()(x.clamp(-1, 1)).argmax(1) == y).double().mean().item()
 
 
+@pytest.mark.slow  # trains the config's classifier (3000 steps, ~40 s); only in the full run
 def test_classifier_guided_samples_are_the_requested_digit(run, model):
     classifier = load(run, sde=model.sde, event_shape=(1, 8, 8))
     y = torch.arange(10).repeat_interleave(N_PER_LABEL)
@@ -62,6 +63,7 @@ def test_classifier_guided_samples_are_the_requested_digit(run, model):
     assert guided >= 0.8 and guided >= unguided + 0.5, (unguided, guided)
 
 
+@pytest.mark.slow  # trains the config's classifier (3000 steps, ~40 s); only in the full run
 def test_noisy_classifier_accuracy_falls_with_the_noise_level(run):
     """On held-out digits: nearly clean data (t = eps) is classified like clean data (measured 0.98 on
     the 300 test digits, SE 0.008; we assert >= 0.9), and forward noise destroys the label
@@ -71,6 +73,7 @@ def test_noisy_classifier_accuracy_falls_with_the_noise_level(run):
     assert acc[0] >= 0.9 and acc[0] > acc[1] > acc[2], acc
 
 
+@pytest.mark.slow  # trains the config's classifier (3000 steps, ~40 s); only in the full run
 def test_cli_sample_with_a_classifier(run, tmp_path):
     """40 samples of label 7 from the shipped model: >= 0.7 judged a 7 (at p = 0.95, SE = 0.034:
     7 SE of margin); an exported model's folder is read but not written to."""
@@ -96,6 +99,7 @@ def test_resumed_classifier_training_equals_an_uninterrupted_run(tmp_path):
         assert torch.equal(p, q), name
 
 
+@pytest.mark.slow  # trains the config's classifier (3000 steps, ~40 s); only in the full run
 def test_bad_classifier_input_exits_2_with_one_line(run, tmp_path, capsys):
     other_sde = tmp_path / "ve"
     assert main(["train-classifier", "--config", CONFIG, "sde.name=ve", "sde.params={}", "classifier.steps=1",

@@ -46,6 +46,7 @@ def test_every_subcommand_shares_the_vocabulary(command, capsys):
     assert "--model SOURCE" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # two fresh interpreters (~10 s); the same messages are checked in-process below; only the real entry point is slow-only
 def test_module_entry_point_and_bad_input_in_a_real_process():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ok = subprocess.run([sys.executable, "-m", "sde_diffusion", "train", "--help"], env=env,

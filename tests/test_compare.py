@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from _tiny import tiny_config
 
 from sde_diffusion.analytic import ring2d
 from sde_diffusion.commands.cli import main
@@ -145,11 +144,8 @@ def test_bad_input_exits_2_with_one_line(args, message, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def test_a_checkpoint_must_match_the_requested_sde(tmp_path, capsys):
-    from sde_diffusion.training.train import train
-
-    run = tmp_path / "run"
-    train(tiny_config("train.steps=4"), run, device="cpu", progress=False)
+def test_a_checkpoint_must_match_the_requested_sde(trained, tmp_path, capsys):
+    run = trained("toy_vp", "train.steps=8", tiny=True).out  # the session's shared tiny VP run
     assert main(["compare", "--model", str(run), "--sde", "ve", "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
     assert "was trained with the vp SDE" in err and "or pass vp" in err
@@ -182,6 +178,7 @@ def _cells(target, methods, steps, repeats, seed):
     return summarise(rows)
 
 
+@pytest.mark.slow  # 2 x 16 cells of 8 repeats (~10 s); only in the full run
 def test_two_seeds_give_intervals_that_agree_on_every_cell():
     """With the exact score the expected SW2 of a cell does not depend on the seed, so for two runs
     with different seeds z = |q_1 - q_2| / sqrt(se_1^2 + se_2^2) is a Welch t statistic with about

@@ -30,6 +30,7 @@ def test_the_shipped_model_loads_verified():
     assert sum(f.stat().st_size for f in SHIPPED.iterdir()) < 2_000_000
 
 
+@pytest.mark.slow  # the demo run (~40 s); only in the full run
 def test_report_embeds_every_figure_it_names(demo):
     out, result = demo
     text = result["report"].read_text()
@@ -44,6 +45,7 @@ def test_report_embeds_every_figure_it_names(demo):
     assert all(line in text for line in result["headlines"])
 
 
+@pytest.mark.slow  # the demo run (~40 s); only in the full run
 def test_headlines_name_a_winner_only_beyond_noise(demo):
     """Each headline comes from ``summary.rank``: a named best beats every other cell by more than 2
     combined s.e.; otherwise every listed cell is within 2 combined s.e. of the best."""
@@ -60,6 +62,7 @@ def test_headlines_name_a_winner_only_beyond_noise(demo):
             assert "tied within noise" in line and any(tied)
 
 
+@pytest.mark.slow  # the demo run (~40 s); only in the full run
 def test_the_model_beats_the_gaussian_baseline_in_bits_per_dim(demo):
     """The PF-ODE bits/dim of 40 test digits is below the full-covariance Gaussian's on the same
     digits by more than 5 combined standard errors (each s.e. is std/sqrt(n) over the digits;
@@ -72,6 +75,7 @@ def test_the_model_beats_the_gaussian_baseline_in_bits_per_dim(demo):
     assert r["bits_per_dim"] < r["gaussian_bits_per_dim"] - 5 * se
 
 
+@pytest.mark.slow  # the demo run (~40 s); only in the full run
 def test_digit_samples_improve_with_steps(demo):
     """FD (classifier features) to the test digits falls from 5 to 20 steps for the first-order
     samplers, whose discretisation error dominates at 5 steps, by more than 2 combined s.e. of the

@@ -322,6 +322,7 @@ def readme_example() -> tuple[str, list[str]]:
     return python, commands
 
 
+@pytest.mark.slow  # the README example end to end, compare and nll (~10 s); only in the full run
 def test_readme_example_runs(tmp_path, monkeypatch, capsys):
     """The README example builds a tiny UNet and 8-bit digits, then `compare --model diffusers:PATH` writes
     its report and table, and `nll --model diffusers:PATH --data --out` prints bits/dim and writes one CSV row per image and the JSON summary (finite, above the 7 bits/dim the

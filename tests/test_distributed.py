@@ -66,6 +66,7 @@ def runs(request, tmp_path_factory):
     return multi, single
 
 
+@pytest.mark.slow  # spawns 2-process gloo runs (torchrun-like); only in the full run
 def test_replicas_hold_identical_weights(runs):
     multi, _ = runs
     a, b = torch.load(multi / "ema_rank0.pt"), torch.load(multi / "ema_rank1.pt")
@@ -74,6 +75,7 @@ def test_replicas_hold_identical_weights(runs):
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow  # spawns 2-process gloo runs (torchrun-like); only in the full run
 def test_two_processes_equal_one_process_on_the_whole_batch(runs):
     multi, single = runs
     m2 = load(multi, ema=False)
@@ -132,6 +134,7 @@ def _cli(argv, log, world=2):
     return [open(f"{log}.{r}").read() for r in range(world)]
 
 
+@pytest.mark.slow  # spawns 2-process gloo runs (torchrun-like); only in the full run
 def test_sharded_nll_equals_one_process(runs, tmp_path, capsys):
     """6 samples in batches of 2 (3 batches: ranks take 2 and 1), Hutchinson with per-batch seeds:
     every per-sample figure is computed by the same operations on the same numbers, so the printed
@@ -148,6 +151,7 @@ def test_sharded_nll_equals_one_process(runs, tmp_path, capsys):
     assert "nats/dim" in single and drop_seconds(rank0) == drop_seconds(single) and rank1 == ""
 
 
+@pytest.mark.slow  # spawns 2-process gloo runs (torchrun-like); only in the full run
 def test_sharded_sample_equals_one_process(runs, tmp_path):
     from sde_diffusion.commands.cli import main
 

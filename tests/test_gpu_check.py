@@ -42,6 +42,7 @@ def _numbers(rows):
     return [v for r in rows for v in r.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
+@pytest.mark.slow  # the gpu_check self-run (quick, ~45 s); only in the full run
 def test_every_section_is_reported_with_finite_figures(quick):
     result, report = quick
     assert list(result["sections"]) == SECTIONS
@@ -53,6 +54,7 @@ def test_every_section_is_reported_with_finite_figures(quick):
     assert result["environment"]["torch"] and result["wall_s"] > 0
 
 
+@pytest.mark.slow  # the gpu_check self-run (quick, ~45 s); only in the full run
 def test_tests_section_counts_what_pytest_ran(quick):
     runs = {r["run"]: r for r in quick[0]["sections"]["tests"]["rows"]}
     cuda, cpu = runs["pytest -m cuda"], runs["pytest --device cpu"]
@@ -60,6 +62,7 @@ def test_tests_section_counts_what_pytest_ran(quick):
     assert cpu["status"] == "ok" and cpu["passed"] >= 5 and cpu["failed"] == cpu["errors"] == 0
 
 
+@pytest.mark.slow  # the gpu_check self-run (quick, ~45 s); only in the full run
 def test_sampling_rows_cover_every_method_with_exact_nfe(gpu_check, quick):
     rows = quick[0]["sections"]["sampling"]["rows"]
     plan = gpu_check.Plan(**gpu_check.QUICK)
@@ -73,6 +76,7 @@ def test_sampling_rows_cover_every_method_with_exact_nfe(gpu_check, quick):
         assert r["peak_mib"] is None  # CUDA only
 
 
+@pytest.mark.slow  # the gpu_check self-run (quick, ~45 s); only in the full run
 def test_likelihood_compares_with_scipy_at_equal_worst_case_error(quick):
     rows = quick[0]["sections"]["likelihood"]["rows"]
     ours = {r["divergence"]: r for r in rows if r["approach"] == "log_likelihood"}
@@ -85,6 +89,7 @@ def test_likelihood_compares_with_scipy_at_equal_worst_case_error(quick):
         assert len(equal) == 1 and equal[0]["speedup"] > 0
 
 
+@pytest.mark.slow  # the gpu_check self-run (quick, ~45 s); only in the full run
 def test_training_rows_give_steps_and_images_per_second(quick):
     rows = {r["config"]: r for r in quick[0]["sections"]["training"]["rows"]}
     assert set(rows) == {"digits", "large"}

@@ -105,20 +105,15 @@ def _sample(score_fn, seed):
 
 
 @pytest.fixture(scope="module")
-def cfg_model(tmp_path_factory):
-    """A conditional MLP trained by ``train`` with label dropout p_uncond = 0.2 (about 10 s)."""
-    from sde_diffusion.training.train import train
-
-    data.register("ring_modes")(_ring_with_modes)
-    cfg = load_config("configs/toy_vp.yaml", ["data.name=ring_modes", "model.params.num_classes=8",
-                                              "train.p_uncond=0.2", "train.steps=1500", "train.sample_every=0",
-                                              "train.ckpt_every=1500", "train.log_every=500"])
-    try:
-        return train(cfg, tmp_path_factory.mktemp("cfg"), progress=False)
-    finally:
-        del data.DATASETS["ring_modes"]
+def cfg_model(trained):
+    """A conditional MLP trained by ``train`` with label dropout p_uncond = 0.2 (about 10 s), from the
+    session's ``trained`` factory (the ring_modes data set registered for the training only)."""
+    return trained("toy_vp", "data.name=ring_modes", "model.params.num_classes=8", "train.p_uncond=0.2",
+                   "train.steps=1500", "train.sample_every=0", "train.ckpt_every=1500", "train.log_every=500",
+                   datasets={"ring_modes": _ring_with_modes})
 
 
+@pytest.mark.slow  # the 1,500-step conditional model (~30 s); only in the full run
 def test_classifier_free_guidance_lands_in_the_requested_mode(cfg_model):
     cfg_model, y = cfg_model.model, torch.full((N,), LABEL)
     with torch.no_grad():
@@ -129,6 +124,7 @@ def test_classifier_free_guidance_lands_in_the_requested_mode(cfg_model):
     assert conditional >= GUIDED_MIN and guided >= GUIDED_MIN
 
 
+@pytest.mark.slow  # the 1,500-step conditional model (~30 s); only in the full run
 def test_cli_sample_label_and_guidance(cfg_model, tmp_path):
     from sde_diffusion.commands.cli import main
 

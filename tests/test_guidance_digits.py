@@ -50,10 +50,12 @@ def hits():
     return out
 
 
+@pytest.mark.slow  # samples the shipped conditional model 3 x 200 digits (~15 s); only in the full run
 def test_unguided_samples_match_the_requested_label_at_chance(hits):
     assert hits[None] <= CHANCE + 5 * SE, hits
 
 
+@pytest.mark.slow  # samples the shipped conditional model 3 x 200 digits (~15 s); only in the full run
 @pytest.mark.parametrize("w", [1.0, 2.0])
 def test_guided_samples_are_the_requested_digit(hits, w):
     assert hits[w] >= 0.8, hits

@@ -18,8 +18,11 @@ import pytest
 import torch
 
 import solvers
+from solvers.probability_flow import ADAPTIVE
 from sde_diffusion.analytic import GaussianMixture, grid2d
 from sde_diffusion.sde import VPSDE
+
+import _cases
 
 SDE = VPSDE()
 GRID = grid2d()
@@ -38,10 +41,16 @@ def test_marginal_is_the_grid_factor():
     assert torch.equal(MARGINAL.means[:, 0], torch.unique(GRID.means[:, 1]))
 
 
-@pytest.mark.parametrize("method, steps, opts", [("ddim", 50, {}), ("heun", 20, {}), ("ode", 20, {"solver": "rk4"}),
-                                                ("dpm_solver", 20, {}), ("dpm_solver", 20, {"multistep": True})])
-def test_deterministic_imputation_equals_the_marginal_run(method, steps, opts):
-    n = 256
+def _fixed_step(method, opts):
+    """Deterministic and fixed-step (adaptive dopri5 & co. restart per interval: the test below)."""
+    return not _cases.is_stochastic(method, opts) and opts.get("solver", "dopri5" if method == "ode" else None) not in ADAPTIVE
+
+
+@pytest.mark.parametrize("method, opts", [pytest.param(m, o, id=_cases.case_id(m, o))
+                                          for m, o in _cases.method_variants(20) if _fixed_step(m, o)])
+def test_deterministic_imputation_equals_the_marginal_run(method, opts):
+    """Every fixed-step deterministic method and option variant (``_cases``), 20 steps."""
+    n, steps = 256, 20
     x_T = torch.randn(n, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     got = solvers.sample(GRID.score(SDE), SDE, (n, 2), method, steps, dtype=torch.float64, x_T=x_T,
                          inpaint=(MASK, _known(n)), **opts).x
@@ -66,8 +75,17 @@ def test_adaptive_ode_imputation_agrees_with_the_marginal_run():
 
 
 # (not pc: its Langevin step size uses norms over all coordinates, which couples x1 into x2's steps)
-@pytest.mark.parametrize("method, opts", [("euler_maruyama", {}), ("reverse_diffusion", {}), ("ancestral", {}),
-                                          ("sde", {}), ("sde", {"solver": "srk"})])
+STOCHASTIC_CASES = [("euler_maruyama", {}), ("reverse_diffusion", {}), ("ancestral", {}), ("sde", {}), ("sde", {"solver": "srk"})]
+
+
+def test_every_stochastic_method_but_pc_has_a_marginal_law_case():
+    assert _cases.missing_methods(STOCHASTIC_CASES) == [m for m in _cases.methods() if m not in _cases.stochastic() or m == "pc"], \
+        "a new stochastic method needs a case in test_stochastic_imputation_has_the_marginal_law"
+
+
+@pytest.mark.parametrize("method, opts", [
+    # srk: ~40 s of the 2-core budget; only in the full run
+    pytest.param(m, o, marks=pytest.mark.slow) if o.get("solver") == "srk" else (m, o) for m, o in STOCHASTIC_CASES])
 def test_stochastic_imputation_has_the_marginal_law(method, opts):
     n, steps = 8000, 100
     got = solvers.sample(GRID.score(SDE), SDE, (n, 2), method, steps, dtype=torch.float64,

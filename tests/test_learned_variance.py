@@ -209,6 +209,7 @@ def _train(model, sched, data, objective, steps, seed=0):
     return model.eval()
 
 
+@pytest.mark.slow  # trains two MLPs, 800 steps each (~18 s); only in the full run
 def test_a_briefly_trained_mu_model_has_the_eps_models_bound():
     """On a 2-D mixture quantized to 32 levels and a 20-step chain, an MLP predicting eps trained by
     L_simple and one predicting mu_tilde trained by ||mu_tilde - mu_theta||^2 (each its own

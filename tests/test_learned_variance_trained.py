@@ -16,29 +16,36 @@ from sde_diffusion.evaluation.nll_table import model_rows
 from sde_diffusion import load
 from sde_diffusion.training.config import build_schedule, load_config
 from sde_diffusion.training.data import load_dataset
-from sde_diffusion.training.train import train
 from sde_diffusion.vlb import ddpm_vlb_bits_per_dim
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = 64
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("lv")
+def _moons64(tmp):
+    """Two moons quantized to 64 levels, written as the user's .npz; the data overrides."""
     moons = load_dataset("moons", split="train", n=20000, seed=0).x
     k = ((moons / moons.abs().max() * 0.999 + 1) * LEVELS / 2).floor().long().clamp(0, LEVELS - 1)
     np.savez(tmp / "moons64.npz", x=k.numpy(), levels=np.int64(LEVELS))
-    cfg = load_config(ROOT / "configs" / "toy_vp.yaml", [
-        "data.name=npy", f"data.path={tmp / 'moons64.npz'}", "sde.name=ddpm",
+    return ["data.name=npy", f"data.path={tmp / 'moons64.npz'}"]
+
+
+@pytest.fixture(scope="module")
+def run(trained):
+    """The hybrid learned-variance model (2,000 steps on the 64-level moons), from the session's
+    ``trained`` factory; its data file lies beside the run."""
+    result = trained(
+        "toy_vp", "sde.name=ddpm",
         "sde.params={T: 100, beta_1: 1.0e-3, beta_T: 0.2}", "loss.kind=ddpm", "loss.objective=hybrid",
         "model.parameterization=eps", "model.learned_variance=true", "train.steps=2000", "train.batch_size=256",
-        "train.sample_every=0", "train.ckpt_every=100000", "sample.n=16", "sample.steps=4", "train.log_every=100"])
-    result = train(cfg, tmp / "run", progress=False)
+        "train.sample_every=0", "train.ckpt_every=100000", "sample.n=16", "sample.steps=4", "train.log_every=100",
+        prepare=_moons64)
+    tmp = result.out.parent
     test = load_dataset("npy", split="test", path=str(tmp / "moons64.npz"))
-    return result, cfg, test, tmp
+    return result, result.config, test, tmp
 
 
+@pytest.mark.slow  # the 2,000-step hybrid model (~40 s); only in the full run
 def test_checkpoint_restores_the_variance_head(run):
     result, cfg, test, _ = run
     model = load(result.out)
@@ -49,6 +56,7 @@ def test_checkpoint_restores_the_variance_head(run):
             assert torch.equal(a, b)
 
 
+@pytest.mark.slow  # the 2,000-step hybrid model (~40 s); only in the full run
 def test_hybrid_training_lowers_the_bound_below_both_fixed_variances(run):
     """Same draws (generator seed), same mean: the learned Sigma's bound on the full 100-step chain is
     below beta's and beta_tilde's (measured 5.17 against 5.27 and 6.53 bits/dim)."""
@@ -67,6 +75,7 @@ def test_hybrid_training_lowers_the_bound_below_both_fixed_variances(run):
     assert ddpm["value"] == pytest.approx(float(want.mean()), rel=1e-6)
 
 
+@pytest.mark.slow  # the 2,000-step hybrid model (~40 s); only in the full run
 def test_respaced_sampling_with_the_learned_variance_beats_the_fixed_one(run):
     """10 of the 100 steps (iDDPM sec. 4): SW2 to the test set with the learned variance is below 0.85
     times that with beta (measured 0.097 against 0.138 on 400 points; here 2000, same noise)."""
@@ -82,6 +91,7 @@ def test_respaced_sampling_with_the_learned_variance_beats_the_fixed_one(run):
     assert sw2["learned"] < 0.85 * sw2["beta"], sw2
 
 
+@pytest.mark.slow  # the 2,000-step hybrid model (~40 s); only in the full run
 def test_sample_command_respaces_the_chain(run, tmp_path, capsys):
     result, cfg, test, _ = run
     out = tmp_path / "respaced"

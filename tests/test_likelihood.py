@@ -11,11 +11,12 @@ import pytest
 import torch
 
 import sde_diffusion.likelihood as lik
-from sde_diffusion import SubVPSDE, VESDE, VPSDE, bits_per_dim, log_likelihood, random_mixture, ring2d
+import _cases
+from sde_diffusion import VESDE, VPSDE, bits_per_dim, log_likelihood, random_mixture, ring2d
 from sde_diffusion.dequantize import bin_width, continuous_to_levels
 
 EPS = 1e-5
-SDES = [VPSDE(), SubVPSDE(), VESDE()]
+SDES = _cases.sdes()  # every registered SDE
 F64 = torch.float64
 
 

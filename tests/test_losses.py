@@ -7,12 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sde_diffusion import VESDE, VPSDE, CosineVPSDE, DDPMSchedule, GaussianMixture, SubVPSDE
+import _cases
+from sde_diffusion import VESDE, VPSDE, DDPMSchedule, GaussianMixture, SubVPSDE
 from sde_diffusion.losses import ddpm_loss, dsm_loss, sample_importance_time
 from sde_diffusion.models import MLPScore, ScoreModel
 
-SDES = [VPSDE(), SubVPSDE(), VESDE(), CosineVPSDE()]
-IDS = [type(s).__name__ for s in SDES]
+SDES = _cases.sdes()  # every registered SDE
+IDS = _cases.sde_ids(SDES)
 F64 = torch.float64
 
 
@@ -95,7 +96,7 @@ def _mean_se(x):
     return float(x.mean()), float(x.std() / math.sqrt(x.numel()))
 
 
-@pytest.mark.parametrize("sde", SDES[:3], ids=IDS[:3])
+@pytest.mark.parametrize("sde", SDES, ids=IDS)
 @pytest.mark.parametrize("weighting,importance", [("sigma2", False), ("likelihood", False),
                                                   ("likelihood", True)], ids=["sigma2", "lik", "lik-IS"])
 def test_exact_score_attains_the_closed_form_minimum(sde, weighting, importance):
@@ -146,7 +147,7 @@ def test_importance_sampled_weight_is_the_likelihood_weight_over_the_density_of_
     torch.testing.assert_close(weighted, plain / ((sde.T - EPS) * q), rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize("sde", SDES[:3], ids=IDS[:3])
+@pytest.mark.parametrize("sde", SDES, ids=IDS)
 def test_perturbed_score_raises_the_loss_by_the_predicted_amount(sde):
     """Same draws, score + delta: the sigma2 loss rises by (1/(T-eps)) int s^2 dt ||delta||^2 / D
     in expectation (paired difference within 5 standard errors), so the exact score is the minimum."""

@@ -4,11 +4,12 @@ and per-sample independence at every supported size, and the bad-input matrix.""
 import pytest
 import torch
 
-from sde_diffusion import VESDE, VPSDE, CosineVPSDE, GaussianMixture, SubVPSDE, random_mixture
+import _cases
+from sde_diffusion import VESDE, VPSDE, GaussianMixture, random_mixture
 from sde_diffusion.models import MLPScore, ScoreModel, UNet, build_model, convert
 
-SDES = [VPSDE(), SubVPSDE(), VESDE(), CosineVPSDE()]
-IDS = [type(s).__name__ for s in SDES]
+SDES = _cases.sdes()  # every registered SDE
+IDS = _cases.sde_ids(SDES)
 # float64 conversions of O(1) quantities lose a few ulps per operation; at t >= 0.05 the
 # divisions by s(t) >= 0.02 (VE: s >= 0.01) and m(t) >= 8e-3 amplify that by < 1e3: 1e-9 is ample.
 TOL = dict(rtol=1e-9, atol=1e-9)

@@ -23,15 +23,25 @@ import solvers
 from sde_diffusion import VPSDE, DDPMSchedule, checks, log_likelihood
 from sde_diffusion.models import build_model
 
+import _cases
+
 EXEMPT = {"ode": "torchdiffeq: host time comparisons, adaptive step-size control",
           "sde": "torchsde: Brownian interval search on the host, seed drawn once per call"}
 SHAPE = (4, 1, 8, 8)
 STEPS = 4
-# every sampler with its defaults, and the options that take other code paths
-CASES = [(m, {}) for m in solvers.available()] + [
-    ("dpm_solver", {"multistep": False, "order": 3}), ("dpm_solver", {"variant": "dpm_solver", "order": 3}),
-    ("ancestral", {"schedule": DDPMSchedule(T=STEPS)}), ("ddim", {"eta": 0.5}),
-    ("pc", {"predictor": "euler_maruyama", "corrector_steps": 2})]
+
+
+def _other_device_path(method: str, opts: dict) -> bool:
+    """Whether a variant changes what runs on the device: not the time grid alone (``grid``, ``rho``:
+    computed on the host in float64 before the loop), nor the solver of ``ode`` or ``sde`` (torchdiffeq
+    and torchsde are stand-ins here and exempt on CUDA)."""
+    if method in EXEMPT:
+        return not opts
+    return not opts or bool(set(opts) - {"grid", "rho"})
+
+
+# every sampler with its defaults, and each option variant (``_cases``) that takes another code path
+CASES = [(m, o) for m, o in _cases.method_variants(STEPS) if _other_device_path(m, o)]
 STRICT = [(m, o) for m, o in CASES if m not in EXEMPT]
 
 

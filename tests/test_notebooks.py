@@ -58,6 +58,7 @@ def test_notebook_is_built_from_its_source(path):
     build.check_outputs(nb, path.stem)
 
 
+@pytest.mark.slow  # a kernel per notebook, 10-80 s each; the source checks above stay fast
 @pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
 def test_notebook_executes(path, python3_kernel):
     nb = nbformat.read(path, as_version=4)

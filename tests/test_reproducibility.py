@@ -7,7 +7,6 @@ import re
 
 import pytest
 import torch
-from _tiny import tiny_config
 
 from sde_diffusion import VPSDE, ring2d
 from sde_diffusion.commands.cli import main
@@ -42,11 +41,10 @@ def test_bits_per_dim_same_seed_same_value():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-def test_cli_nll_same_seed_same_output(tmp_path, capsys):
-    """Seed -> probes (and dequantization on discrete data): the printed NLL repeats exactly."""
-    from sde_diffusion.training.train import train
-    run = tmp_path / "run"
-    train(tiny_config("train.steps=2"), run, progress=False)
+def test_cli_nll_same_seed_same_output(trained, capsys):
+    """Seed -> probes (and dequantization on discrete data): the printed NLL repeats exactly (on the
+    session's shared tiny VP run)."""
+    run = trained("toy_vp", "train.steps=8", tiny=True).out
     outputs = []
     for seed in ("0", "0", "1"):
         assert main(["nll", "--model", str(run), "--num-points", "4", "--divergence", "hutchinson", "--rtol", "1e-4",
@@ -55,6 +53,7 @@ def test_cli_nll_same_seed_same_output(tmp_path, capsys):
     assert outputs[0] == outputs[1] and outputs[0] != outputs[2]
 
 
+@pytest.mark.slow  # two training subprocesses and a SIGINT (~35 s); only in the full run
 def test_sigint_then_resume_equals_uninterrupted(tmp_path):
     """The SIGINT checkpoint lands at an arbitrary step (between checkpoints and log rows); resuming
     from it must end bitwise where an uninterrupted run of the same seed does (weights, EMA,

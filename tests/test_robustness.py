@@ -1,8 +1,19 @@
-"""Numerical robustness grid: every SDE x every sampler (and its options) x float32/float64 x batch
+"""Numerical robustness: every SDE x every sampler (and its options) x float32/float64 x batch
 {1, 7} x data (N, 2) / (N, 1, 8, 8), on the exact mixture score: no NaN/Inf in the samples or the
 trajectory, from x_T at T (sigma_max for VE) down to eps = 1e-5, where std(t) is tiny (sub-VP:
 s(eps) = 1 - exp(-B(eps)) ~ 1e-6; VP: ~1e-3), and samples within the prior's range. Also the PF-ODE
 log-likelihood on every SDE x dtype against the exact log p_eps.
+
+The cases come from the registries (``_cases``), in two grids instead of the full product (992
+cases before):
+- ``test_every_method_sde_and_dtype``: every method (its defaults) x every SDE x both dtypes, each
+  at one of the four (batch, data shape) settings, rotated so that every method meets every setting
+  (and each dtype every setting) and every SDE meets both data shapes;
+- ``test_every_option_variant``: every option variant of every method (``_cases.variants``) x every
+  SDE at batch 7 of (1, 8, 8), the dtype alternating so each variant runs in both.
+Together they cover every method x SDE x dtype combination (``test_the_grid_covers_...`` asserts it
+from the registry): 9 methods x {vp, subvp, ve, cosine} x {float32, float64} = 72 combinations, the
+8 of ddim and dpm_solver on VE by the declared refusal (a skip checked against VP).
 
 Which (SDE, method) pairs run comes from the registry: a pair is skipped only when
 ``Method.bind`` refuses it on that SDE although it binds on VP (a declared capability).
@@ -13,33 +24,60 @@ import math
 import pytest
 import torch
 
-from sde_diffusion import DDPMSchedule, VPSDE, get_sde, random_mixture, ring2d
+from sde_diffusion import VPSDE, get_sde, random_mixture, ring2d
 from sde_diffusion.likelihood import log_likelihood
-from solvers import METHODS, available, sample
+from solvers import METHODS, sample
 
-SDES = ("vp", "subvp", "ve", "cosine")
+import _cases
+
+SDES = _cases.SDE_NAMES
 STEPS, EPS = 10, 1e-5
 MIXTURES = {(2,): ring2d(), (1, 8, 8): random_mixture(dim=64, seed=0)}
-
-# each method with its default options and each option value that changes the numerics
-VARIANTS = {
-    "ancestral": [{}, {"variance": "beta"}, {"variance": "beta_tilde"}, {"schedule": DDPMSchedule(T=STEPS)}],
-    "reverse_diffusion": [{}],
-    "euler_maruyama": [{}],
-    "pc": [{}, {"predictor": "euler_maruyama"}, {"predictor": "ancestral"}, {"predictor": "none"},
-           {"corrector": "none", "predictor": "reverse_diffusion"}, {"corrector_steps": 2, "snr": 0.3}],
-    "ddim": [{}, {"eta": 1.0}, {"grid": "logsnr"}],
-    "ode": [{}, {"solver": "rk4"}, {"solver": "euler", "grid": "edm"}, {"solver": "bosh3", "rtol": 1e-3, "atol": 1e-3}],
-    "heun": [{}, {"grid": "uniform"}, {"grid": "logsnr"}],
-    "dpm_solver": [{}, {"order": 1}, {"order": 3}, {"order": 2, "multistep": False},
-                   {"order": 3, "multistep": False}, {"variant": "dpm_solver"}],
-    "sde": [{}, {"solver": "milstein"}, {"solver": "srk"}],
-}
-CASES = [(m, opts) for m in VARIANTS for opts in VARIANTS[m]]
+SETTINGS = [(n, event) for event in MIXTURES for n in (1, 7)]  # (1, 2d), (7, 2d), (1, img), (7, img)
+DTYPES = _cases.DTYPES
 
 
-def test_every_registered_method_is_in_the_grid():
-    assert set(VARIANTS) == set(available())
+def _setting_id(n, event):
+    return f"n{n}-{'x'.join(map(str, event))}"
+
+
+def _method_grid():
+    """(method, sde, dtype, n, event): the full method x SDE x dtype product, one setting each."""
+    for mi, method in enumerate(METHODS):
+        for si, sde_name in enumerate(SDES):
+            for di, dtype in enumerate(DTYPES):
+                n, event = SETTINGS[(si + 2 * di + mi) % len(SETTINGS)]
+                yield pytest.param(method, {}, sde_name, dtype, n, event,
+                                   id=f"{method}-{sde_name}-{_cases.DTYPE_IDS[dtype]}-{_setting_id(n, event)}")
+
+
+def _variant_grid():
+    """(method, options, sde, dtype, 7, (1, 8, 8)): every variant x every SDE, the dtype alternating."""
+    for vi, (method, opts) in enumerate(_cases.method_variants(STEPS)):
+        if not opts:
+            continue  # the defaults are the method grid's
+        for si, sde_name in enumerate(SDES):
+            dtype = DTYPES[(si + vi) % 2]
+            yield pytest.param(method, opts, sde_name, dtype, 7, (1, 8, 8),
+                               id=f"{_cases.case_id(method, opts)}-{sde_name}-{_cases.DTYPE_IDS[dtype]}")
+
+
+METHOD_GRID, VARIANT_GRID = list(_method_grid()), list(_variant_grid())
+
+
+def test_the_grid_covers_every_method_sde_and_dtype():
+    """From the registries: every method x SDE x dtype, every method x (batch, shape) setting, every
+    option variant on every SDE and in both dtypes."""
+    covered = {(p.values[0], p.values[2], p.values[3]) for p in METHOD_GRID + VARIANT_GRID}
+    assert covered == {(m, s, d) for m in METHODS for s in SDES for d in DTYPES}
+    assert {(p.values[0], p.values[4], p.values[5]) for p in METHOD_GRID} == \
+        {(m, n, e) for m in METHODS for n, e in SETTINGS}
+    variants = [(m, _cases.option_id(o)) for m, o in _cases.method_variants(STEPS) if o]
+    assert {(p.values[0], _cases.option_id(p.values[1]), p.values[2]) for p in VARIANT_GRID} == \
+        {(m, o, s) for m, o in variants for s in SDES}
+    assert {(p.values[0], _cases.option_id(p.values[1]), p.values[3]) for p in VARIANT_GRID} == \
+        {(m, o, d) for m, o in variants for d in DTYPES}
+    assert not _cases.missing_values(), "these options need values in tests/_cases.py"
 
 
 def _supported(method: str, sde, opts: dict) -> bool:
@@ -54,12 +92,7 @@ def _supported(method: str, sde, opts: dict) -> bool:
     return True
 
 
-@pytest.mark.parametrize("event", list(MIXTURES), ids=["2d", "1x8x8"])
-@pytest.mark.parametrize("n", [1, 7])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("sde_name", SDES)
-@pytest.mark.parametrize("method, opts", CASES, ids=[f"{m}{opts or ''}" for m, opts in CASES])
-def test_no_nan_or_inf_anywhere(method, opts, sde_name, dtype, n, event):
+def _check_no_nan_or_inf(method, opts, sde_name, dtype, n, event):
     """Finite samples and trajectory (K + 1 states from x_T to x at eps), and samples within the
     prior's 6-sigma range plus the data's extent (radius 1 + 6 * 0.05 < 2): whatever its accuracy at
     10 steps, no sampler may leave samples beyond where x_T itself lies. (Intermediate states are only
@@ -78,7 +111,23 @@ def test_no_nan_or_inf_anywhere(method, opts, sde_name, dtype, n, event):
     assert r.x.abs().max() <= 6 * sde.prior_std + 2.0
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("method, opts, sde_name, dtype, n, event", METHOD_GRID)
+def test_every_method_sde_and_dtype(method, opts, sde_name, dtype, n, event):
+    _check_no_nan_or_inf(method, opts, sde_name, dtype, n, event)
+
+
+test_every_method_sde_and_dtype.__doc__ = _check_no_nan_or_inf.__doc__
+
+
+@pytest.mark.parametrize("method, opts, sde_name, dtype, n, event", VARIANT_GRID)
+def test_every_option_variant(method, opts, sde_name, dtype, n, event):
+    _check_no_nan_or_inf(method, opts, sde_name, dtype, n, event)
+
+
+test_every_option_variant.__doc__ = _check_no_nan_or_inf.__doc__
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_cases.DTYPE_IDS.get)
 @pytest.mark.parametrize("sde_name", SDES)
 def test_log_likelihood_is_finite_and_exact_on_every_sde(sde_name, dtype):
     """log p_eps(x) by the PF-ODE vs the mixture's exact log p_eps at 3 ring points, eps = 1e-5.
@@ -96,7 +145,7 @@ def test_log_likelihood_is_finite_and_exact_on_every_sde(sde_name, dtype):
     assert ((r.log_prob.double() - exact).abs() <= tol + mismatch).all()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=_cases.DTYPE_IDS.get)
 def test_log_likelihood_with_a_zero_drift(dtype):
     """Data N(0, I) under VP is stationary: the exact score is -x, the PF drift f x - g^2 s / 2 =
     -beta/2 x + beta/2 x = 0 and its divergence 0, so log p_eps(x) = log N(x; 0, I) up to rounding.

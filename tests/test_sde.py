@@ -8,10 +8,13 @@ import torch
 from sde_diffusion import VESDE, VPSDE, CosineVPSDE, DDPMSchedule, SubVPSDE, get_sde
 from sde_diffusion.sde import SDES, DiscreteVPSDE
 
-ALL_SDES = [VPSDE(), SubVPSDE(), VESDE(), CosineVPSDE(), DiscreteVPSDE.from_beta_schedule("linear"),
-            DiscreteVPSDE.from_beta_schedule("squaredcos_cap_v2"),
-            DiscreteVPSDE.from_beta_schedule("squaredcos_cap_v2", interpolation="cubic")]
-IDS = [type(s).__name__ for s in ALL_SDES[:-2]] + ["DiscreteVPSDE-cos", "DiscreteVPSDE-cos-cubic"]
+import _cases
+
+# every registered SDE, and the discrete chains' SDEs (built from a schedule, not registered by name)
+ALL_SDES = _cases.sdes() + [DiscreteVPSDE.from_beta_schedule("linear"),
+                            DiscreteVPSDE.from_beta_schedule("squaredcos_cap_v2"),
+                            DiscreteVPSDE.from_beta_schedule("squaredcos_cap_v2", interpolation="cubic")]
+IDS = _cases.sde_ids(ALL_SDES[:-2]) + ["DiscreteVPSDE-cos", "DiscreteVPSDE-cos-cubic"]
 
 
 def left_derivatives(sde, t, h):

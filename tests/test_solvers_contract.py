@@ -7,19 +7,36 @@ import torch
 
 from sde_diffusion import DDPMSchedule, GaussianMixture, SubVPSDE, VESDE, VPSDE, random_mixture, ring2d
 from solvers import METHODS, available, sample
+from solvers.probability_flow import ADAPTIVE
 
-# one cheap configuration per method (and per notable option), for the contract tests
-CONFIGS = {
-    "ancestral": {}, "reverse_diffusion": {}, "euler_maruyama": {}, "pc": {"corrector_steps": 2},
-    "pc-annealed": {"predictor": "none"}, "ode": {}, "ode-rk4": {"solver": "rk4"}, "sde": {},
-    "sde-srk": {"solver": "srk"}, "ddim": {}, "ddim-eta": {"eta": 0.5}, "heun": {}, "dpm_solver": {},
-    "dpm_solver-3S": {"order": 3, "multistep": False},
-}
-STOCHASTIC = {"ancestral", "reverse_diffusion", "euler_maruyama", "pc", "pc-annealed", "sde", "sde-srk", "ddim-eta"}
+import _cases
 
 
-def _method(name: str) -> str:
-    return name.split("-")[0]
+def _configs(steps: int, only=None, variants=_cases.variants) -> list:
+    """(method, options) for every registered method and each of its option variants (``_cases``,
+    resolved for ``steps``), optionally filtered by ``only(method, options)``."""
+    return [pytest.param(m, o, id=_cases.case_id(m, o)) for m in METHODS for o in variants(m, steps)
+            if only is None or only(m, o)]
+
+
+def _adaptive(method: str, opts: dict) -> bool:
+    return METHODS[method].order is None and opts.get("solver", METHODS[method].options["solver"].default) in ADAPTIVE
+
+
+def _expected_nfe(method: str, opts: dict, steps: int) -> int | None:
+    """Score evaluations of the fixed-cost methods in closed form, the Tweedie step included (None:
+    adaptive, or torchsde's own count). Ancestral on a DDPM chain (``schedule=``) ends at x_0 itself:
+    no Tweedie step."""
+    o = METHODS[method].bind(SubVPSDE(), steps, dict(opts))
+    per_step = {"ancestral": 1, "reverse_diffusion": 1, "euler_maruyama": 1, "ddim": 1, "heun": 2}.get(method)
+    if method == "pc":
+        per_step = (o["predictor"] != "none") + (o["corrector"] != "none") * o["corrector_steps"]
+    elif method == "dpm_solver":
+        per_step = 1 if o["multistep"] else o["order"]
+    elif method == "ode":
+        per_step = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4}.get(o["solver"])
+    tweedie = 0 if method == "ancestral" and o["schedule"] is not None else 1
+    return None if per_step is None else per_step * steps + tweedie
 
 
 def test_available_lists_every_method():
@@ -66,35 +83,40 @@ def test_ddim_eta_one_is_ancestral_with_posterior_variance():
     torch.testing.assert_close(a.x, b.x, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_same_seed_same_samples(name, device, dtype):
+@pytest.mark.parametrize("method, opts", _configs(6))
+def test_same_seed_same_samples(method, opts, device, dtype):
     sde, gm = VPSDE(), ring2d()
-    run = lambda seed: sample(gm.score(sde), sde, (16, 2), _method(name), 6,  # noqa: E731
+    run = lambda seed: sample(gm.score(sde), sde, (16, 2), method, 6,  # noqa: E731
                               generator=torch.Generator(device).manual_seed(seed), device=device,
-                              dtype=dtype, **CONFIGS[name]).x
+                              dtype=dtype, **opts).x
     a, b, c = run(0), run(0), run(1)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)  # a different x_T (and noise) gives different samples
 
 
-@pytest.mark.parametrize("name", sorted(set(CONFIGS) - STOCHASTIC - {"ode"}))
-def test_float64_and_float32_agree(name):
+@pytest.mark.parametrize("method, opts", _configs(6, lambda m, o: not _cases.is_stochastic(m, o) and not _adaptive(m, o)))
+def test_float64_and_float32_agree(method, opts):
     """Fixed-step deterministic samplers from the same x_T: float32 differs from float64 only by
     rounding, ~1e-7 relative per operation over 6 steps of an O(1) well-conditioned flow; assert
     1e-4 absolute. (Adaptive dopri5 picks different steps per dtype, so it differs by its own
     tolerance instead; it runs in float64 as the reference of test_solvers_convergence.)"""
     sde, gm = VPSDE(), ring2d()
     x_T = sde.prior_sample((16, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    out = {dt: sample(gm.score(sde), sde, (16, 2), _method(name), 6, x_T=x_T, dtype=dt, **CONFIGS[name]).x
+    out = {dt: sample(gm.score(sde), sde, (16, 2), method, 6, x_T=x_T, dtype=dt, **opts).x
            for dt in (torch.float32, torch.float64)}
     assert out[torch.float64].dtype == torch.float64 and out[torch.float32].dtype == torch.float32
     torch.testing.assert_close(out[torch.float32].double(), out[torch.float64], rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", sorted(STOCHASTIC - {"pc-annealed"}))
-def test_float64_stochastic_samplers_reach_the_noise_floor(name):
+@pytest.mark.parametrize("method, opts", _configs(100, lambda m, o: _cases.is_stochastic(m, o) and o.get("predictor") != "none"
+                                                  and "schedule" not in o,
+                                                  variants=_cases.one_per_option))
+def test_float64_stochastic_samplers_reach_the_noise_floor(method, opts):
     """Stochastic samplers draw different noise in float64, so they are checked on quality instead:
-    the ring2d criterion of test_solvers_quality (factor 2.35 of the noise floor, N = 2000)."""
+    the ring2d criterion of test_solvers_quality (factor 2.35 of the noise floor, N = 2000), for each
+    stochastic method's defaults and each option changed once (``_cases.one_per_option``; not annealed
+    Langevin, which needs 1,000 steps: test_solvers_quality; not ``schedule=``, a DDPM chain that is
+    not this VP-SDE: its exactness is test_ancestral_is_ddpm_algorithm_2_bit_for_bit)."""
     from test_solvers_quality import DATA, PAIRS, factor
     from sde_diffusion.evaluation.metrics import sliced_w2
     sde, gm, n = VPSDE(), ring2d(), 2000
@@ -102,39 +124,37 @@ def test_float64_stochastic_samplers_reach_the_noise_floor(name):
     ref = gm.sample(n, g, dtype=torch.float64)
     floor = torch.stack([sliced_w2(gm.sample(n, g, dtype=torch.float64), gm.sample(n, g, dtype=torch.float64))
                          for _ in range(PAIRS)]).mean()
-    res = sample(gm.score(sde), sde, (n, 2), _method(name), 100 if name != "sde-srk" else 20, dtype=torch.float64,
-                 generator=torch.Generator().manual_seed(3), **CONFIGS[name])
+    res = sample(gm.score(sde), sde, (n, 2), method, 100, dtype=torch.float64,
+                 generator=torch.Generator().manual_seed(3), **opts)
     assert res.x.dtype == torch.float64
     assert sliced_w2(res.x, ref) / floor < factor(DATA["ring2d"][2])
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_image_shaped_batches(name, device, dtype):
+@pytest.mark.parametrize("method, opts", _configs(5))
+def test_image_shaped_batches(method, opts, device, dtype):
     """(N, C, H, W) = (8, 3, 2, 2) gives exactly the (8, 12) result reshaped: samplers never assume a rank."""
     sde, gm = VPSDE(), random_mixture(dim=12)
-    run = lambda shape: sample(gm.score(sde), sde, shape, _method(name), 5, device=device, dtype=dtype,  # noqa: E731
-                               generator=torch.Generator(device).manual_seed(0), **CONFIGS[name]).x
+    run = lambda shape: sample(gm.score(sde), sde, shape, method, 5, device=device, dtype=dtype,  # noqa: E731
+                               generator=torch.Generator(device).manual_seed(0), **opts).x
     img = run((8, 3, 2, 2))
     assert img.shape == (8, 3, 2, 2)
     torch.testing.assert_close(img.reshape(8, 12), run((8, 12)), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_nfe_equals_an_external_count(name):
+@pytest.mark.parametrize("method, opts", _configs(7))
+def test_nfe_equals_an_external_count(method, opts):
     sde, gm = SubVPSDE(), ring2d()
     calls = []
 
     def score(x, t):
         calls.append(1)
         return gm.score_at(x, t, sde)
-    steps, opts = 7, CONFIGS[name]
-    res = sample(score, sde, (8, 2), _method(name), steps, generator=torch.Generator().manual_seed(0), **opts)
+    steps = 7
+    res = sample(score, sde, (8, 2), method, steps, generator=torch.Generator().manual_seed(0), **opts)
     assert res.nfe == len(calls)
-    expected = {"pc": steps * 3 + 1, "pc-annealed": steps + 1, "ode-rk4": 4 * steps + 1, "heun": 2 * steps + 1,
-                "dpm_solver-3S": 3 * steps + 1, "ancestral": steps + 1, "reverse_diffusion": steps + 1,
-                "euler_maruyama": steps + 1, "ddim": steps + 1, "ddim-eta": steps + 1, "dpm_solver": steps + 1}
-    if name in expected:  # fixed-cost methods: the count is also known in closed form
-        assert res.nfe == expected[name]
+    expected = _expected_nfe(method, opts, steps)
+    if expected is not None:  # fixed-cost methods: the count is also known in closed form
+        assert res.nfe == expected
 
 
 def test_tweedie_denoising_is_the_posterior_mean():
@@ -151,16 +171,16 @@ def test_tweedie_denoising_is_the_posterior_mean():
     assert den.nfe == raw.nfe + 1
 
 
-@pytest.mark.parametrize("name", ["ancestral", "pc", "ode", "sde", "heun", "dpm_solver-3S"])
-def test_trajectory(name):
+@pytest.mark.parametrize("method, opts", _configs(5))
+def test_trajectory(method, opts):
     """States at the K + 1 grid times: starts at x_T, ends at the (undenoised) result."""
     sde, gm = VPSDE(), ring2d()
     x_T = sde.prior_sample((8, 2), generator=torch.Generator().manual_seed(0))
-    res = sample(gm.score(sde), sde, (8, 2), _method(name), 5, x_T=x_T, denoise=False, return_trajectory=True,
-                 generator=torch.Generator().manual_seed(1), **CONFIGS[name])
+    res = sample(gm.score(sde), sde, (8, 2), method, 5, x_T=x_T, denoise=False, return_trajectory=True,
+                 generator=torch.Generator().manual_seed(1), **opts)
     assert res.trajectory.shape == (6, 8, 2)
     assert torch.equal(res.trajectory[0], x_T) and torch.equal(res.trajectory[-1], res.x)
-    assert sample(gm.score(sde), sde, (8, 2), _method(name), 5, **CONFIGS[name]).trajectory is None
+    assert sample(gm.score(sde), sde, (8, 2), method, 5, **opts).trajectory is None
 
 
 def test_progress_bar_changes_nothing():

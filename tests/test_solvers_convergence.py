@@ -23,8 +23,9 @@ import math
 import pytest
 import torch
 
+import _cases
 from _closed_forms import F64, SDES, vp
-from solvers import sample
+from solvers import METHODS, sample
 
 EPS, SDE = 1e-2, SDES["vp"][0]
 MU = torch.tensor([0.5, -1.0, 0.2], dtype=F64)
@@ -86,6 +87,16 @@ def test_observed_order(method, opts, grid, steps, order):
     grid_opts = {} if grid is None else {"grid": "edm", "rho": 15.0} if grid == "edm-rho15" else {"grid": grid}
     errs = errors(method, {**opts, **grid_opts}, steps)
     assert abs(observed_order(steps, errs) - order) < 0.3, errs
+
+
+def test_every_deterministic_method_has_an_order_case():
+    """From the registry: every deterministic method has a case here (``ode`` through a fixed-step
+    solver), and a case with the method's default options checks its declared order."""
+    covered = {method for _, method, _, _, _ in CASES}
+    assert not [m for m in _cases.deterministic() if m not in covered], "these methods need order cases here"
+    for _, method, opts, order, _ in CASES:
+        if not opts:
+            assert order == METHODS[method].order, method
 
 
 def test_the_reference_solves_the_probability_flow():

@@ -4,11 +4,12 @@ Bisection runs to float64 resolution, so spacings hold to ~1e-12 relative; asser
 import pytest
 import torch
 
-from sde_diffusion import CosineVPSDE, SubVPSDE, VESDE, VPSDE
+import _cases
+from sde_diffusion import VPSDE
 from solvers import METHODS
 from solvers.timesteps import GRIDS, sigma, time_grid
 
-SDES = [VPSDE(), SubVPSDE(), VESDE(), CosineVPSDE()]
+SDES = _cases.sdes()  # every registered SDE
 
 
 @pytest.mark.parametrize("sde", SDES, ids=lambda s: type(s).__name__)

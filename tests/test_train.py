@@ -79,6 +79,7 @@ def _wait_for(predicate, proc: subprocess.Popen, limit: float = 120.0) -> None:
         time.sleep(0.005)
 
 
+@pytest.mark.slow  # a signal sent to a training subprocess; only in the full run
 def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
     steps = ["train.steps=600", "train.ckpt_every=50", "train.log_every=10"]
     straight = subprocess.Popen(_train_cmd(tmp_path / "straight", *steps), env=ENV,
@@ -98,6 +99,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
     _assert_same_run(tmp_path / "straight", tmp_path / "killed")
 
 
+@pytest.mark.slow  # a signal sent to a training subprocess; only in the full run
 def test_sigint_saves_a_checkpoint_and_exits_0(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(_train_cmd(out, "train.steps=1000000", "train.ckpt_every=100000"), env=ENV,

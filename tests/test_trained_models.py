@@ -27,6 +27,7 @@ from sde_diffusion.training.config import load_config
 from sde_diffusion.training.data import load_dataset
 from sde_diffusion.training.train import train
 from _tiny import CONFIGS
+import _cases
 
 SDE = VPSDE()
 
@@ -36,7 +37,7 @@ def _mlp(seed=0, **kw):
     return build_model("mlp", SDE, dim=2, hidden=16, blocks=1, emb_dim=8, **kw)
 
 
-@pytest.mark.parametrize("method", ["euler_maruyama", "ancestral", "ddim", "heun", "dpm_solver", "ode", "sde"])
+@pytest.mark.parametrize("method", _cases.methods())
 def test_samples_carry_no_graph(method):
     model = _mlp()
     assert all(p.requires_grad for p in model.parameters())
@@ -100,6 +101,7 @@ _MEMORY = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a fresh interpreter sampling 550 steps (~10 s); only in the full run
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss is in KiB on Linux only")
 def test_sampling_memory_is_flat_in_the_number_of_steps():
     """Peak RSS after 500 steps minus that after 50: a kept graph costs ~1 MiB per step here
@@ -111,14 +113,15 @@ def test_sampling_memory_is_flat_in_the_number_of_steps():
 
 
 @pytest.fixture(scope="module")
-def moons_model(tmp_path_factory):
+def moons_model(trained):
     """configs/toy_vp.yaml as shipped, on 5,000 moons points, 800 steps (~9 s of one CPU core)."""
     torch.set_num_threads(1)
-    cfg = load_config(CONFIGS / "toy_vp.yaml", ["data.name=moons", "data.n=5000", "train.steps=800",
-                                                "train.sample_every=0", "train.log_every=800"])
-    return train(cfg, tmp_path_factory.mktemp("moons"), progress=False).model, load_dataset("moons", n=5000).x
+    result = trained("toy_vp", "data.name=moons", "data.n=5000", "train.steps=800", "train.sample_every=0",
+                     "train.log_every=800")
+    return result.model, load_dataset("moons", n=5000).x
 
 
+@pytest.mark.slow  # the 800-step moons model (~20 s); only in the full run
 def test_ode_samplers_stay_on_the_data_of_a_trained_model(moons_model):
     """At 50 steps each ODE sampler's SW2 to 2,000 test points is within 1.5x of Euler-Maruyama's (the
     SDE's noise forgives score errors the ODE integrates; measured 0.85-0.86x with the edm default,
