@@ -165,7 +165,9 @@ class DDPMSchedule(DiscreteSchedule):
 
     def to_sde(self) -> SDE:
         """The SDE this chain converges to as T -> infinity with step i <-> t = i/T:
-        ``VPSDE(T beta_1, T beta_T)`` for ``linear``, ``CosineVPSDE(s)`` for ``cosine``."""
+        ``VPSDE(T beta_1, T beta_T)`` for ``linear``, ``CosineVPSDE(s)`` for ``cosine``. The continuous
+        limit (DDPM -> VP-SDE, notebook 01), off the chain by O(1/T); models of the chain are read on
+        ``embedding()``."""
         if self.kind == "linear":
             return VPSDE(beta_min=self.T * self.beta_1, beta_max=self.T * self.beta_T)
         return CosineVPSDE(s=self.s)

@@ -16,6 +16,7 @@ import torch
 
 from sde_diffusion import checks
 from sde_diffusion.models.score_model import convert
+from sde_diffusion.schedule import DiscreteSchedule
 from sde_diffusion.sde import SDE, ScoreFn
 
 # importing each family module registers its samplers
@@ -37,8 +38,8 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], method: str = "eul
            steps: int = 1000, *, eps: float = 1e-3, denoise: bool = True,
            generator: torch.Generator | None = None, device: torch.device | str | None = None,
            dtype: torch.dtype = torch.float32, progress: bool = False, return_trajectory: bool = False,
-           x_T: torch.Tensor | None = None, inpaint: tuple | None = None, schedule=None,
-           **options) -> SampleResult:
+           x_T: torch.Tensor | None = None, inpaint: tuple | None = None,
+           schedule: DiscreteSchedule | None = None, **options) -> SampleResult:
     """Draw samples of ``shape`` (N, ...) by ``method`` (see ``available()``) with ``steps`` steps.
 
     ``options`` are the method's own (each method's docstring lists them; anything else is a
