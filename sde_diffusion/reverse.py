@@ -17,12 +17,17 @@ from .checks import Time, bcast
 from .sde import SDE, ScoreFn
 
 
+def score_weight(probability_flow: bool) -> float:
+    """c in f - c g^2 score: 1 for the reverse SDE, 1/2 for the probability-flow ODE."""
+    return 0.5 if probability_flow else 1.0
+
+
 def reverse_coefs(f: torch.Tensor, g2: torch.Tensor, probability_flow: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A, B) = (f, -c g^2), c = 1 (reverse SDE) or 1/2 (probability flow): the reverse drift
-    f x - c g^2 score is A x + B score. The one place the formula is written; f and g^2 are the
-    forward drift coefficient and squared diffusion (or a step's (a - 1) and G^2, ``SDE.discretize``)."""
-    return f, -(0.5 if probability_flow else 1.0) * g2
+    """(A, B) = (f, -c g^2), c = ``score_weight``: the reverse drift f x - c g^2 score is A x + B score.
+    The one place the formula is written; f and g^2 are the forward drift coefficient and squared
+    diffusion (or a step's (a - 1) and G^2, ``SDE.discretize``)."""
+    return f, -score_weight(probability_flow) * g2
 
 
 def drift_coefs(sde: SDE, t: Time, probability_flow: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,6 +46,11 @@ class ReverseSDE:
     @property
     def T(self) -> float:
         return self.sde.T
+
+    @property
+    def score_weight(self) -> float:
+        """c in f - c g^2 score: 1 for the reverse SDE, 1/2 for the probability-flow ODE."""
+        return score_weight(self.probability_flow)
 
     def score(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """score_fn(x, t) with t as a (N,) tensor, checked to be shaped like x."""
