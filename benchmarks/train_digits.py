@@ -86,7 +86,7 @@ def main() -> None:
     schedule = ddpm_chain(cfg, sde)
     if schedule is not None:
         t0 = time.perf_counter()
-        vlb = ddpm_vlb_bits_per_dim(model.eps, schedule, k[:args.n_vlb], levels=levels, data_range=DATA_RANGE,
+        vlb = ddpm_vlb_bits_per_dim(model, schedule, k[:args.n_vlb], levels=levels, data_range=DATA_RANGE,
                                     generator=torch.Generator().manual_seed(0), max_batch=4096)
         rows.append((f"DDPM bound (T={schedule.T}, {schedule.kind} betas)", *mean_se(vlb), len(vlb),
                      time.perf_counter() - t0))

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from . import checks
 from .checks import bcast
 from .dequantize import bin_width, levels_to_continuous
+from .reverse import drift_coefs
 from .sde import SDE, ScoreFn
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
@@ -175,17 +176,8 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE | None = None, x: torch.Tensor | 
     pass, one backward pass batched over the D basis vectors, memory N D^2 for the Jacobian), falling
     back to the loop for a score it rejects (``LikelihoodResult.jacobian`` says which ran);
     "auto" (default): the loop on the CPU, torch.func elsewhere (batched kernels; not yet measured
-    on a GPU). Fine for D up to a few hundred. Seconds per NFE, batch 100, one thread of a shared
-    2-core CPU (``benchmarks/likelihood.py --models``; under load from other jobs all were 3-10x slower):
-        model (D)          dtype    loop    torch.func   Hutchinson-1   Hutchinson-10
-        toy MLP (2)        float32  0.0014  0.0027       0.0010         0.0031
-        toy MLP (2)        float64  0.0016  0.0031       0.0012         0.0039
-        toy MLP (64)       float32  0.0166  0.0114       0.0011         0.0031
-        toy MLP (64)       float64  0.0263  0.0202       0.0014         0.0046
-        digits U-Net (64)  float32  1.79    3.15         0.065          0.301
-        digits U-Net (64)  float64  4.92    8.71         0.159          0.858
-    On this CPU torch.func wins for the MLP at D = 64 (1.3-1.5x; pass ``jacobian="func"``) and loses
-    at D = 2 and for the U-Net (1.8x slower), hence the loop by default.
+    on a GPU). Fine for D up to a few hundred; which is faster depends on the model, D and the device
+    (``benchmarks/likelihood.py --models`` times them).
     ``divergence="hutchinson"``: the Skilling-Hutchinson estimate tr J = E[v^T J v] with
     ``probes`` Rademacher or Gaussian vectors drawn once and held fixed along the trajectory,
     P backward passes per right-hand side; each probe is an independent estimate of delta, the
@@ -210,12 +202,12 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE | None = None, x: torch.Tensor | 
         # torchdiffeq's initial-step heuristic may probe far beyond T (e.g. a zero drift gives
         # h0 = 0.01 |y| / |f| huge); that probe only sizes the first step, so clamp t into [eps, T]
         tt = checks.time(t.to(xt.dtype).clamp(eps, sde.T), sde.T, batch=n, like=xt)
-        coef, g2 = sde.drift_coef(tt), sde.diffusion(tt).square()
+        A, B = drift_coefs(sde, tt, probability_flow=True)  # F = A x + B s, div F = A D + B tr(ds/dx)
         s, q = div(xt, tt)
         seen.append((tt[0], (s * 0).sum(), (q * 0).sum()))  # NaN iff s or q is not finite; no sync
         nfe += 1
         bar.update(1)
-        return bcast(coef, xt) * xt - 0.5 * bcast(g2, xt) * s, coef * dim - 0.5 * g2 * q
+        return bcast(A, xt) * xt + bcast(B, xt) * s, A * dim + B * q
 
     times = torch.tensor([eps, sde.T], dtype=x.dtype, device=x.device)
     delta0 = x.new_zeros((1 if v is None else probes, n))

@@ -34,7 +34,7 @@ import torch
 import math
 
 from . import checks
-from .models.score_model import ScoreModel
+from .models.score_model import ScoreModel, learns_variance
 from .schedule import DDPMSchedule
 from .sde import SDE
 from .vlb import chain_prediction, decoder_nll, prior_kl, reverse_log_variance, step_kl
@@ -140,17 +140,17 @@ def ddpm_loss(model: ScoreModel | Callable, schedule: DDPMSchedule, x0: torch.Te
     (L_simple + ``vlb_weight`` L_vlb, the mean stopped in L_vlb; needs a learned-variance model). The
     bound's terms use the model's learned variance when it has one, else sigma_i^2 = beta_i (the fixed
     isotropic Sigma); its decoder is discretized to ``levels`` bins of ``data_range`` (x_0 at their
-    centres) or, with ``levels`` None, a Gaussian density. ``model`` is an eps_fn(x, t[, y]) or a
-    ScoreModel, whose prediction is converted to eps with the chain's own marginals (the identity for
-    an eps-model).
+    centres) or, with ``levels`` None, a Gaussian density. ``model`` is a score_fn(x, t[, y]), read as
+    eps = -sqrt(1 - abar_i) score (``vlb.chain_prediction``): for a ScoreModel on the chain's
+    ``embedding()`` that is its own eps.
     """
     if not isinstance(schedule, DDPMSchedule):
         raise TypeError(f"schedule must be a DDPMSchedule, got {type(schedule).__name__}.")
     if not callable(model):
-        raise TypeError(f"model must be a ScoreModel or an eps_fn(x, t[, y]), got {type(model).__name__}.")
+        raise TypeError(f"model must be a ScoreModel or a score_fn(x, t[, y]), got {type(model).__name__}.")
     checks.float_tensor("x0", x0)
     checks.one_of("objective", objective, OBJECTIVES)
-    learned = getattr(model, "learned_variance", False)
+    learned = learns_variance(model)
     if objective == "hybrid" and not learned:
         raise ValueError("objective 'hybrid' trains a learned variance through L_vlb; it needs a ScoreModel "
                          "with learned_variance=True (model.learned_variance: true).")

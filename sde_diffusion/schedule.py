@@ -1,7 +1,10 @@
-"""The discrete DDPM forward process (Ho et al. 2020), its continuous-time limit, and respacing.
+"""The discrete DDPM forward process (Ho et al. 2020), its embedding in continuous time, its
+continuous-time limit, and respacing.
 
 q(x_i | x_0) = N(sqrt(abar_i) x_0, (1 - abar_i) I),  abar_i = prod_{j<=i} (1 - beta_j),  i = 1..T.
-As T grows with beta_i = beta(i/T)/T, abar_i -> exp(-integral_0^{i/T} beta): the VP-SDE.
+The chain is exactly the ``DiscreteVPSDE`` of its abar observed at t = i/T (``embedding()``): the one
+way a chain-trained model is read. As T grows with beta_i = beta(i/T)/T, abar_i -> exp(-integral_0^{i/T}
+beta): the VP-SDE (``to_sde()``, the continuous limit; for teaching, not for reading models).
 
 Respacing (Nichol & Dhariwal 2021, sec. 4): a subsequence tau_1 < ... < tau_K = T of the steps is a
 chain of its own with abar'_k = abar_{tau_k} and beta'_k = 1 - abar_{tau_k} / abar_{tau_{k-1}}; its
@@ -18,7 +21,7 @@ import torch
 
 from . import checks
 from .checks import bcast
-from .sde import VPSDE, CosineVPSDE, SDE
+from .sde import VPSDE, CosineVPSDE, DiscreteVPSDE, SDE
 
 
 class DiscreteSchedule:
@@ -44,12 +47,6 @@ class DiscreteSchedule:
     def alphas_cumprod_prev(self) -> torch.Tensor:
         """abar_{i-1}, with abar_0 = 1."""
         return torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
-
-    @cached_property
-    def abar_before(self) -> torch.Tensor:
-        """abar of the base chain's step just before each step (abar_{i-1} here; abar_{tau_k - 1} when
-        respaced): the one-step posterior mean that a ``mu`` model predicts refers to it."""
-        return self.alphas_cumprod_prev
 
     @cached_property
     def posterior_variance(self) -> torch.Tensor:
@@ -90,6 +87,13 @@ class DiscreteSchedule:
         ``beta_tilde`` (beta_tilde_i; 0 at i = 1)."""
         checks.one_of("variance", variance, ("beta", "beta_tilde"))
         return self.take(self.betas if variance == "beta" else self.posterior_variance, i, like)
+
+    def embedding(self) -> DiscreteVPSDE:
+        """The SDE whose marginals at the model times are this chain's: ``DiscreteVPSDE`` of the (base)
+        chain's abar, knot i at t = i / T (cubic in log m between knots, so adaptive ODE solvers see a
+        smooth drift). A chain-trained model lives on it: its ``predict(x, i / T)`` uses the chain's own
+        marginals, and samplers and the DDPM bound read it there."""
+        raise NotImplementedError
 
     def to_sde(self) -> SDE:
         raise NotImplementedError
@@ -156,9 +160,14 @@ class DDPMSchedule(DiscreteSchedule):
         tau = torch.round(1 + torch.arange(K, dtype=torch.float64) * (self.T - 1) / (K - 1)).long()
         return RespacedSchedule(self, tuple(tau.tolist()))
 
+    def embedding(self) -> DiscreteVPSDE:
+        return DiscreteVPSDE(self.alphas_cumprod, "cubic")
+
     def to_sde(self) -> SDE:
         """The SDE this chain converges to as T -> infinity with step i <-> t = i/T:
-        ``VPSDE(T beta_1, T beta_T)`` for ``linear``, ``CosineVPSDE(s)`` for ``cosine``."""
+        ``VPSDE(T beta_1, T beta_T)`` for ``linear``, ``CosineVPSDE(s)`` for ``cosine``. The continuous
+        limit (DDPM -> VP-SDE, notebook 01), off the chain by O(1/T); models of the chain are read on
+        ``embedding()``."""
         if self.kind == "linear":
             return VPSDE(beta_min=self.T * self.beta_1, beta_max=self.T * self.beta_T)
         return CosineVPSDE(s=self.s)
@@ -202,13 +211,13 @@ class RespacedSchedule(DiscreteSchedule):
         return torch.stack([self.base.alphas[a:b].prod() for a, b in zip(starts, ends)])
 
     @cached_property
-    def abar_before(self) -> torch.Tensor:
-        return self.base.alphas_cumprod_prev[torch.tensor(self.keep) - 1]
-
-    @cached_property
     def times(self) -> torch.Tensor:
         """t_k = tau_k / T_base."""
         return torch.tensor(self.keep, dtype=torch.float64) / self.base.T
+
+    def embedding(self) -> DiscreteVPSDE:
+        """The base chain's embedding: step k at t = tau_k / T_base is its knot tau_k."""
+        return self.base.embedding()
 
     def to_sde(self) -> SDE:
         return self.base.to_sde()

@@ -5,8 +5,9 @@ For discrete data k with x_0 = lo + (k + 1/2) w (the bin centres of ``data.py``'
     L_T     = KL(q(x_T | x_0) || N(0, I)),
     L_{i-1} = E_q KL(q(x_{i-1} | x_i, x_0) || p(x_{i-1} | x_i)),   p(x_{i-1} | x_i) = N(mu_i, Sigma_i),
     L_0     = -E_q log p(x_0 | x_1),
-with the eps parameterisation mu_i = (x_i - beta_i / sqrt(1 - abar_i) eps(x_i, t_i)) / sqrt(alpha_i)
-(every ScoreModel is read as eps; a ``mu`` model's output is that mean). For
+with the eps parameterisation mu_i = (x_i - beta_i / sqrt(1 - abar_i) eps(x_i, t_i)) / sqrt(alpha_i),
+eps = -sqrt(1 - abar_i) score: a score_fn is read as the samplers read it, and a model of the chain lives
+on its ``embedding()`` (there eps is the model's own; a ``mu`` model's output is that mean). For
 x_i = sqrt(abar_i) x_0 + sqrt(1 - abar_i) z and a diagonal Sigma_i = diag(sigma_{i,d}^2) the KL is, per sample,
     L_{i-1} = sum_d 1/2 (log(sigma_{i,d}^2 / bt_i) + bt_i / sigma_{i,d}^2 - 1
                          + beta_i^2 / (sigma_{i,d}^2 alpha_i (1 - abar_i)) (eps_d(x_i, t_i) - z_d)^2),
@@ -21,33 +22,15 @@ Any ``DiscreteSchedule`` works, a respaced one included (its model times t_i = t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
 
 from . import checks
 from .dequantize import bin_width, continuous_to_levels, levels_to_continuous
-from .models.score_model import ScoreModel
-from .schedule import DDPMSchedule, DiscreteSchedule, learned_log_variance
+from .models.score_model import learns_variance
+from .schedule import DiscreteSchedule, learned_log_variance
 from .sde import ScoreFn
 
 VARIANCES = ("auto", "beta", "beta_tilde", "learned")
-
-
-@dataclass(frozen=True)
-class ScheduleMarginal:
-    """The marginals of a discrete chain as an SDE-like view: ``marginal(t)`` at t = i/T returns
-    (sqrt(abar_i), sqrt(1 - abar_i)), i = round(t T). With it ``GaussianMixture.eps(...)`` gives the
-    exact eps of the *discrete* chain, -sqrt(1 - abar_i) grad log q_i, q_i the law of x_i."""
-
-    schedule: DDPMSchedule
-    T: float = 1.0
-
-    def marginal(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        abar = torch.cat([torch.ones(1, dtype=torch.float64), self.schedule.alphas_cumprod])
-        i = torch.round(t.to(torch.float64) * self.schedule.T).long()
-        ab = abar.to(t.device)[i].to(t.dtype)
-        return ab.sqrt(), (1 - ab).sqrt()
 
 
 def _log_bin_mass(a: torch.Tensor, b: torch.Tensor, first: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
@@ -72,24 +55,17 @@ def _decoder_log_prob(k: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, le
     return _log_bin_mass(a, b, k == 0, k == levels - 1).flatten(1).sum(1)
 
 
-def chain_marginals(schedule: DiscreteSchedule, i: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(sqrt(abar_i), sqrt(1 - abar_i), m, s) at 1-based steps i (M,): the chain's marginal, and that of
-    the base chain's step before (the step a ``mu`` model's mean refers to; ``abar_before``)."""
-    ab, before = (schedule.take(a, i, like) for a in (schedule.alphas_cumprod, schedule.abar_before))
-    return ab.sqrt(), (1 - ab).sqrt(), before.sqrt(), (1 - before).sqrt()
-
-
-def chain_prediction(model: ScoreModel | ScoreFn, schedule: DiscreteSchedule, x: torch.Tensor, i: torch.Tensor,
+def chain_prediction(score_fn: ScoreFn, schedule: DiscreteSchedule, x: torch.Tensor, i: torch.Tensor,
                      y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(eps, v) of ``model`` at x = x_i, step i (M,) of the chain, called at t = ``schedule.times``: a
-    ScoreModel converts with the chain's own marginals (v None unless it learns the variance); any
-    other callable is an eps_fn(x, t[, y])."""
+    """(eps, v) at x = x_i, step i (M,) of the chain: eps = -sqrt(1 - abar_i) score_fn(x, t_i[, y]) at
+    t_i = ``schedule.times``, as the samplers read a score. A model of the chain lives on its
+    ``embedding()``, whose s(t_i) is sqrt(1 - abar_i), so this is the model's own eps. v is that of a
+    learned-variance score_fn (``score_and_v``, ``models.learns_variance``), else None."""
     t = schedule.take(schedule.times, i, x)
-    if isinstance(model, ScoreModel):
-        out = model.predict(x, t, y, kind="eps", marginal=chain_marginals(schedule, i, x),
-                            with_v=model.learned_variance)
-        return out if model.learned_variance else (out, None)
-    return checks.same_shape("eps_fn", model(x, t) if y is None else model(x, t, y), x), None
+    ab = checks.bcast(schedule.take(schedule.alphas_cumprod, i, x), x)
+    args = (x, t) if y is None else (x, t, y)
+    score, v = score_fn.score_and_v(*args) if learns_variance(score_fn) else (score_fn(*args), None)
+    return -(1 - ab).sqrt() * checks.same_shape("score_fn", score, x), v
 
 
 def reverse_log_variance(schedule: DiscreteSchedule, i: torch.Tensor, variance: str, v: torch.Tensor | None,
@@ -136,8 +112,8 @@ def prior_kl(schedule: DiscreteSchedule, x0: torch.Tensor) -> torch.Tensor:
     return 0.5 * (ab * x0.flatten(1).square().sum(1) - x0[0].numel() * (ab + torch.log1p(-ab)))
 
 
-def _variance(model, variance: str) -> str:
-    learned = getattr(model, "learned_variance", False)
+def _variance(score_fn, variance: str) -> str:
+    learned = learns_variance(score_fn)
     if variance == "auto":
         return "learned" if learned else "beta"
     if variance == "learned" and not learned:
@@ -146,15 +122,16 @@ def _variance(model, variance: str) -> str:
 
 
 @torch.no_grad()  # inference: the model (e.g. a ScoreModel with trainable weights) records no graph
-def ddpm_vlb_terms(eps_fn: ScoreModel | ScoreFn, schedule: DiscreteSchedule, x_discrete: torch.Tensor, *,
+def ddpm_vlb_terms(score_fn: ScoreFn, schedule: DiscreteSchedule, x_discrete: torch.Tensor, *,
                    levels: int = 256, data_range: tuple[float, float] = (-1.0, 1.0),
                    variance: str = "auto", generator: torch.Generator | None = None,
                    dtype: torch.dtype = torch.float32,
                    max_batch: int = 8192) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(L_T, sum_{i=2}^T L_{i-1}, L_0) in nats per sample, each of shape (N,); see the module.
 
-    ``eps_fn``: a ScoreModel (read as eps with the chain's marginals, ``chain_prediction``) or a
-    callable eps_fn(x, t) called with x = x_i of shape (M, ...) and t = t_i as an (M,) tensor.
+    ``score_fn``: a score (x, t) -> score, e.g. a ScoreModel on the chain's ``embedding()``, called with
+    x = x_i of shape (M, ...) and t = t_i as an (M,) tensor and read as eps = -sqrt(1 - abar_i) score
+    (``chain_prediction``).
     ``variance``: sigma_i^2 = beta_i (``beta``), beta_tilde_i (``beta_tilde``) or the model's
     learned one (``learned``); ``auto`` is ``learned`` for a learned-variance model, else ``beta``.
     The decoder uses sigma_1^2 = beta_1, or beta_tilde_2 for ``beta_tilde`` (beta_tilde_1 = 0), as
@@ -162,15 +139,16 @@ def ddpm_vlb_terms(eps_fn: ScoreModel | ScoreFn, schedule: DiscreteSchedule, x_d
     ``max_batch`` rows); each term uses one draw x_i ~ q(x_i | x_0) per sample, so the result is an
     unbiased single-draw estimate of each sample's bound.
     """
-    if not callable(eps_fn):
-        raise TypeError(f"eps_fn must be a ScoreModel or a callable (x, t) -> eps, got {type(eps_fn).__name__}.")
+    if not callable(score_fn):
+        raise TypeError(f"score_fn must be a callable (x, t) -> score (e.g. a ScoreModel), got "
+                        f"{type(score_fn).__name__}.")
     if not isinstance(schedule, DiscreteSchedule) or schedule.T < 2:
         raise ValueError(f"schedule must be a DDPMSchedule (or a respaced one) with T >= 2, got {schedule!r}.")
     if not isinstance(x_discrete, torch.Tensor) or x_discrete.is_floating_point() or x_discrete.ndim < 2:
         raise TypeError("x_discrete must be an integer tensor (N, ...) of levels 0..levels-1, got "
                         f"{getattr(x_discrete, 'dtype', type(x_discrete).__name__)}.")
     checks.one_of("variance", variance, VARIANCES)
-    variance = _variance(eps_fn, variance)
+    variance = _variance(score_fn, variance)
     checks.positive_int("max_batch", max_batch)
     if levels < 2:
         raise ValueError(f"levels must be >= 2 for the discretized decoder, got {levels}.")
@@ -185,7 +163,7 @@ def ddpm_vlb_terms(eps_fn: ScoreModel | ScoreFn, schedule: DiscreteSchedule, x_d
         xr = x0.repeat((len(i),) + (1,) * (x0.ndim - 1))
         z = torch.randn(xr.shape, generator=generator, device=x0.device, dtype=dtype)
         xi = schedule.q_sample(xr, idx, z)
-        eps, v = chain_prediction(eps_fn, schedule, xi, idx)
+        eps, v = chain_prediction(score_fn, schedule, xi, idx)
         log_var = reverse_log_variance(schedule, idx, variance, v, xi)
         later = idx > 1
         kl = kl + torch.where(later, step_kl(schedule, idx.clamp_min(2), eps, z, log_var), 0).reshape(len(i), n).sum(0)
@@ -194,9 +172,9 @@ def ddpm_vlb_terms(eps_fn: ScoreModel | ScoreFn, schedule: DiscreteSchedule, x_d
     return prior, kl, decoder
 
 
-def ddpm_vlb_bits_per_dim(eps_fn: ScoreModel | ScoreFn, schedule: DiscreteSchedule, x_discrete: torch.Tensor,
+def ddpm_vlb_bits_per_dim(score_fn: ScoreFn, schedule: DiscreteSchedule, x_discrete: torch.Tensor,
                           **kwargs) -> torch.Tensor:
     """The DDPM bound (L_T + sum_{i=2}^T L_{i-1} + L_0) / (D ln 2) in bits per dimension, shape (N,);
     an upper bound on -log2 p(k) / D of the discrete model. Keywords as ``ddpm_vlb_terms``."""
-    prior, kl, decoder = ddpm_vlb_terms(eps_fn, schedule, x_discrete, **kwargs)
+    prior, kl, decoder = ddpm_vlb_terms(score_fn, schedule, x_discrete, **kwargs)
     return (prior + kl + decoder) / (x_discrete[0].numel() * math.log(2))

@@ -1,7 +1,8 @@
 """Interchangeable samplers for score-based diffusion: ``sample(score_fn, sde, shape, method=...)``.
 
-Every method starts from x_T ~ prior (or a given ``x_T``), runs on a time grid from T down to
-``eps`` and, with ``denoise``, ends with one Tweedie step at t = eps:
+Every method starts from x_T ~ prior (or a given ``x_T``), runs on the time grid ``sample`` builds for
+it, from T down to ``eps`` (or, with ``schedule=``, a discrete chain's own times down to t = 0, where it
+lands on the data) and, with ``denoise``, ends with one Tweedie step at t = eps:
     x_0 = E[x_0 | x_t] = (x_t + s(t)^2 score(x_t, t)) / m(t),
 the posterior mean of x_0 under x_t = m x_0 + s z. (x + s^2 score alone is E[m x_0 | x_t]; dividing
 by m(t) is what makes it an estimate of x_0 when m != 1, as for VP at t = eps.) It is counted in nfe.
@@ -15,13 +16,14 @@ import torch
 
 from sde_diffusion import checks
 from sde_diffusion.models.score_model import convert
+from sde_diffusion.schedule import DiscreteSchedule
 from sde_diffusion.sde import SDE, ScoreFn
 
 # importing each family module registers its samplers
 from . import ancestral, dpm_solver, predictor_corrector, probability_flow, stochastic, torchsde_adapter  # noqa: F401
 from .base import METHODS, Context, CountingScore, SampleResult, get, parse_method
 from .inpaint import known
-from .timesteps import time_grid
+from .timesteps import chain_grid, time_grid
 
 __all__ = ["sample", "available", "parse_method", "SampleResult", "METHODS"]
 
@@ -37,7 +39,8 @@ def sample(score_fn: ScoreFn, sde: SDE | None = None, shape: Sequence[int] | int
            steps: int = 1000, *, eps: float = 1e-3, denoise: bool = True,
            generator: torch.Generator | None = None, device: torch.device | str | None = None,
            dtype: torch.dtype = torch.float32, progress: bool = False, return_trajectory: bool = False,
-           x_T: torch.Tensor | None = None, inpaint: tuple | None = None, **options) -> SampleResult:
+           x_T: torch.Tensor | None = None, inpaint: tuple | None = None,
+           schedule: DiscreteSchedule | None = None, **options) -> SampleResult:
     """Draw samples of ``shape`` (N, ...) by ``method`` (see ``available()``) with ``steps`` steps.
 
     ``sample(model, shape)`` takes the model's own SDE (a ScoreModel's ``.sde``), and an int ``shape``
@@ -49,6 +52,11 @@ def sample(score_fn: ScoreFn, sde: SDE | None = None, shape: Sequence[int] | int
     ``inpaint = (mask, x_known)`` holds the known part (mask True or 1) by its forward marginal at
     every step and returns it exactly (``solvers.inpaint``; every method: ``ode`` and ``sde`` then
     integrate one grid interval per call).
+    ``schedule``, a ``DDPMSchedule`` or its ``.respace(K)`` (methods that declare ``chain``: ancestral),
+    runs the discrete chain itself: ``steps`` = its T (K), the grid its model times t = tau_K/T, ...,
+    tau_1/T and then 0, and ``sde`` the chain's ``embedding()`` (a chain-trained model's ``model.sde``;
+    its marginals at those times are checked to be the chain's). The last step lands on the data:
+    no Tweedie step (DDPM Algorithm 2).
     Runs under ``torch.no_grad()``: the samples carry no autograd graph (grad_fn None).
     """
     if shape is None and sde is not None and not isinstance(sde, SDE):  # sample(model, shape)
@@ -67,7 +75,13 @@ def sample(score_fn: ScoreFn, sde: SDE | None = None, shape: Sequence[int] | int
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype (float32 or float64), got {dtype!r}.")
     opts = spec.bind(sde, steps, options)
-    grid64 = time_grid(sde, steps, eps, opts.pop("grid", "uniform"), opts.pop("rho", 7.0))
+    if schedule is None:
+        grid64 = time_grid(sde, steps, eps, opts.pop("grid", "uniform"), opts.pop("rho", 7.0))
+    elif not spec.chain:
+        raise ValueError(f"schedule= runs a discrete chain; method {method!r} does not (methods that do: "
+                         f"{', '.join(n for n, m in METHODS.items() if m.chain)}).")
+    else:
+        grid64 = chain_grid(sde, steps, schedule)
     counter = CountingScore(score_fn)
     if device is None:
         device = generator.device if generator is not None else (x_T.device if x_T is not None else "cpu")

@@ -2,7 +2,8 @@
 declared capabilities and options, and the per-call context with the loop helper.
 
 A sampler is one function ``fn(ctx, x, **options) -> x`` registered with ``@register``; it runs
-from x_T at ctx.grid[0] = T to ctx.grid[-1] = eps and returns x at eps (``sample`` then denoises).
+from x_T at ctx.grid[0] = T to ctx.grid[-1] and returns x there: at eps (``sample`` then denoises) or,
+on a chain's grid ending at t = 0, the data itself. The grid is ``sample``'s; samplers only read it.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import torch
 from tqdm.auto import tqdm
 
 from sde_diffusion import checks
+from sde_diffusion.models.score_model import learns_variance
 from sde_diffusion.sde import SDE, ScoreFn
-from sde_diffusion.vlb import chain_prediction
 
 
 @dataclass(frozen=True)
@@ -54,18 +55,8 @@ class CountingScore:
 
     @property
     def learned_variance(self) -> bool:
-        """Whether the score_fn also returns a learned variance's v (``score_and_v``, e.g. a
-        ScoreModel with learned_variance=True)."""
-        return bool(getattr(self.score_fn, "learned_variance", False)) and hasattr(self.score_fn, "score_and_v")
-
-    def on_chain(self, x: torch.Tensor, schedule, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(eps, v or None) of a ScoreModel at step ``step`` (1-based) of a discrete chain, read with the
-        chain's own marginals (``vlb.chain_prediction``), counted as one evaluation."""
-        self.nfe += 1
-        i = torch.full((x.shape[0],), step, device=x.device, dtype=torch.long)
-        eps, v = chain_prediction(self.score_fn, schedule, x, i)
-        self.probes.append((schedule.times[step - 1].to(x.device), finite_probe(eps)))
-        return eps, v
+        """Whether the score_fn also returns a learned variance's v (``models.learns_variance``)."""
+        return learns_variance(self.score_fn)
 
     def with_v(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(score, v) from one call of ``score_fn.score_and_v``, counted as one evaluation."""
@@ -117,6 +108,7 @@ class Method:
     order: int | None                          # nominal order in the step size, None if adaptive
     options: Mapping[str, Option] = field(default_factory=dict)
     vp_only: bool = False                      # needs a VP-type SDE (``vp_type``)
+    chain: bool = False                        # runs a discrete chain's grid to t = 0 (``sample(schedule=...)``)
     check: Callable[[SDE, int, dict], None] | None = None  # cross-option checks
 
     def bind(self, sde: SDE, steps: int, options: dict) -> dict:
@@ -142,12 +134,12 @@ METHODS: dict[str, Method] = {}
 
 
 def register(name: str, kind: str, order: int | None, options: Mapping[str, Option] | None = None,
-             vp_only: bool = False, check: Callable[[SDE, int, dict], None] | None = None):
+             vp_only: bool = False, chain: bool = False, check: Callable[[SDE, int, dict], None] | None = None):
     """Decorator registering ``fn(ctx, x, **options) -> x`` as sampler ``name``."""
     checks.one_of("kind", kind, ("sde", "ode"))
 
     def wrap(fn):
-        METHODS[name] = Method(name, fn, kind, order, dict(options or {}), vp_only, check)
+        METHODS[name] = Method(name, fn, kind, order, dict(options or {}), vp_only, chain, check)
         return fn
     return wrap
 
@@ -193,8 +185,9 @@ def parse_method(spec: str) -> tuple[str, dict]:
 # -- the per-call context and loop helper -------------------------------------------------------
 @dataclass
 class Context:
-    """What a sampler needs for one call: the SDE, the counted score, the time grid (float64 on the
-    CPU for coefficient tables, and in the sample dtype on the device), noise and the loop helper."""
+    """What a sampler needs for one call: the SDE, the counted score, the time grid ``sample`` built
+    (float64 on the CPU for coefficient tables, and in the sample dtype on the device; read, never
+    rewritten), noise and the loop helper."""
 
     sde: SDE
     score: CountingScore
@@ -204,7 +197,6 @@ class Context:
     progress: bool = False
     trajectory: list | None = None
     desc: str = "sampling"
-    at_data: bool = False  # set by a sampler whose last step lands on x_0 itself: no Tweedie step
     stepped: bool = False  # states are recorded at every grid time (set by ``loop``, ``record_outputs``)
     probes: list = field(default_factory=list)  # (grid index k, finite_probe(x at t_k)) per state
     known: Any = None  # an ``inpaint.Known`` when inpainting: its part is held after every step
@@ -212,6 +204,12 @@ class Context:
     @property
     def steps(self) -> int:
         return self.grid.shape[0] - 1
+
+    @property
+    def at_data(self) -> bool:
+        """Whether the grid ends at t = 0 (a chain's grid): the last step lands on x_0 itself, with no
+        noise and no Tweedie step after it."""
+        return bool(self.grid64[-1] == 0)
 
     def cast(self, table: torch.Tensor) -> torch.Tensor:
         """A float64 coefficient table moved to the grid's device and dtype (once, before the loop;

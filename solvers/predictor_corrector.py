@@ -39,8 +39,7 @@ def pc(ctx: Context, x: torch.Tensor, predictor: str, corrector: str, snr: float
     at t_{i+1} with alpha = a_i^2 = (m(t_i)/m(t_{i+1}))^2 (1 - beta_i for VP, 1 for VE). Predictor
     ``none`` + ``langevin`` is annealed Langevin dynamics (NCSN, Song & Ermon 2019) on levels t_1..t_K."""
     predict = PREDICTORS[predictor](ctx) if predictor != "none" else None
-    m, _ = ctx.marginals()
-    alpha = ctx.cast((m[:-1] / m[1:]).square())
+    alpha = ctx.cast(ctx.sde.transition(ctx.grid64[1:], ctx.grid64[:-1])[0].square())
 
     def step(x, i, t, s):
         x = predict(x, i, t, s) if predict is not None else x

@@ -6,6 +6,7 @@ import torch
 from torchdiffeq import odeint
 
 from sde_diffusion import checks
+from sde_diffusion.reverse import drift_coefs
 
 from .base import Context, Option, choice, grid_options, register
 
@@ -38,10 +39,11 @@ def ode(ctx: Context, x: torch.Tensor, solver: str, rtol: float | None, atol: fl
     lo, hi = float(ctx.grid64[-1]), float(ctx.grid64[0])  # adaptive step selection may probe beyond
 
     def drift(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The PF-ODE drift of ``SDE.reverse(score, probability_flow=True)``, f(t) y - g(t)^2 score / 2,
-        with the scalar coefficients taken at the scalar t (no per-sample time tensors per call)."""
+        """The PF-ODE drift f(t) y - g(t)^2 score / 2 (``reverse.drift_coefs``), with the scalar
+        coefficients taken at the scalar t (no per-sample time tensors per call)."""
         t = t.clamp(lo, hi)
-        return sde.drift_coef(t) * y - 0.5 * sde.diffusion(t).square() * ctx.score_at(y, t)
+        A, B = drift_coefs(sde, t, probability_flow=True)
+        return A * y + B * ctx.score_at(y, t)
 
     def solve(y: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
         try:

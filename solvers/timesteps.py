@@ -6,13 +6,16 @@
 - ``logsnr``: uniform in lambda(t) = log(m(t)/s(t)) = -log sigma(t) (Lu et al. 2022), the rho -> inf
   limit of ``edm``.
 sigma(t) is increasing for every SDE here, so t(sigma) is found by bisection on ``sde.marginal``
-(generic; no SDE needs an inverse of its own). Grids are built once, before any sampling.
+(generic; no SDE needs an inverse of its own).
+- ``chain_grid``: a discrete chain's own model times t = tau_K/T, ..., tau_1/T, then t = 0 (the data).
+Grids are built once, by ``sample``, before any sampling (and before anything built from them).
 """
 
 from __future__ import annotations
 
 import torch
 from sde_diffusion import checks
+from sde_diffusion.schedule import DiscreteSchedule
 from sde_diffusion.sde import SDE
 
 GRIDS = ("uniform", "edm", "logsnr")
@@ -56,3 +59,25 @@ def time_grid(sde: SDE, steps: int, eps: float, kind: str = "uniform", rho: floa
     t = _invert_sigma(sde, target, eps)
     t[0], t[-1] = sde.T, eps
     return t
+
+
+def chain_grid(sde: SDE, steps: int, schedule: DiscreteSchedule) -> torch.Tensor:
+    """The grid of a chain's K steps, (tau_K/T, ..., tau_1/T, 0) (``schedule.times`` reversed, then the
+    data), after checking that ``steps`` is K and that ``sde`` has the chain's marginals there,
+    m(tau_k/T) = sqrt(abar_{tau_k}) (the chain's ``embedding()``, to float64 rounding)."""
+    if not isinstance(schedule, DiscreteSchedule):
+        raise ValueError(f"schedule must be a DDPMSchedule (or its .respace(K)) or None, got {type(schedule).__name__}.")
+    if steps != schedule.T:
+        raise ValueError(f"with schedule= (a chain of T = {schedule.T} steps) steps must equal T = {schedule.T}, "
+                         f"got {steps}.")
+    if sde.prior_std != 1:
+        raise ValueError(f"schedule= needs an SDE with prior N(0, I) (prior_std 1), got {sde.prior_std:g}.")
+    if sde.T != 1:
+        raise ValueError(f"schedule= runs step k at t = tau_k / T on [0, 1] and needs an SDE with T = 1, got T = {sde.T:g}.")
+    m = sde.marginal(schedule.times)[0]
+    gap = float((m / schedule.alphas_cumprod.sqrt() - 1).abs().max())
+    if gap > 1e-10:
+        raise ValueError(f"schedule= reads the model on the chain's own marginals: sde must be the chain's embedding "
+                         f"(schedule.embedding(), a chain-trained model's model.sde); {sde} differs from them by "
+                         f"{gap:.2g} (relative, in m) at the chain's times.")
+    return torch.cat([schedule.times.flip(0), torch.zeros(1, dtype=torch.float64)])

@@ -8,7 +8,8 @@ whose values cannot be derived (not a ``choice``) needs an entry in ``VALUES`` (
 
 Variants of a method: its defaults ``{}``, then each option changed alone to each other value it
 allows (``choice`` options: the allowed values, read from the check's closure; other options:
-``VALUES``), then the joint settings of ``COMBOS`` that reach code paths no single change does.
+``VALUES``), then the joint settings of ``COMBOS`` that reach code paths no single change does, and for
+a method that declares ``chain`` a run on a discrete chain's grid (``sample(schedule=...)``).
 """
 
 from __future__ import annotations
@@ -59,7 +60,6 @@ def supports(name: str, sde: SDE) -> bool:
 # (method, option) -> option dicts that change it (with any companion it needs to take effect).
 # A value may be a callable ``steps -> value`` (a schedule has to match the step count).
 VALUES: dict[tuple[str, str], list[dict[str, Any]]] = {
-    ("ancestral", "schedule"): [{"schedule": lambda steps: DDPMSchedule(T=steps)}],
     ("ddim", "eta"): [{"eta": 1.0}],
     ("ddim", "rho"): [{"grid": "edm", "rho": 3.0}],        # rho shapes the edm grid only
     ("dpm_solver", "rho"): [{"grid": "edm", "rho": 3.0}],
@@ -74,6 +74,8 @@ VALUES: dict[tuple[str, str], list[dict[str, Any]]] = {
 UNUSABLE: dict[tuple[str, str, Any], str] = {
     ("ancestral", "variance", "learned"): "needs a model with a learned variance (test_learned_variance*)",
 }
+# a method declaring ``chain`` also runs a discrete chain's grid (``sample(schedule=...)``)
+CHAIN: dict[str, Any] = {"schedule": lambda steps: DDPMSchedule(T=steps)}
 # joint settings reaching code paths that no single change reaches
 COMBOS: dict[str, list[dict[str, Any]]] = {
     "dpm_solver": [{"order": 3, "multistep": False}, {"order": 3, "variant": "dpm_solver"},
@@ -114,7 +116,7 @@ def variants(name: str, steps: int = 10) -> list[dict[str, Any]]:
         else:
             out += [{opt_name: v} for v in allowed
                     if v != opt.default and (name, opt_name, v) not in UNUSABLE]
-    out += [_resolve(o, steps) for o in COMBOS.get(name, [])]
+    out += [_resolve(o, steps) for o in COMBOS.get(name, [])] + ([_resolve(CHAIN, steps)] if spec.chain else [])
     return out
 
 
@@ -128,7 +130,7 @@ def one_per_option(name: str, steps: int = 10) -> list[dict[str, Any]]:
         else:
             out += [{opt_name: v} for v in allowed
                     if v != opt.default and (name, opt_name, v) not in UNUSABLE][:1]
-    out += [_resolve(o, steps) for o in COMBOS.get(name, [])]
+    out += [_resolve(o, steps) for o in COMBOS.get(name, [])] + ([_resolve(CHAIN, steps)] if spec.chain else [])
     return out
 
 

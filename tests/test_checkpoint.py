@@ -160,3 +160,30 @@ def test_starting_over_an_existing_run_is_refused(fresh):
         train(tiny_config("train.steps=8"), fresh[0], progress=False)
     with pytest.raises(ValueError, match="holds no checkpoint"):
         train(tiny_config("train.steps=8"), fresh[0] / "new", resume=True, progress=False)
+
+
+@pytest.mark.parametrize("parameterization", ["x0", "mu"])
+def test_a_ddpm_runs_model_is_read_on_its_chain(tmp_path, parameterization):
+    """A run with sde.name ddpm (a checkpoint holds its config and weights only, so one saved before the
+    embedding loads the same way) lives on its schedule's ``embedding()``: at the knots t = i/T its eps
+    is the chain's reading of the net's output, with abar from the betas here (Ho et al. 2020, eq. 4, 11):
+    x0: eps = (x - sqrt(abar_i) x0) / sqrt(1 - abar_i);  mu: eps = (x - sqrt(alpha_i) mu) sqrt(1 - abar_i) / beta_i."""
+    from sde_diffusion.schedule import DDPMSchedule
+
+    T = 20
+    cfg = tiny_config("sde.name=ddpm", f"sde.params={{T: {T}, beta_1: 0.001, beta_T: 0.3}}", "loss.kind=ddpm",
+                      f"model.parameterization={parameterization}", "train.steps=4")
+    train(cfg, tmp_path / "run", progress=False)
+    model, _ = load_checkpoint(tmp_path / "run")
+    assert model.sde == DDPMSchedule(T, 1e-3, 0.3).embedding()
+    model = model.double()
+    beta = torch.linspace(1e-3, 0.3, T, dtype=torch.float64)
+    abar = torch.cumprod(1 - beta, 0)
+    i = torch.arange(1, T + 1).repeat(3)
+    x = torch.randn(len(i), 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t = i.double() / T
+    with torch.no_grad():
+        out, ab, b = model.net(x, t), abar[i - 1, None], beta[i - 1, None]
+        want = (x - ab.sqrt() * out) / (1 - ab).sqrt() if parameterization == "x0" else \
+            (x - (1 - b).sqrt() * out) * (1 - ab).sqrt() / b
+        torch.testing.assert_close(model.eps(x, t), want, rtol=1e-10, atol=1e-10)

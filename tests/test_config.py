@@ -32,10 +32,11 @@ def test_vp_and_subvp_differ_only_in_the_sde_name(data):
     assert differences(vp, subvp) == ["sde.name: 'vp' vs 'subvp'"]
 
 
-def test_ddpm_config_uses_the_schedule_and_its_vp_limit():
+def test_ddpm_config_uses_the_schedule_and_its_embedding():
     cfg = load_config(CONFIGS / "digits_ddpm.yaml")
     assert build_schedule(cfg) == DDPMSchedule(T=1000, beta_1=1e-4, beta_T=0.02)
-    assert build_sde(cfg) == VPSDE(beta_min=0.1, beta_max=20.0)
+    assert build_sde(cfg) == DDPMSchedule(T=1000, beta_1=1e-4, beta_T=0.02).embedding()
+    assert build_schedule(cfg).to_sde() == VPSDE(beta_min=0.1, beta_max=20.0)  # the continuous limit
     assert cfg.loss.kind == "ddpm"
 
 

@@ -20,6 +20,7 @@ import torch
 import solvers
 from solvers.probability_flow import ADAPTIVE
 from sde_diffusion.analytic import GaussianMixture, grid2d
+from sde_diffusion.schedule import DDPMSchedule
 from sde_diffusion.sde import VPSDE
 
 import _cases
@@ -128,3 +129,30 @@ def test_bad_inpaint_input(inpaint, match):
 def test_inpaint_needs_a_pair():
     with pytest.raises(TypeError, match="pair"):
         solvers.sample(GRID.score(SDE), SDE, (4, 2), "ddim", 5, inpaint=MASK)
+
+
+def test_a_chains_known_part_is_held_on_the_chains_own_marginals():
+    """ancestral on a respaced DDPM chain (``schedule=``) with inpainting: after the step to the chain's
+    time tau_k / T the known coordinate is sqrt(abar_{tau_k}) y + sqrt(1 - abar_{tau_k}) z, with abar from
+    the betas here (not the package's tables) and z the noise drawn for it (the package draws, per call,
+    the hold at x_T, then per step the step's noise, except at the last, and the hold's); at t = 0 and in
+    the result it is y. Any grid other than the chain's (e.g. the uniform grid of the SDE) fails this."""
+    T, n, y0 = 50, 64, 0.7
+    sched = DDPMSchedule(T, 1e-3, 0.2).respace(7)
+    tau = torch.tensor(sched.keep)
+    abar = torch.cumprod(1 - torch.linspace(1e-3, 0.2, T, dtype=torch.float64), 0)[tau - 1].flip(0)
+    m = torch.cat([abar.sqrt(), torch.ones(1, dtype=torch.float64)])       # at tau_K/T, ..., tau_1/T, 0
+    s = torch.cat([(1 - abar).sqrt(), torch.zeros(1, dtype=torch.float64)])
+    x_T = torch.randn(n, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y = torch.full((n, 2), y0, dtype=torch.float64)
+    out = solvers.sample(GRID.score(sched.embedding()), sched.embedding(), (n, 2), "ancestral", 7, schedule=sched,
+                         x_T=x_T, dtype=torch.float64, generator=torch.Generator().manual_seed(2),
+                         return_trajectory=True, inpaint=(MASK, y))
+    gen, z = torch.Generator().manual_seed(2), []
+    for k in range(8):  # hold k, after step k (which drew its own noise first, except the last)
+        if 0 < k < 7:
+            torch.randn((n, 2), generator=gen, dtype=torch.float64)
+        z.append(torch.randn((n, 2), generator=gen, dtype=torch.float64)[:, 0])
+    want = m[:, None] * y0 + s[:, None] * torch.stack(z)
+    torch.testing.assert_close(out.trajectory[:, :, 0], want, rtol=1e-12, atol=1e-12)
+    assert torch.equal(out.x[:, 0], y[:, 0])

@@ -19,7 +19,7 @@ from sde_diffusion.dequantize import levels_to_continuous
 from sde_diffusion.losses import ddpm_loss
 from sde_diffusion.models import ScoreModel, build_model
 from sde_diffusion.schedule import learned_log_variance
-from sde_diffusion.vlb import ScheduleMarginal, ddpm_vlb_bits_per_dim, ddpm_vlb_terms
+from sde_diffusion.vlb import ddpm_vlb_bits_per_dim, ddpm_vlb_terms
 
 F64 = torch.float64
 T, B1, BT = 6, 0.03, 0.55          # a short chain with large, unequal steps
@@ -61,14 +61,15 @@ def test_ancestral_with_learned_variance_of_the_exact_posterior(v):
     """The analytic mixture's exact eps with a constant v: the ancestral chain with variance
     ``learned`` equals the chain with beta (v = 1) or beta_tilde (v = 0) to float64 rounding."""
     gmm, sched = random_mixture(dim=3, components=3, seed=1), DDPMSchedule(T, B1, BT)
-    eps_exact = gmm.eps(ScheduleMarginal(sched))
+    sde = sched.embedding()
+    eps_exact = gmm.eps(sde)
 
     def net(x, t):
         return torch.cat([eps_exact(x, t), torch.full_like(x, v)], 1)
-    model = ScoreModel(net, sched.to_sde(), "eps", learned_variance=True)
+    model = ScoreModel(net, sde, "eps", learned_variance=True)
     x_T = torch.randn(64, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
     run = lambda score, variance: solvers.sample(  # noqa: E731
-        score, sched.to_sde(), (64, 3), "ancestral", T, schedule=sched, x_T=x_T, variance=variance,
+        score, sde, (64, 3), "ancestral", T, schedule=sched, x_T=x_T, variance=variance,
         generator=torch.Generator().manual_seed(3), dtype=F64).x
     got = run(model, "auto")
     want = run(model, "beta" if v == 1 else "beta_tilde")
@@ -100,7 +101,7 @@ def test_vlb_terms_with_a_learned_variance_are_the_kl_divergences():
     x0 = -1 + (k.to(F64) + 0.5) * 2 / levels
     torch.manual_seed(0)
     heads = Heads(d)
-    model = ScoreModel(heads, DDPMSchedule(T, B1, BT).to_sde(), "eps", learned_variance=True)
+    model = ScoreModel(heads, DDPMSchedule(T, B1, BT).embedding(), "eps", learned_variance=True)
     prior, kl, dec = ddpm_vlb_terms(model, DDPMSchedule(T, B1, BT), k, levels=levels,
                                     generator=torch.Generator().manual_seed(8), dtype=F64)
     z = torch.randn((T * n, d), generator=torch.Generator().manual_seed(8), dtype=F64).reshape(T, n, d)
@@ -131,7 +132,7 @@ def test_hybrid_gradients_are_l_simple_for_the_mean_and_lambda_l_vlb_for_v():
     sched, lam = DDPMSchedule(T, B1, BT), 0.001
     torch.manual_seed(0)
     heads = Heads(4)
-    model = ScoreModel(heads, sched.to_sde(), "eps", learned_variance=True)
+    model = ScoreModel(heads, sched.embedding(), "eps", learned_variance=True)
     k = torch.randint(0, 16, (32, 4), generator=torch.Generator().manual_seed(1))
     x0 = levels_to_continuous(k, 16, dtype=F64)
     i = torch.arange(32) % T + 1           # every step, the decoder's i = 1 included
@@ -160,6 +161,8 @@ def test_the_objectives_per_sample_are_their_formulas():
     torch.manual_seed(0)
     lin = nn.Linear(d, d).double()
     eps_fn = lambda x, t: lin(x) * t[:, None]  # noqa: E731
+    # the score that reads as eps_fn on the chain: -eps / sqrt(1 - abar_i) at t = i / T
+    score_fn = lambda x, t: -eps_fn(x, t) / (1 - abar[torch.round(t * T).long() - 1, None]).sqrt()  # noqa: E731
     x0 = levels_to_continuous(torch.randint(0, 8, (n, d), generator=torch.Generator().manual_seed(4)), 8, dtype=F64)
     i = torch.arange(n) % (T - 1) + 2
     z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(5), dtype=F64)
@@ -174,7 +177,7 @@ def test_the_objectives_per_sample_are_their_formulas():
         want = {"simple": (eps - z).square().mean(1), "mean_mse": (q_mean - p_mean).square().mean(1),
                 "vlb": (prior + T * kl) / (d * math.log(2))}
         for objective, value in want.items():
-            got = ddpm_loss(eps_fn, sched, x0, i=i, noise=z, objective=objective, reduction="none", levels=8)
+            got = ddpm_loss(score_fn, sched, x0, i=i, noise=z, objective=objective, reduction="none", levels=8)
             torch.testing.assert_close(got, value, rtol=1e-12, atol=1e-14)
 
 
@@ -183,16 +186,16 @@ def test_mu_model_of_the_exact_posterior_mean_is_the_exact_eps():
     exact eps on the chain: its bound equals the eps oracle's to float64 rounding, draw for draw."""
     gmm, sched = random_mixture(dim=2, components=3, seed=4), DDPMSchedule(T, B1, BT)
     beta, alpha, abar, _, _ = tables()
-    eps_exact = gmm.eps(ScheduleMarginal(sched))
+    eps_exact = gmm.eps(sched.embedding())
 
     def mu_net(x, t):  # the test's own mu = (x_i - beta_i / sqrt(1 - abar_i) eps) / sqrt(alpha_i)
         j = torch.round(t * T).long() - 1
         return (x - (beta[j] / (1 - abar[j]).sqrt())[:, None] * eps_exact(x, t)) / alpha[j].sqrt()[:, None]
-    mu_model = ScoreModel(mu_net, sched.to_sde(), "mu", mu_step=1 / T)
+    mu_model = ScoreModel(mu_net, sched.embedding(), "mu", mu_step=1 / T)
     k = torch.randint(0, 64, (40, 2), generator=torch.Generator().manual_seed(0))
     run = lambda fn: ddpm_vlb_bits_per_dim(fn, sched, k, levels=64, generator=torch.Generator().manual_seed(1),  # noqa: E731
                                            dtype=F64)
-    torch.testing.assert_close(run(mu_model), run(eps_exact), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(run(mu_model), run(gmm.score(sched.embedding())), rtol=1e-10, atol=1e-10)
 
 
 def _train(model, sched, data, objective, steps, seed=0):
@@ -228,10 +231,10 @@ def test_a_briefly_trained_mu_model_has_the_eps_models_bound():
     got = {}
     for p, objective in (("eps", "simple"), ("mu", "mean_mse")):
         torch.manual_seed(0)
-        model = build_model("mlp", sched.to_sde(), dim=2, hidden=64, blocks=2, parameterization=p,
+        model = build_model("mlp", sched.embedding(), dim=2, hidden=64, blocks=2, parameterization=p,
                             mu_step=1 / sched.T if p == "mu" else None, embedding="sinusoidal")
         got[p] = bound(_train(model, sched, data, objective, 800))
-    exact = bound(gmm.eps(ScheduleMarginal(sched)))
+    exact = bound(gmm.score(sched.embedding()))
     assert abs(got["mu"] - got["eps"]) < 0.15, got
     for p, b in got.items():
         assert exact - 0.06 < b < exact + 0.2, (p, b, exact)
@@ -240,13 +243,13 @@ def test_a_briefly_trained_mu_model_has_the_eps_models_bound():
 def test_respaced_with_K_equal_T_is_the_full_chain_bit_for_bit():
     sched = DDPMSchedule(50, 1e-3, 0.2)
     gmm = random_mixture(dim=2, components=3, seed=0)
-    score = gmm.score(sched.to_sde())
+    score = gmm.score(sched.embedding())
     x_T = torch.randn(32, 2, generator=torch.Generator().manual_seed(0))
-    run = lambda s: solvers.sample(score, sched.to_sde(), (32, 2), "ancestral", s.T, schedule=s, x_T=x_T,  # noqa: E731
+    run = lambda s: solvers.sample(score, sched.embedding(), (32, 2), "ancestral", s.T, schedule=s, x_T=x_T,  # noqa: E731
                                    generator=torch.Generator().manual_seed(1)).x
     assert torch.equal(run(sched.respace(50)), run(sched))
     k = torch.randint(0, 16, (16, 2), generator=torch.Generator().manual_seed(2))
-    bound = lambda s: ddpm_vlb_terms(gmm.eps(ScheduleMarginal(sched)), s, k, levels=16,  # noqa: E731
+    bound = lambda s: ddpm_vlb_terms(score, s, k, levels=16,  # noqa: E731
                                      generator=torch.Generator().manual_seed(3))
     for a, b in zip(bound(sched.respace(50)), bound(sched)):
         assert torch.equal(a, b)
@@ -270,12 +273,12 @@ def test_respaced_steps_use_the_recomputed_variances():
     torch.testing.assert_close(sched.times, torch.tensor(tau, dtype=F64) / Tb, rtol=0, atol=0)
 
     gmm = random_mixture(dim=2, components=3, seed=5)
-    eps_exact = gmm.eps(ScheduleMarginal(DDPMSchedule(Tb, 1e-3, 0.2)))
+    eps_exact = gmm.eps(sched.embedding())
     v_of = lambda x, t: torch.sin(3 * x + t[:, None])  # noqa: E731
-    model = ScoreModel(lambda x, t: torch.cat([eps_exact(x, t), v_of(x, t)], 1), sched.to_sde(), "eps",
+    model = ScoreModel(lambda x, t: torch.cat([eps_exact(x, t), v_of(x, t)], 1), sched.embedding(), "eps",
                        learned_variance=True)
     x_T = torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
-    got = solvers.sample(model, sched.to_sde(), (16, 2), "ancestral", K, schedule=sched, x_T=x_T,
+    got = solvers.sample(model, model.sde, (16, 2), "ancestral", K, schedule=sched, x_T=x_T,
                          generator=torch.Generator().manual_seed(1), dtype=F64).x
     gen, x = torch.Generator().manual_seed(1), x_T.clone()
     for k in range(K - 1, -1, -1):
@@ -291,7 +294,7 @@ def test_respaced_steps_use_the_recomputed_variances():
 
 
 def test_learned_variance_and_mu_refuse_bad_input():
-    sde = DDPMSchedule().to_sde()
+    sde = DDPMSchedule().embedding()
     with pytest.raises(ValueError, match="mu_step"):
         ScoreModel(lambda x, t: x, sde, "mu")
     lv = ScoreModel(lambda x, t: x, sde, "eps", learned_variance=True)

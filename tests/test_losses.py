@@ -181,8 +181,9 @@ def test_importance_time_inverts_its_cdf(sde):
 
 def test_ddpm_loss_matches_algorithm_1():
     """For given steps i and noise: mean_d (eps_theta(sqrt(abar_i) x0 + sqrt(1 - abar_i) z, i/T) - z)^2,
-    for an eps_fn, an eps-ScoreModel, and an x0-ScoreModel converted with the chain's own
-    (sqrt(abar_i), sqrt(1 - abar_i)) as eps = (x_i - sqrt(abar_i) x0_theta) / sqrt(1 - abar_i)."""
+    for a score_fn -eps_theta / sqrt(1 - abar_i), an eps-ScoreModel, and an x0-ScoreModel on the chain's
+    embedding, whose marginals at i/T are the chain's own (sqrt(abar_i), sqrt(1 - abar_i)), so
+    eps = (x_i - sqrt(abar_i) x0_theta) / sqrt(1 - abar_i)."""
     sched, net = DDPMSchedule(T=100), _net()
     x0, _, z = _draws(VPSDE(), n=64)
     i = torch.randint(1, 101, (64,), generator=torch.Generator().manual_seed(5))
@@ -190,29 +191,31 @@ def test_ddpm_loss_matches_algorithm_1():
     xi, t = ab.sqrt() * x0 + (1 - ab).sqrt() * z, i.double() / 100
     expected_eps = ((net(xi, t) - z) ** 2).mean(1)
     expected_x0 = (((xi - ab.sqrt() * net(xi, t)) / (1 - ab).sqrt() - z) ** 2).mean(1)
-    for model, expected in [(net, expected_eps), (ScoreModel(net, sched.to_sde(), "eps"), expected_eps),
-                            (ScoreModel(net, sched.to_sde(), "x0"), expected_x0)]:
+    score_fn = lambda x, t: -net(x, t) / (1 - sched.alphas_cumprod[(t * 100).round().long() - 1][:, None]).sqrt()  # noqa: E731
+    for model, expected in [(score_fn, expected_eps), (ScoreModel(net, sched.embedding(), "eps"), expected_eps),
+                            (ScoreModel(net, sched.embedding(), "x0"), expected_x0)]:
         torch.testing.assert_close(ddpm_loss(model, sched, x0, i=i, noise=z, reduction="none"), expected,
                                    rtol=1e-12, atol=0)
-    # the cosine chain reaches t = i/T = 1, beyond CosineVPSDE's T; its ScoreModel still works
+    # the cosine chain reaches t = i/T = 1, beyond its limit CosineVPSDE's T, but not its embedding's
     cos = DDPMSchedule(T=100, kind="cosine")
-    loss = ddpm_loss(ScoreModel(net, cos.to_sde()), cos, x0, i=torch.full((64,), 100), noise=z)
+    loss = ddpm_loss(ScoreModel(net, cos.embedding()), cos, x0, i=torch.full((64,), 100), noise=z)
     assert torch.isfinite(loss)
 
 
 def test_ddpm_loss_minimum_for_gaussian_data():
     """With the chain's exact eps for N(mu, v I),
     E[z | x_i] = sqrt(1 - abar) (x - sqrt(abar) mu) / (abar v + 1 - abar), the loss with i ~ U{1..T}
-    has mean (1/T) sum_i abar_i v / (abar_i v + 1 - abar_i): within 5 SE."""
+    has mean (1/T) sum_i abar_i v / (abar_i v + 1 - abar_i): within 5 SE (the score_fn given is
+    -E[z | x_i] / sqrt(1 - abar_i), the chain's exact score)."""
     sched = DDPMSchedule(T=1000)
 
-    def exact_eps(x, t):
+    def exact_score(x, t):  # -E[z | x_i] / sqrt(1 - abar_i)
         ab = sched.alphas_cumprod[(t * sched.T).round().long() - 1][:, None]
-        return (1 - ab).sqrt() * (x - ab.sqrt() * MU) / (ab * V + 1 - ab)
+        return -(x - ab.sqrt() * MU) / (ab * V + 1 - ab)
 
     g = torch.Generator().manual_seed(6)
     x0 = GaussianMixture(MU, V).sample(40_000, g, dtype=F64)
-    mean, se = _mean_se(ddpm_loss(exact_eps, sched, x0, generator=g, reduction="none"))
+    mean, se = _mean_se(ddpm_loss(exact_score, sched, x0, generator=g, reduction="none"))
     ab = sched.alphas_cumprod
     exact = float((ab * V / (ab * V + 1 - ab)).mean())
     assert abs(mean - exact) < 5 * se and se < 0.05 * exact, (mean, exact, se)

@@ -50,9 +50,11 @@ def _id(case):
     return ":".join([name] + [f"{k}={v.T if isinstance(v, DDPMSchedule) else v}" for k, v in opts.items()])
 
 
-def _model(device):
+def _model(device, opts=None):
+    """A small U-Net on VP, or on the chain's embedding for a case with ``schedule=``."""
     torch.manual_seed(0)
-    model = build_model("unet", VPSDE(), base_channels=8, channel_mults=(1, 2), blocks_per_level=1,
+    sde = opts["schedule"].embedding() if opts and "schedule" in opts else VPSDE()
+    model = build_model("unet", sde, base_channels=8, channel_mults=(1, 2), blocks_per_level=1,
                         attention_resolutions=(4,), image_size=8)
     return model.to(device).eval().requires_grad_(False)
 
@@ -102,7 +104,7 @@ def stand_ins(monkeypatch):
 
 @pytest.mark.parametrize("case", CASES, ids=map(_id, CASES))
 def test_every_sampler_reads_the_device_once_per_call(case, reads, stand_ins):
-    model = _model("meta")
+    model = _model("meta", case[1])
     with torch.no_grad():
         x = solvers.sample(model, model.sde, SHAPE, method=case[0], steps=STEPS, device="meta", **case[1]).x
     assert x.device.type == "meta" and tuple(x.shape) == SHAPE
@@ -148,7 +150,7 @@ def _sample(model, name, device, **kwargs):
 @pytest.mark.cuda
 @pytest.mark.parametrize("case", STRICT, ids=map(_id, STRICT))
 def test_sampler_has_no_sync_but_the_finite_check_on_cuda(case, cuda_device, reads):
-    (name, opts), model = case, _model(cuda_device)
+    (name, opts), model = case, _model(cuda_device, case[1])
     mask = torch.rand(SHAPE, device=cuda_device) < 0.5
     variants = [opts, {**opts, "return_trajectory": True, "inpaint": (mask, torch.zeros(SHAPE, device=cuda_device))}]
     for kwargs in variants:
@@ -188,10 +190,10 @@ def test_learned_variance_on_a_respaced_chain_reads_the_device_once(reads):
     """Ancestral sampling of a learned-variance U-Net on a respaced chain (iDDPM sec. 4): the chain's
     tables go to the device, the steps' v stays there; one read per call."""
     torch.manual_seed(0)
-    model = build_model("unet", VPSDE(), base_channels=8, channel_mults=(1, 2), blocks_per_level=1,
+    sched = DDPMSchedule(T=50).respace(STEPS)
+    model = build_model("unet", sched.embedding(), base_channels=8, channel_mults=(1, 2), blocks_per_level=1,
                         attention_resolutions=(4,), image_size=8, learned_variance=True)
     model = model.to("meta").eval().requires_grad_(False)
-    sched = DDPMSchedule(T=50).respace(STEPS)
     with torch.no_grad():
         x = solvers.sample(model, model.sde, SHAPE, method="ancestral", steps=STEPS, device="meta",
                            schedule=sched).x

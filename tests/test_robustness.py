@@ -16,7 +16,8 @@ from the registry): 9 methods x {vp, subvp, ve, cosine} x {float32, float64} = 7
 8 of ddim and dpm_solver on VE by the declared refusal (a skip checked against VP).
 
 Which (SDE, method) pairs run comes from the registry: a pair is skipped only when
-``Method.bind`` refuses it on that SDE although it binds on VP (a declared capability).
+``Method.bind`` refuses it on that SDE although it binds on VP (a declared capability). A chain
+(``schedule=``, methods declaring ``chain``) runs on its own SDE, the chain's embedding, once (as "vp").
 """
 
 import math
@@ -82,8 +83,9 @@ def test_the_grid_covers_every_method_sde_and_dtype():
 
 def _supported(method: str, sde, opts: dict) -> bool:
     """The registry's verdict: False when ``bind`` refuses this SDE (a declared capability such as
-    vp_only, or schedule= needing prior N(0, I)); an option the method rejects even on VP fails."""
+    vp_only); an option the method rejects even on VP fails."""
     spec = METHODS[method]
+    opts = {k: v for k, v in opts.items() if k != "schedule"}
     try:
         spec.bind(sde, STEPS, dict(opts))
     except ValueError:
@@ -99,6 +101,10 @@ def _check_no_nan_or_inf(method, opts, sde_name, dtype, n, event):
     required to be finite: explicit Euler-type steps amplify them by 1 - f(t) dt = 1 + beta(t) dt / 2,
     about 20 in the first of 10 steps on cosine VP, where beta(T = 0.9946) ~ 370.)"""
     sde = get_sde(sde_name)
+    if "schedule" in opts:
+        if sde_name != "vp":
+            pytest.skip("a chain runs on its own SDE, its embedding (once, as vp)")
+        sde = opts["schedule"].embedding()
     if not _supported(method, sde, opts):
         pytest.skip(f"the registry declares {method} {opts} unsupported on {type(sde).__name__}")
     gm = MIXTURES[event]

@@ -266,3 +266,27 @@ def test_every_sampler_runs_on_the_discrete_sde():
     for method in solvers.available():
         res = solvers.sample(gm.score(sde), sde, (2000, 2), method, 50, generator=torch.Generator().manual_seed(0))
         assert w2(res.x) / floor < 1.5, method
+
+
+@pytest.mark.parametrize("sde", ALL_SDES, ids=IDS)
+def test_transition_composes(sde):
+    """Chapman-Kolmogorov for x_t = a x_s + G z (``SDE.transition``): from r to s to t,
+    a_rt = a_st a_rs and G_rt^2 = a_st^2 G_rs^2 + G_st^2; from 0 it is the marginal (m, s)."""
+    r, s, t = (torch.tensor(v, dtype=torch.float64) * sde.T for v in ([0.0, 0.1, 0.3], [0.2, 0.45, 0.6], [0.5, 0.7, 1.0]))
+    (a_rs, G_rs), (a_st, G_st), (a_rt, G_rt) = sde.transition(r, s), sde.transition(s, t), sde.transition(r, t)
+    torch.testing.assert_close(a_rt, a_st * a_rs, rtol=1e-12, atol=0)
+    torch.testing.assert_close(G_rt.square(), a_st.square() * G_rs.square() + G_st.square(), rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(torch.stack(sde.transition(torch.zeros(3, dtype=torch.float64), t)),
+                               torch.stack(sde.marginal(t)), rtol=1e-14, atol=0)
+
+
+def test_a_chains_embedding_transition_is_the_respaced_step():
+    """``DDPMSchedule.embedding()`` from knot tau_{k-1} to knot tau_k (Nichol & Dhariwal 2021, sec. 4):
+    a = sqrt(abar_{tau_k} / abar_{tau_{k-1}}) and G^2 = 1 - abar_{tau_k} / abar_{tau_{k-1}} = beta'_k,
+    with abar from the betas here."""
+    T, tau = 100, torch.tensor([0, 1, 7, 30, 31, 64, 100])
+    abar = torch.cat([torch.ones(1, dtype=torch.float64),
+                      torch.cumprod(1 - torch.linspace(1e-3, 0.05, T, dtype=torch.float64), 0)])[tau]
+    a, G = DDPMSchedule(T, 1e-3, 0.05).embedding().transition(tau[:-1].double() / T, tau[1:].double() / T)
+    torch.testing.assert_close(a, (abar[1:] / abar[:-1]).sqrt(), rtol=1e-13, atol=0)
+    torch.testing.assert_close(G.square(), 1 - abar[1:] / abar[:-1], rtol=1e-11, atol=0)

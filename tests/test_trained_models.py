@@ -165,7 +165,7 @@ def test_ddpm_bound_of_a_trainable_model_carries_no_graph():
     from sde_diffusion.schedule import DDPMSchedule
     from sde_diffusion.vlb import ddpm_vlb_bits_per_dim
 
-    model = build_model("mlp", DDPMSchedule().to_sde(), dim=4, hidden=8, blocks=1, emb_dim=8)
+    model = build_model("mlp", DDPMSchedule().embedding(), dim=4, hidden=8, blocks=1, emb_dim=8)
     k = torch.randint(0, 17, (3, 4), generator=torch.Generator().manual_seed(0))
-    bpd = ddpm_vlb_bits_per_dim(model.eps, DDPMSchedule(), k, levels=17)
+    bpd = ddpm_vlb_bits_per_dim(model, DDPMSchedule(), k, levels=17)
     assert bpd.grad_fn is None and bool(torch.isfinite(bpd).all())

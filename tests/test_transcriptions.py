@@ -135,15 +135,17 @@ def test_ddim_eq_12(eta):
 
 def test_ancestral_with_a_schedule_is_ddpm_algorithm_2_on_its_own_tables():
     """Algorithm 2 with beta_i linear from beta_1 to beta_T (closed form, not DDPMSchedule's
-    tables), at t = i/T, z = 0 at i = 1 and no extra denoising step."""
+    tables), at t = i/T, z = 0 at i = 1 and no extra denoising step: the package's ancestral on the
+    chain's grid (i/T, then 0) of the chain's embedding, whose transitions are the chain's steps."""
     T, b1, bT = 7, 0.02, 0.5
     i = torch.arange(1, T + 1, dtype=F64)
     beta = b1 + (i - 1) / (T - 1) * (bT - b1)
     abar = torch.cumprod(1 - beta, 0)
-    sched, sde = DDPMSchedule(T, b1, bT), DDPMSchedule(T, b1, bT).to_sde()
+    sde = DDPMSchedule(T, b1, bT).embedding()
     x = start()
     gen = torch.Generator().manual_seed(5)
-    got = run("ancestral", sde, GRID[:T + 1], x, gen, schedule=sched, variance="beta")
+    grid = torch.cat([i.flip(0) / T, torch.zeros(1, dtype=F64)])
+    got = run("ancestral", sde, grid, x, gen, variance="beta")
     gen = torch.Generator().manual_seed(5)
     for k in range(T, 0, -1):
         eps = -torch.sqrt(1 - abar[k - 1]) * score(x, torch.full((x.shape[0],), k / T, dtype=F64))
@@ -174,7 +176,9 @@ def test_vlb_terms_are_the_kl_divergences_of_the_two_gaussians(variance):
             j = torch.round(t * T).long() - 1
             z = (x - abar[j, None].sqrt() * x0.repeat(len(x) // n, 1)) / (1 - abar[j, None]).sqrt()
             return torch.where((j + 1 == wrong)[:, None], z + 0.3 * torch.sin(x + 2 * t[:, None]), z)
-        _, kl, _ = ddpm_vlb_terms(eps_fn, DDPMSchedule(T, b1, bT), k, levels=levels, variance=variance,
+        def score_fn(x, t):  # read by the bound as eps = -sqrt(1 - abar_i) score = eps_fn
+            return -eps_fn(x, t) / (1 - abar[torch.round(t * T).long() - 1, None]).sqrt()
+        _, kl, _ = ddpm_vlb_terms(score_fn, DDPMSchedule(T, b1, bT), k, levels=levels, variance=variance,
                                   generator=torch.Generator().manual_seed(8), dtype=F64)
         z_all = torch.randn((T * n, d), generator=torch.Generator().manual_seed(8), dtype=F64).reshape(T, n, d)
         ref = torch.zeros(n, dtype=F64)

@@ -12,7 +12,7 @@ import torch
 
 from sde_diffusion import DDPMSchedule, GaussianMixture, VPSDE, bits_per_dim, ddpm_vlb_bits_per_dim
 from sde_diffusion.dequantize import bin_width, continuous_to_levels
-from sde_diffusion.vlb import ScheduleMarginal, _decoder_log_prob, ddpm_vlb_terms
+from sde_diffusion.vlb import _decoder_log_prob, ddpm_vlb_terms
 
 F64 = torch.float64
 LEVELS = 256
@@ -53,7 +53,7 @@ def test_vlb_bounds_the_exact_nll_and_tightens_with_T():
     nll = _discrete_nll_bits(GM, k)
     gaps = []
     for T in (50, 100, 200):
-        vlb = ddpm_vlb_bits_per_dim(GM.eps(ScheduleMarginal(_schedule(T))), _schedule(T), k,
+        vlb = ddpm_vlb_bits_per_dim(GM.score(_schedule(T).embedding()), _schedule(T), k,
                                     generator=_gen(T), dtype=F64)
         gap = vlb - nll
         assert gap.mean() > 5 * gap.std() / math.sqrt(n)
@@ -93,30 +93,32 @@ def test_decoder_matches_the_direct_formula_in_the_bulk():
     assert torch.allclose(_decoder_log_prob(k, mean, std, LEVELS, (-1.0, 1.0)), direct[:, 0], rtol=1e-10)
 
 
-def test_prior_term_and_schedule_marginal():
+def test_prior_term_and_the_chains_embedding():
     sch = _schedule(100)
     k = continuous_to_levels(GM.sample(5, _gen(0), dtype=F64), LEVELS)
-    prior, _, _ = ddpm_vlb_terms(GM.eps(ScheduleMarginal(sch)), sch, k, dtype=F64)
+    prior, _, _ = ddpm_vlb_terms(GM.score(sch.embedding()), sch, k, dtype=F64)
     x0 = -1 + (k.to(F64) + 0.5) * bin_width(LEVELS)
     ab = sch.alphas_cumprod[-1]
     q = torch.distributions.Normal(ab.sqrt() * x0, (1 - ab).sqrt())
     expected = torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 1.0)).sum(1)
     assert torch.allclose(prior, expected, rtol=1e-10, atol=1e-15)
     i = torch.tensor([1, 37, 100])
-    m, s = ScheduleMarginal(sch).marginal(i.to(F64) / 100)
-    assert torch.allclose(m.square(), sch.alphas_cumprod[i - 1]) and torch.allclose(m.square() + s.square(),
-                                                                                     torch.ones(3, dtype=F64))
+    beta = torch.linspace(0.1 / 100, 20.0 / 100, 100, dtype=F64)  # the chain's abar from its betas
+    abar = torch.cumprod(1 - beta, 0)[i - 1]
+    m, s = sch.embedding().marginal(i.to(F64) / 100)
+    torch.testing.assert_close(m, abar.sqrt(), rtol=1e-14, atol=0)
+    torch.testing.assert_close(s, (1 - abar).sqrt(), rtol=1e-13, atol=0)
 
 
 @pytest.mark.parametrize("kwargs, err, match", [
     (dict(x_discrete=torch.zeros(2, 2)), TypeError, "integer"),
     (dict(x_discrete=torch.full((2, 2), 300)), ValueError, "0..255"),
     (dict(schedule=DDPMSchedule(T=1)), ValueError, "T >= 2"),
-    (dict(eps_fn=3), TypeError, "eps_fn"),
+    (dict(score_fn=3), TypeError, "score_fn"),
     (dict(variance="large"), ValueError, "variance"),
 ])
 def test_bad_arguments(kwargs, err, match):
-    args = dict(eps_fn=GM.eps(VPSDE()), schedule=_schedule(100), x_discrete=torch.zeros(2, 2, dtype=torch.long))
+    args = dict(score_fn=GM.score(VPSDE()), schedule=_schedule(100), x_discrete=torch.zeros(2, 2, dtype=torch.long))
     args.update(kwargs)
     with pytest.raises(err, match=match):
-        ddpm_vlb_bits_per_dim(args.pop("eps_fn"), args.pop("schedule"), args.pop("x_discrete"), **args)
+        ddpm_vlb_bits_per_dim(args.pop("score_fn"), args.pop("schedule"), args.pop("x_discrete"), **args)

@@ -24,7 +24,6 @@ warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto wi
 from sde_diffusion import (DDPMSchedule, GaussianMixture, VPSDE, bits_per_dim, ddpm_vlb_bits_per_dim,
                            load_dataset, log_likelihood, random_mixture, ring2d)
 from sde_diffusion.dequantize import bin_width, continuous_to_levels, levels_to_continuous
-from sde_diffusion.vlb import ScheduleMarginal
 
 plt.rcParams.update({"figure.dpi": 72, "axes.grid": True, "grid.alpha": 0.3})
 sde = VPSDE(beta_min=0.1, beta_max=20.0)
@@ -182,8 +181,8 @@ assert bpd["uniform dequantization, ODE"].mean() < math.log2(L)
 #
 # evaluated at the bin centres $x_0$ with a discretized Gaussian decoder $p_\theta(x_0 \mid x_1)$
 # over the $L$ bins. The same noise predictor read as a score gives the ODE likelihood above. For the
-# fitted mixture we use the exact noise prediction of each discrete chain (`ScheduleMarginal`:
-# $\sqrt{\bar\alpha_i}$, $\sqrt{1 - \bar\alpha_i}$ in place of $m(t)$, $s(t)$), the best any network could do,
+# fitted mixture we use the exact score of each discrete chain (its `embedding()`, the SDE whose marginals
+# at $t = i/T$ are $\sqrt{\bar\alpha_i}$, $\sqrt{1 - \bar\alpha_i}$), read as $\epsilon = -\sqrt{1 - \bar\alpha_i}\,\nabla\log q_i$: the best any network could do,
 # and chains with $T = 50, 200, 1000$ steps that share the VP-SDE limit ($\beta_i = \beta(t_i)/T$).
 
 # %%
@@ -196,11 +195,11 @@ print(f"{'ODE, dequantized':22s} {ode_bpd:9.3f}")
 vlb = {}
 for T in (50, 200, 1000):
     sched = DDPMSchedule(T=T, beta_1=0.1 / T, beta_T=20.0 / T)
-    eps_fn = digits_model.eps(ScheduleMarginal(sched))
+    chain_score = digits_model.score(sched.embedding())
     kw = dict(levels=L, variance="beta", dtype=torch.float64)
-    vlb[T] = ddpm_vlb_bits_per_dim(eps_fn, sched, k_test, generator=torch.Generator().manual_seed(5), **kw)
+    vlb[T] = ddpm_vlb_bits_per_dim(chain_score, sched, k_test, generator=torch.Generator().manual_seed(5), **kw)
     prior, kl, dec = (v.mean().item() * to_bits for v in
-                      ddpm_vlb_terms(eps_fn, sched, k_test, generator=torch.Generator().manual_seed(5), **kw))
+                      ddpm_vlb_terms(chain_score, sched, k_test, generator=torch.Generator().manual_seed(5), **kw))
     print(f"{f'DDPM bound, T = {T}':22s} {vlb[T].mean():9.3f} {prior:7.3f} {kl:10.3f} {dec:7.3f}")
     assert vlb[T].mean() > ode_bpd  # the bound sits above the exact likelihood of the smooth model
 
@@ -252,7 +251,7 @@ chain = ddpm_chain(unet.info.config, unet.sde)
 trained = {  # bits_per_dim(model, k): the model's own SDE, levels and data range
     "trained U-Net, ODE (Hutchinson)": bits_per_dim(unet, k_test, divergence="hutchinson", rtol=1e-4, atol=1e-4,
                                                     generator=torch.Generator().manual_seed(6)),
-    f"trained U-Net, DDPM bound (T = {chain.T})": ddpm_vlb_bits_per_dim(unet.eps, chain, k_test, levels=L,
+    f"trained U-Net, DDPM bound (T = {chain.T})": ddpm_vlb_bits_per_dim(unet, chain, k_test, levels=L,
                                                                        generator=torch.Generator().manual_seed(7)),
     "fitted mixture, ODE (section 3)": bpd["uniform dequantization, ODE"],
     "full-covariance Gaussian": gaussian_bpd(train.x, k_test, L, torch.Generator().manual_seed(8)),

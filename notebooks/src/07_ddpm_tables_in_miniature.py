@@ -128,7 +128,7 @@ class Heads(torch.nn.Module):
 
 torch.manual_seed(0)
 heads, small = Heads(4), DDPMSchedule(T=20, beta_1=1e-3, beta_T=0.3)
-model = ScoreModel(heads, small.to_sde(), "eps", learned_variance=True)
+model = ScoreModel(heads, small.embedding(), "eps", learned_variance=True)
 x0 = torch.rand(64, 4) * 2 - 1
 draws = dict(i=torch.arange(64) % 20 + 1, noise=torch.randn(64, 4), levels=16)
 

@@ -136,9 +136,7 @@ def model_rows(model, device: torch.device, n: int | None = None, n_vlb: int = 5
     schedule = ddpm_chain(cfg, model.sde)
     if schedule is not None and n_vlb > 0:
         t0 = time.perf_counter()
-        # a chain-trained model (mu, learned variance) is read on its chain; a continuous one at its SDE
-        chain_model = model if cfg.sde.name == "ddpm" else model.eps
-        vlb = ddpm_vlb_bits_per_dim(chain_model, schedule, k[:n_vlb].to(device), levels=levels, data_range=DATA_RANGE,
+        vlb = ddpm_vlb_bits_per_dim(model, schedule, k[:n_vlb].to(device), levels=levels, data_range=DATA_RANGE,
                                     generator=torch.Generator(device).manual_seed(seed), max_batch=4096)
         rows.append(row(sde_name, f"DDPM bound (T={schedule.T})", unit, vlb, time.perf_counter() - t0))
     train = model_dataset(model, "train", data=data)

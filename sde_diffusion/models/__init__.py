@@ -3,12 +3,13 @@
 from .denoiser import VEDenoiser, from_denoiser
 from .embeddings import FourierEmbedding, LabelEmbedding, SinusoidalEmbedding, time_embedding
 from .mlp import MLPScore
-from .score_model import (NETS, ModelInfo, PARAMETERIZATIONS, PREDICTIONS, ScoreModel, build_model, convert, edm_scalings,
-                          from_eps, to_eps)
+from .score_model import (NETS, PARAMETERIZATIONS, PREDICTIONS, ModelInfo, ScoreModel, build_model, convert,
+                          edm_scalings, from_eps, learns_variance, to_eps)
 from .unet import UNet
 
 __all__ = [
-    "MLPScore", "UNet", "ScoreModel", "ModelInfo", "build_model", "convert", "to_eps", "from_eps", "NETS",
+    "MLPScore", "UNet", "ScoreModel", "ModelInfo", "build_model", "convert", "to_eps", "from_eps", "learns_variance",
+    "NETS",
     "PARAMETERIZATIONS", "PREDICTIONS", "edm_scalings", "VEDenoiser", "from_denoiser", "FourierEmbedding",
     "SinusoidalEmbedding", "LabelEmbedding", "time_embedding",
 ]

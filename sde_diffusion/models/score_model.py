@@ -17,18 +17,19 @@ x_ve = x / m, the net F is wrapped as the denoiser
     c_in = 1 / sqrt(sigma^2 + sd^2),   c_noise = t,
 with sd = sigma_data, the data's standard deviation. c_noise is the SDE time t, a monotone function of
 sigma as in Table 1's VP column ((M - 1) t), which the backbones' time embeddings expect; EDM's own
-log(sigma) / 4 measured worse at low noise under t ~ U(eps, T) training (ring, 2,500 steps: relative
-score error at t = 0.02 of 0.51 against 0.39). F's input and target have unit variance at every noise
+log(sigma) / 4 measured worse at low noise under t ~ U(eps, T) training. F's input and target have unit variance at every noise
 level, and at high noise x0 -> the bounded c_out F, so the score -(x - m x0) / s^2 keeps the Gaussian
 tail -x / s^2 for inputs far outside the training data (an eps-net would have to output eps = x there,
 which a bounded network cannot extrapolate).
 
 ``mu`` (Ho et al. 2020, sec. 3.2, the "mu_tilde prediction" rows of Table 2): the net predicts the mean
 of the reverse step from t to s = max(t - h, 0), h = ``mu_step`` (1/T for a T-step chain), i.e. the
-posterior mean mu_tilde(x_t, x_0) = E[x_s | x_t, x_0] at x_0's estimate. With a = m_t / m_s and
-G^2 = s_t^2 - a^2 s_s^2 (the variance of x_t given x_s),
+posterior mean mu_tilde(x_t, x_0) = E[x_s | x_t, x_0] at x_0's estimate. With the exact transition
+x_t = a x_s + G z from s to t (``SDE.transition``),
     mu = (x - (G^2 / s_t) eps) / a,      eps = (x - a mu) s_t / G^2,
-which on DDPM's chain (m = sqrt(abar)) is mu = (x_i - beta_i / sqrt(1 - abar_i) eps) / sqrt(alpha_i).
+which on DDPM's chain (its ``embedding()``, s = t - 1/T the knot before) is
+mu = (x_i - beta_i / sqrt(1 - abar_i) eps) / sqrt(alpha_i); on a respaced chain s is still the base
+chain's step before, tau_k - 1.
 
 A learned variance (Nichol & Dhariwal 2021, sec. 3.1): the net returns twice the channels (dim 1),
 the prediction and v; ``schedule.learned_variance`` reads v as Sigma = exp(v log beta + (1 - v) log
@@ -193,23 +194,16 @@ class ScoreModel(nn.Module):
         return getattr(self.net, "num_classes", None)
 
     def predict(self, x: torch.Tensor, t: Time, y: torch.Tensor | None = None, *,
-                kind: str | None = None, marginal: tuple | None = None, with_v: bool = False):
+                kind: str | None = None, with_v: bool = False):
         """The ``kind`` prediction (default: the net's own parameterization; x0 for edm, eps for mu)
-        at (x, t); with ``with_v`` the pair (prediction, v) of a learned-variance model.
-
-        ``marginal`` = (m, s), each (N,), replaces ``sde.marginal(t)``: for a discrete DDPM chain,
-        (sqrt(abar_i), sqrt(1 - abar_i)) at t = i / T_steps in (0, 1]; a ``mu`` model also takes the
-        previous step's (m_s, s_s) as a third and fourth entry (else ``sde.marginal(t - mu_step)``).
-        """
+        at (x, t), read with ``sde.marginal(t)``; with ``with_v`` the pair (prediction, v) of a
+        learned-variance model. A model of a DDPM chain lives on the chain's ``embedding()``, so at
+        t = i / T this uses the chain's own marginals."""
         checks.float_tensor("x", x)
         if with_v and not self.learned_variance:
             raise ValueError("with_v needs a learned-variance model (learned_variance=True).")
-        if marginal is None:
-            t = checks.time(t, self.sde.T, batch=x.shape[0], like=x)
-            m, s = self.sde.marginal(t)
-        else:
-            t = checks.time(t, max(self.sde.T, 1.0), batch=x.shape[0], like=x)
-            m, s = marginal[:2]
+        t = checks.time(t, self.sde.T, batch=x.shape[0], like=x)
+        m, s = self.sde.marginal(t)
         if self.parameterization == "edm":
             sigma, x_ve = s / m, x / bcast(m, x)
             c_skip, c_out, c_in = edm_scalings(sigma, self.sigma_data.to(x.dtype))
@@ -219,10 +213,8 @@ class ScoreModel(nn.Module):
             inp = x / bcast((m.square() + s.square()).sqrt(), x) if self.input_scaling else x
             (out, v), source = self._net(inp, t, y, x), self.parameterization
         if source == "mu":
-            m_s, s_s = marginal[2:] if marginal is not None and len(marginal) == 4 else \
-                self.sde.marginal((t - self.mu_step).clamp_min(0))
-            a = m / m_s
-            out, source = (x - bcast(a, x) * out) * bcast(s / (s.square() - (a * s_s).square()), x), "eps"
+            a, G = self.sde.transition((t - self.mu_step).clamp_min(0), t)
+            out, source = (x - bcast(a, x) * out) * bcast(s / G.square(), x), "eps"
         out = convert(out, source, kind or source, x, m, s)
         return (out, v) if with_v else out
 
@@ -272,6 +264,13 @@ class ScoreModel(nn.Module):
             null = torch.full_like(y, self.num_classes)
             return (1 + guidance) * self.score(x, t, y) - guidance * self.score(x, t, null)
         return guided
+
+
+def learns_variance(score_fn) -> bool:
+    """Whether a score_fn also gives a learned variance's v: ``learned_variance`` True and a
+    ``score_and_v(x, t[, y])`` method (a ScoreModel with learned_variance=True). The one protocol by which
+    samplers and the DDPM bound ask for v."""
+    return bool(getattr(score_fn, "learned_variance", False)) and hasattr(score_fn, "score_and_v")
 
 
 NETS = {"mlp": MLPScore, "unet": UNet}

@@ -20,7 +20,7 @@ from ..schedule import DDPMSchedule
 from ..sde import SDE, SDES, get_sde
 from .config_loading import apply_overrides, read_yaml, typed
 
-SDE_NAMES = (*SDES, "ddpm")  # "ddpm": the discrete DDPMSchedule, whose continuous limit is a VP-SDE
+SDE_NAMES = (*SDES, "ddpm")  # "ddpm": the discrete DDPMSchedule, its model on the chain's embedding
 
 
 @dataclass
@@ -204,10 +204,11 @@ def _check_model(model: ModelConfig) -> None:
 
 
 def build_sde(cfg: Config) -> SDE:
-    """The forward SDE of the run; for ``ddpm`` the VP-SDE limit of its schedule."""
+    """The forward SDE of the run; for ``ddpm`` its schedule's ``embedding()`` (the chain's own
+    marginals at t = i / T), on which the run's model is read."""
     schedule = build_schedule(cfg)
     if schedule is not None:
-        return schedule.to_sde()
+        return schedule.embedding()
     params = _params("sde.params", SDES[cfg.sde.name], cfg.sde.params)
     try:
         return get_sde(cfg.sde.name, **params)
