@@ -8,8 +8,8 @@ whose values cannot be derived (not a ``choice``) needs an entry in ``VALUES`` (
 
 Variants of a method: its defaults ``{}``, then each option changed alone to each other value it
 allows (``choice`` options: the allowed values, read from the check's closure; other options:
-``VALUES``), then the joint settings of ``COMBOS`` that reach code paths no single change does, and for
-a method that declares ``chain`` a run on a discrete chain's grid (``sample(schedule=...)``).
+``VALUES``), then the joint settings of ``COMBOS`` that reach code paths no single change does, and (when
+asked) for a method that declares ``chain`` a run on a discrete chain's grid (``sample(schedule=...)``).
 """
 
 from __future__ import annotations
@@ -106,8 +106,10 @@ def _resolve(opts: dict, steps: int) -> dict:
     return {k: v(steps) if callable(v) else v for k, v in opts.items()}
 
 
-def variants(name: str, steps: int = 10) -> list[dict[str, Any]]:
-    """The method's defaults, each option changed alone to each other value, then ``COMBOS``."""
+def variants(name: str, steps: int = 10, chain: bool = False) -> list[dict[str, Any]]:
+    """The method's defaults, each option changed alone to each other value, then ``COMBOS``; with
+    ``chain``, also a run on a discrete chain's grid for a method declaring ``chain`` (``CHAIN``: the
+    caller then samples under the chain's embedding, ``opts["schedule"].embedding()``)."""
     spec, out = METHODS[name], [{}]
     for opt_name, opt in spec.options.items():
         allowed = choices(opt)
@@ -116,7 +118,7 @@ def variants(name: str, steps: int = 10) -> list[dict[str, Any]]:
         else:
             out += [{opt_name: v} for v in allowed
                     if v != opt.default and (name, opt_name, v) not in UNUSABLE]
-    out += [_resolve(o, steps) for o in COMBOS.get(name, [])] + ([_resolve(CHAIN, steps)] if spec.chain else [])
+    out += [_resolve(o, steps) for o in COMBOS.get(name, [])] + ([_resolve(CHAIN, steps)] if chain and spec.chain else [])
     return out
 
 
@@ -130,7 +132,7 @@ def one_per_option(name: str, steps: int = 10) -> list[dict[str, Any]]:
         else:
             out += [{opt_name: v} for v in allowed
                     if v != opt.default and (name, opt_name, v) not in UNUSABLE][:1]
-    out += [_resolve(o, steps) for o in COMBOS.get(name, [])] + ([_resolve(CHAIN, steps)] if spec.chain else [])
+    out += [_resolve(o, steps) for o in COMBOS.get(name, [])]
     return out
 
 
@@ -145,11 +147,12 @@ def option_id(opts: dict) -> str:
     return ",".join(f"{k}={fmt(v)}" for k, v in opts.items()) or "default"
 
 
-def method_variants(steps: int = 10, only: Callable[[str], bool] | None = None) -> Iterator[tuple[str, dict]]:
+def method_variants(steps: int = 10, only: Callable[[str], bool] | None = None,
+                    chain: bool = False) -> Iterator[tuple[str, dict]]:
     """(method, options) for every registered method and each of its ``variants``."""
     for name in METHODS:
         if only is None or only(name):
-            for opts in variants(name, steps):
+            for opts in variants(name, steps, chain):
                 yield name, opts
 
 
@@ -157,9 +160,14 @@ def case_id(name: str, opts: dict) -> str:
     return f"{name}[{option_id(opts)}]"
 
 
+def method_options(opts: dict) -> dict:
+    """A variant without the keywords that go to ``sample`` itself rather than to the method (``CHAIN``)."""
+    return {k: v for k, v in opts.items() if k not in CHAIN}
+
+
 def bindable_on_vp(name: str, opts: dict, steps: int = 10) -> bool:
     try:
-        METHODS[name].bind(VPSDE(), steps, dict(opts))
+        METHODS[name].bind(VPSDE(), steps, method_options(opts))
     except ValueError:
         return False
     return True

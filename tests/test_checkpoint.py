@@ -174,7 +174,7 @@ def test_a_ddpm_runs_model_is_read_on_its_chain(tmp_path, parameterization):
     cfg = tiny_config("sde.name=ddpm", f"sde.params={{T: {T}, beta_1: 0.001, beta_T: 0.3}}", "loss.kind=ddpm",
                       f"model.parameterization={parameterization}", "train.steps=4")
     train(cfg, tmp_path / "run", progress=False)
-    model, _ = load_checkpoint(tmp_path / "run")
+    model = load(tmp_path / "run")
     assert model.sde == DDPMSchedule(T, 1e-3, 0.3).embedding()
     model = model.double()
     beta = torch.linspace(1e-3, 0.3, T, dtype=torch.float64)

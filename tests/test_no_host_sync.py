@@ -41,7 +41,7 @@ def _other_device_path(method: str, opts: dict) -> bool:
 
 
 # every sampler with its defaults, and each option variant (``_cases``) that takes another code path
-CASES = [(m, o) for m, o in _cases.method_variants(STEPS) if _other_device_path(m, o)]
+CASES = [(m, o) for m, o in _cases.method_variants(STEPS, chain=True) if _other_device_path(m, o)]
 STRICT = [(m, o) for m, o in CASES if m not in EXEMPT]
 
 

@@ -54,7 +54,7 @@ def _method_grid():
 
 def _variant_grid():
     """(method, options, sde, dtype, 7, (1, 8, 8)): every variant x every SDE, the dtype alternating."""
-    for vi, (method, opts) in enumerate(_cases.method_variants(STEPS)):
+    for vi, (method, opts) in enumerate(_cases.method_variants(STEPS, chain=True)):
         if not opts:
             continue  # the defaults are the method grid's
         for si, sde_name in enumerate(SDES):
@@ -73,7 +73,7 @@ def test_the_grid_covers_every_method_sde_and_dtype():
     assert covered == {(m, s, d) for m in METHODS for s in SDES for d in DTYPES}
     assert {(p.values[0], p.values[4], p.values[5]) for p in METHOD_GRID} == \
         {(m, n, e) for m in METHODS for n, e in SETTINGS}
-    variants = [(m, _cases.option_id(o)) for m, o in _cases.method_variants(STEPS) if o]
+    variants = [(m, _cases.option_id(o)) for m, o in _cases.method_variants(STEPS, chain=True) if o]
     assert {(p.values[0], _cases.option_id(p.values[1]), p.values[2]) for p in VARIANT_GRID} == \
         {(m, o, s) for m, o in variants for s in SDES}
     assert {(p.values[0], _cases.option_id(p.values[1]), p.values[3]) for p in VARIANT_GRID} == \

@@ -281,7 +281,7 @@ fig.tight_layout()
 #
 # * **The ODE samplers are again far ahead at few steps.** DPM-Solver and Heun are already close to
 #   their best at 10 steps (Heun pays 2 NFE per step); DDIM, first order, needs about 20. At 5 steps
-#   all three are a factor 2.4-5 above the floor, the SDE samplers a factor 10.
+#   all three are a factor 2-4 above the floor, the SDE samplers a factor 10.
 # * **The SDE samplers are blurry and noisy at few steps**, for the reasons of section 2: each
 #   ancestral step replaces a multimodal reverse transition by one Gaussian around Tweedie's mean
 #   (an average of digits) and then adds noise that the few remaining steps cannot remove; the
@@ -289,7 +289,7 @@ fig.tight_layout()
 #   have $a = \tfrac12\beta\Delta t$ of order 1 and inflate the variance (the recursion of section 2),
 #   though it stays finite here, because the network's score is bounded.
 #   Both need about 50 steps to come within 2x of the floor.
-# * **The curves flatten at about 1.5x the floor, not at the floor.** Past 10-20 steps the ODE
+# * **The curves flatten at about 1.4x the floor, not at the floor.** Past 10-20 steps the ODE
 #   samplers' results no longer improve (they even drift slightly as they resolve the network's
 #   small-scale errors more faithfully): the remaining gap is the network's error, not the
 #   sampler's. With the exact score (section 1) the same samplers went all the way to the floor. So
