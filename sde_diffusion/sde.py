@@ -262,6 +262,17 @@ class VESDE(SDE):
         return torch.ones_like(t), self.sigma_min * torch.expm1(2 * t * self._log_ratio).sqrt()
 
 
+def _pchip_end(m0: torch.Tensor, m1: torch.Tensor) -> torch.Tensor:
+    """The end slope of a monotone cubic (PCHIP) from the end secant m0 and its neighbour m1 on equal
+    steps: the one-sided three-point estimate (3 m0 - m1) / 2, set to 0 where its sign differs from m0's
+    and to 3 m0 where m0, m1 differ in sign and it exceeds 3 |m0| (Moler, "Numerical Computing with
+    MATLAB", sec. 3.6; scipy's ``PchipInterpolator``), as a (1,) tensor."""
+    d = (3 * m0 - m1) / 2
+    d = torch.where(torch.sign(d) != torch.sign(m0), torch.zeros_like(d), d)
+    d = torch.where((torch.sign(m0) != torch.sign(m1)) & (d.abs() > 3 * m0.abs()), 3 * m0, d)
+    return d.reshape(1)
+
+
 @dataclass(frozen=True)
 class DiscreteVPSDE(SDE):
     """The VP-type SDE of a discrete-time model with table abar_1..abar_N (``alphas_cumprod``), after
@@ -275,8 +286,9 @@ class DiscreteVPSDE(SDE):
     ``alphas_cumprod[k]``) is knot k + 1, t = (k + 1) / N (DPM-Solver's t_n = (n + 1) / N); a model's
     timestep input at continuous t is ``model_timestep(t)`` = N t - 1, linear between knots (in
     (-1, 0) below the first knot t = 1/N, where the model was never trained).
-    ``interpolation="cubic"`` takes instead the monotone cubic Hermite interpolant of log m (slopes
-    the harmonic means of neighbouring secants, Fritsch & Carlson 1980): the same knots (so the same
+    ``interpolation="cubic"`` takes instead the monotone cubic Hermite interpolant of log m (PCHIP: interior
+    slopes the harmonic means of neighbouring secants, Fritsch & Carlson 1980, end slopes the shape-preserving
+    three-point estimate, as scipy's ``PchipInterpolator``): the same knots (so the same
     chain), f continuous and <= 0; adaptive ODE solvers take far fewer steps on it than on the
     staircase beta(t) of ``linear``. ``DDPMSchedule.embedding()`` is this SDE of a DDPM chain.
     """
@@ -331,7 +343,11 @@ class DiscreteVPSDE(SDE):
         """(t_i = i/N, log m(t_i), the cubic's slopes d_i per knot interval) for i = 0..N, float64."""
         log_m = 0.5 * torch.tensor((1.0,) + self.alphas_cumprod, dtype=torch.float64).log()
         sec = log_m[1:] - log_m[:-1]  # all < 0
-        d = torch.cat([sec[:1], 2 * sec[:-1] * sec[1:] / (sec[:-1] + sec[1:]), sec[-1:]])
+        if self.N == 1:  # two knots: the line (as scipy's PchipInterpolator)
+            d = torch.cat([sec, sec])
+        else:
+            d = torch.cat([_pchip_end(sec[0], sec[1]), 2 * sec[:-1] * sec[1:] / (sec[:-1] + sec[1:]),
+                           _pchip_end(sec[-1], sec[-2])])
         return torch.arange(self.N + 1, dtype=torch.float64) / self.N, log_m, d
 
     def _log_m(self, t):
