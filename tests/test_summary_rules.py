@@ -65,6 +65,16 @@ def test_combined_se_is_quadrature_hand_values():
     assert ranking_text(tie).startswith("tied within noise (2 combined s.e.)")
 
 
+def test_exactly_two_combined_se_is_not_ahead():
+    """"More than" 2 combined s.e.: se 0.75 and 1.0 combine to exactly 1.25 (3-4-5, all exact in
+    binary), so a gap of exactly 2.5 ties and 2.5 + 2^-20 separates; the rises rule likewise."""
+    a = _cell("a", 1.0, 0.75)
+    assert rank([a, _cell("b", 3.5, 1.0)]).winner is None
+    assert rank([a, _cell("b", 3.5 + 2 ** -20, 1.0)]).winner is a
+    assert rises([a, _cell("a", 3.5, 1.0, steps=20)]) == []
+    assert rises([a, _cell("a", 3.5 + 2 ** -20, 1.0, steps=20)]) == ["a on vp from 10 to 20 steps"]
+
+
 def test_tied_set_is_every_cell_within_two_combined_se_of_the_best():
     """Best 1.0 +- 0.3; b 1.9 +- 0.4 (gap 0.9 < 2 x 0.5), c 2.2 +- 0.4 (1.2 > 1.0), d 1.7 +- 0.0
     (0.7 > 2 x 0.3 = 0.6): tied = best and b only; ordered by mean."""
