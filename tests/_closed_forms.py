@@ -19,6 +19,20 @@ from solvers.base import METHODS, Context, CountingScore
 B0, B1 = 0.1, 20.0          # VP beta_min, beta_max
 SMIN, SMAX = 0.01, 50.0     # VE sigma_min, sigma_max
 F64 = torch.float64
+
+# a DDPM chain written from its betas (for transcription tests of the chain)
+CHAIN_T, CHAIN_B1, CHAIN_BT = 6, 0.03, 0.55          # a short chain with large, unequal steps
+
+
+def tables(T=CHAIN_T, b1=CHAIN_B1, bT=CHAIN_BT):
+    """beta, alpha, abar, abar_prev, beta_tilde of DDPM's linear chain (Ho et al. 2020, eq. 4-7)."""
+    beta = b1 + torch.arange(T, dtype=F64) / (T - 1) * (bT - b1)
+    alpha = 1 - beta
+    abar = torch.cumprod(alpha, 0)
+    prev = torch.cat([torch.ones(1, dtype=F64), abar[:-1]])
+    return beta, alpha, abar, prev, (1 - prev) / (1 - abar) * beta
+
+
 # a non-uniform grid from T = 1 down to eps: unequal steps in t and in log-SNR alike
 GRID = torch.tensor([1.0, 0.83, 0.71, 0.52, 0.44, 0.27, 0.13, 0.06, 0.02], dtype=F64)
 

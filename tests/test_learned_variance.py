@@ -14,6 +14,7 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 import solvers
+from _closed_forms import CHAIN_B1 as B1, CHAIN_BT as BT, CHAIN_T as T, F64, tables
 from sde_diffusion import DDPMSchedule, random_mixture
 from sde_diffusion.dequantize import levels_to_continuous
 from sde_diffusion.losses import ddpm_loss
@@ -21,17 +22,6 @@ from sde_diffusion.models import ScoreModel, build_model
 from sde_diffusion.schedule import learned_log_variance
 from sde_diffusion.vlb import ddpm_vlb_bits_per_dim, ddpm_vlb_terms
 
-F64 = torch.float64
-T, B1, BT = 6, 0.03, 0.55          # a short chain with large, unequal steps
-
-
-def tables(T=T, b1=B1, bT=BT):
-    """beta, alpha, abar, abar_prev, beta_tilde of DDPM's linear chain (Ho et al. 2020, eq. 4-7)."""
-    beta = b1 + torch.arange(T, dtype=F64) / (T - 1) * (bT - b1)
-    alpha = 1 - beta
-    abar = torch.cumprod(alpha, 0)
-    prev = torch.cat([torch.ones(1, dtype=F64), abar[:-1]])
-    return beta, alpha, abar, prev, (1 - prev) / (1 - abar) * beta
 
 
 class Heads(nn.Module):
