@@ -203,7 +203,7 @@ def _load(source, sde, device, ema, event_shape) -> torch.nn.Module:
 
 
 def model_dataset(model: torch.nn.Module, split: str = "test", *, data: str | Path | None = None,
-            levels: int | None = None, n: int | None = None, seed: int = 0) -> Dataset:
+                  levels: int | None = None, n: int | None = None, seed: int = 0) -> Dataset:
     """Data for a loaded model: the .npy/.npz file ``data`` (its shape checked against the model's;
     ``levels`` for its integer values), or else the model's own training data's ``split`` (a seeded
     subset of ``n`` if given). A diffusers or analytic model has no data of its own and needs ``data``
