@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training.distributed import chunk_seed, setup
     from ..training.loading import is_exported, load, parse_source
     from ..training.train import draw_samples
-    from ..training.viz import save_samples
+    from ..training import viz
 
     positive(args, "steps", "num_samples", "batch_size")
     if args.method is not None:
@@ -95,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     if levels:
         arrays["levels"] = continuous_to_levels(x, levels, model.data_range).numpy().astype(np.int64)
     np.savez(out / "samples.npz", **arrays)
-    png = save_samples(x, out / "samples.png", levels=levels, title=f"{method}, {steps} steps")
-    print(f"{len(x)} samples by {method} ({steps} steps, {nfe} score evaluations): {png} and {out / 'samples.npz'}")
+    png = viz.try_plot(viz.save_samples, x, out / "samples.png", levels=levels, title=f"{method}, {steps} steps",
+                       what="sample figure")
+    files = f"{png} and {out / 'samples.npz'}" if png is not None else f"{out / 'samples.npz'}"
+    print(f"{len(x)} samples by {method} ({steps} steps, {nfe} score evaluations): {files}")
     return 0

@@ -78,10 +78,10 @@ def run_demo(out: Path, *, model: str = "shipped:digits_vp", sizes: DemoSizes = 
     best_d = rank([c for c in cells_d if c["steps"] == sizes.show_steps])
     best_a = rank([c for c in cells_a if c["nfe"] <= 50])
     shown = best_d.winner or best_d.tied[0]
-    grid = files_d["samples"][shown["sde"], shown["method"]]
+    grid = files_d["samples"].get((shown["sde"], shown["method"]))
     pf = next(r for r in nll if r["estimate"].startswith("PF-ODE"))
     gauss = next(r for r in nll if "Gaussian" in r["estimate"])
-    summary = report.side_by_side([grid, files_d["plot"]], out / "summary.png")
+    summary = report.side_by_side([p for p in (grid, files_d["plot"]) if p], out / "summary.png")
     wall = time.perf_counter() - t_start
     headline_d = f"At {sizes.show_steps} steps, {ranking_text(best_d, label='FD')}."
     headline_a = f"At <= 50 NFE, {ranking_text(best_a)}."

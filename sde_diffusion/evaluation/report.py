@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ..training.viz import try_plot
 from .compare import FIELDS, Target
 from .summary import SUMMARY_FIELDS, escape_warnings, floor_text, pm, rank, ranking_text, rises, summarise
 
@@ -128,33 +129,61 @@ def side_by_side(paths: list[Path], path: Path, width: float = 10.0) -> Path:
 
 
 def scatter(x: torch.Tensor, ref: torch.Tensor, path: Path, title: str, q: float = 0.005) -> Path:
-    """Samples over held-out data (first two coordinates) on axes spanning the data's q..1-q
-    quantiles plus a 25% margin; the title says how many samples fall outside the axes."""
+    """Samples over held-out data on axes spanning the data's q..1-q quantiles plus a 25% margin; the
+    title says how many samples fall outside the axes. D = 2: one scatter; D = 1: histograms; D >= 3:
+    scatters of the pairs among the leading ``viz.MAX_DIMS`` coordinates (outside: in any shown one)."""
+    from ..training.viz import MAX_DIMS, pairs, vector_axes
+
     plt = _pyplot()
-    x, ref = x[:, :2].detach().double().cpu(), ref[:, :2].detach().double().cpu()
+    dim = x.shape[1]
+    shown = min(dim, MAX_DIMS)
+    x, ref = x[:, :shown].detach().double().cpu(), ref[:, :shown].detach().double().cpu()
     lo, hi = torch.quantile(ref, q, dim=0), torch.quantile(ref, 1 - q, dim=0)
     pad = 0.25 * (hi - lo)
     lo, hi = lo - pad, hi + pad
     outside = int((~((x >= lo) & (x <= hi)).all(dim=1)).sum())
-    fig, ax = plt.subplots(figsize=(5, 5.3))
-    ax.scatter(ref[:, 0], ref[:, 1], s=2, c="lightgray", label="held-out data")
-    ax.scatter(x[:, 0], x[:, 1], s=2, c="tab:blue", label="samples")
-    ax.set(xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]), xlabel="x[0]", ylabel="x[1]", aspect="equal")
-    ax.legend(loc="upper right", markerscale=4, fontsize=8)
-    ax.set_title(f"{title}\n{outside} of {len(x)} samples outside these axes", fontsize=9)
+    note = f"{outside} of {len(x)} samples outside these axes"
+    if dim == 2:
+        fig, ax = plt.subplots(figsize=(5, 5.3))
+        ax.scatter(ref[:, 0], ref[:, 1], s=2, c="lightgray", label="held-out data")
+        ax.scatter(x[:, 0], x[:, 1], s=2, c="tab:blue", label="samples")
+        ax.set(xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]), xlabel="x[0]", ylabel="x[1]", aspect="equal")
+        ax.legend(loc="upper right", markerscale=4, fontsize=8)
+        ax.set_title(f"{title}\n{note}", fontsize=9)
+    elif dim == 1:
+        fig, ax = plt.subplots(figsize=(5, 4.3))
+        edges = torch.linspace(float(lo[0]), float(hi[0]), 51).numpy()
+        ax.hist(ref[:, 0].numpy(), bins=edges, density=True, color="lightgray", label="held-out data")
+        ax.hist(x[:, 0].numpy(), bins=edges, density=True, histtype="step",
+                color="tab:blue", label="samples")
+        ax.set(xlim=(lo[0], hi[0]), xlabel="x[0]", ylabel="density")
+        ax.legend(loc="upper right", fontsize=8)
+        ax.set_title(f"{title}\n{note}", fontsize=9)
+    else:
+        fig, axes = vector_axes(plt, dim)
+        for ax, (i, j) in zip(axes, pairs(dim)):
+            ax.scatter(ref[:, i], ref[:, j], s=2, c="lightgray", label="held-out data")
+            ax.scatter(x[:, i], x[:, j], s=2, c="tab:blue", label="samples")
+            ax.set(xlim=(lo[i], hi[i]), ylim=(lo[j], hi[j]), xlabel=f"x[{i}]", ylabel=f"x[{j}]")
+        axes[0].legend(loc="upper right", markerscale=4, fontsize=8)
+        for ax in axes[len(pairs(dim)):]:
+            ax.axis("off")
+        fig.suptitle(f"{title}\n{note}", fontsize=9)
+        fig.tight_layout()
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
 def sample_figure(x: torch.Tensor, target: Target, path: Path, title: str) -> Path:
-    """An image grid (first 64), or a scatter over held-out data (first two coordinates)."""
-    from ..training.viz import save_samples
+    """An image grid (first 64), or samples over held-out data (``scatter``: a scatter for D = 2,
+    histograms for D = 1, pairwise scatters of the leading coordinates for D >= 3)."""
+    from ..training.viz import MAX_DIMS, save_samples
 
     if x.ndim == 4:
         return save_samples(x[:64], path, levels=target.levels, title=title)
-    if x.shape[1] != 2:
-        title += " (first two coordinates)"
+    if x.shape[1] > 2:
+        title += f" (leading {min(x.shape[1], MAX_DIMS)} of {x.shape[1]} coordinates)"
     return scatter(x, target.reference, path, title)
 
 
@@ -186,8 +215,10 @@ def write_compare(out: Path, target: Target, rows: list[dict], shown: dict, show
              "plot": plot_quality(cells, out / "quality_vs_nfe.png", title), "samples": {}, "cells": cells}
     for (sde, label), x in shown.items():
         safe = label.replace(":", "_").replace("=", "-")
-        files["samples"][sde, label] = sample_figure(x, target, out / f"samples_{sde}_{safe}.png",
-                                                     f"{target.name} / {sde} / {label}, {show_steps} steps")
+        png = try_plot(sample_figure, x, target, out / f"samples_{sde}_{safe}.png",
+                       f"{target.name} / {sde} / {label}, {show_steps} steps", what=f"samples_{sde}_{safe}.png")
+        if png is not None:
+            files["samples"][sde, label] = png
     files["lines"] = summary_lines(target, rows, cells)
     unit = {"SW2": "sliced 2-Wasserstein distance to held-out data",
             "FD": "Frechet distance in the shipped digits classifier's features"}.get(target.metric, target.metric)

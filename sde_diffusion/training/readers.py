@@ -21,16 +21,20 @@ def _bad(path: Path, expected: str, got: str) -> ValueError:
 
 
 def image_layout(a: np.ndarray, path: Path) -> np.ndarray:
-    """Canonical layout. 1-D (N,) -> (N, 1) scalars; 2-D (N, D) vectors as-is; 3-D (N, H, W) grey
-    images -> (N, 1, H, W); 4-D (N, H, W, C) with C in {1, 3} and dim 1 not in {1, 3} is channels-last
-    and is transposed; every other 4-D array is read as (N, C, H, W)."""
-    if a.ndim in (1, 3):
+    """Canonical layout. 2-D (N, D) vectors as-is; 3-D (N, H, W) grey images -> (N, 1, H, W); 4-D
+    (N, H, W, C) with C in {1, 3} and dim 1 not in {1, 3} is channels-last and is transposed; every
+    other 4-D array is read as (N, C, H, W). A 1-D (N,) array is refused (one value per sample or one
+    flattened sample? the file does not say): saved as (N, 1) it is N one-dimensional samples."""
+    if a.ndim == 1:
+        raise ValueError(f"{path}: a 1-D array of shape {a.shape} is not read as data; save one value per "
+                         f"sample as shape (N, 1), e.g. np.save(path, x.reshape(-1, 1)).")
+    if a.ndim == 3:
         return a[:, None]
     if a.ndim == 4 and a.shape[3] in (1, 3) and a.shape[1] not in (1, 3):
         return a.transpose(0, 3, 1, 2)
     if a.ndim in (2, 4):
         return a
-    raise _bad(path, "an array of shape (N,), (N, D), (N, H, W), (N, H, W, C) or (N, C, H, W)",
+    raise _bad(path, "an array of shape (N, D), (N, H, W), (N, H, W, C) or (N, C, H, W)",
                f"shape {a.shape}")
 
 

@@ -34,7 +34,7 @@ from ..losses import ddpm_loss, dsm_loss, sample_importance_time
 from ..models import ScoreModel, build_model
 from .runs import (StopOnSignal, TrainingError, check_finite, open_run, prepare_out_dir, rewind_metrics,
                    write_metrics)
-from .viz import save_samples
+from . import viz
 
 @dataclass
 class TrainResult:
@@ -211,8 +211,9 @@ def _train(cfg, out: Path, resume: bool, world, device: torch.device, progress: 
         if not world.main:
             return
         x = draw_samples(ema.module, cfg, ds.shape, device=device, seed=tc.seed + 2).x
-        save_samples(x, out / "samples" / f"step_{step:08d}.png", levels=ds.levels,
-                     reference=ds.x[:len(x)] if ds.x.ndim == 2 else None, title=f"step {step}")
+        viz.try_plot(viz.save_samples, x, out / "samples" / f"step_{step:08d}.png", levels=ds.levels,
+                     reference=ds.x[:len(x)] if ds.x.ndim == 2 else None, title=f"step {step}",
+                     what=f"sample figure of step {step}")
 
     saved_at = step if resume else None
     bar = tqdm(total=tc.steps, initial=step, desc="train", disable=not (progress and world.main),
