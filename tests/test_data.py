@@ -156,7 +156,8 @@ def test_npz_integer_levels_and_single_unnamed_array(tmp_path):
 @pytest.mark.parametrize("content,match", [
     (dict(x=np.full((20, 2), 50.0)), "must be finite with"),
     (dict(x=np.array([[np.nan, 0.0]] * 20)), "must be finite with"),
-    (dict(x=np.full((20, 4), 300, dtype=np.int64)), r"integer levels 0\.\.255"),
+    (dict(x=np.full((20, 4), 300, dtype=np.int64), levels=256), r"integer levels 0\.\.255"),
+    (dict(x=np.full((20, 4), 3, dtype=np.int64)), r"needs its number of levels.*'levels'"),  # no silent 256
     (dict(x=np.zeros((20, 4), np.uint8), levels=2, y=np.zeros(20, int) + 2), None),  # valid
     (dict(x=np.full((20, 4), 3), levels=2), r"integer levels 0\.\.1"),
     (dict(a=np.zeros((20, 2)), b=np.zeros((20, 2))), "with key 'x'"),
