@@ -139,3 +139,38 @@ def test_guided_score_bad_input(model):
         guided_score(model, torch.zeros(2))
     with pytest.raises(ValueError, match="needs a conditional model .* or a noisy classifier"):
         guided_score(model, torch.zeros(2, dtype=torch.long))
+
+
+def test_ctrl_c_during_classifier_training_exits_130_and_resumes(tmp_path, capsys, monkeypatch):
+    """Ctrl-C (simulated: StopOnSignal's request right after the first checkpoint) exits 130 with the
+    resume command; resuming finishes the run, its metrics.csv with LF line endings only."""
+    import sde_diffusion.training.classifier_training as ct
+    from sde_diffusion.training.checkpoint import latest, read_state
+
+    stops, real_save = [], ct.save_checkpoint
+
+    class Stop(ct.StopOnSignal):
+        def __enter__(self):
+            stops.append(super().__enter__())
+            return stops[-1]
+
+    def save_then_ctrl_c(*args, **kwargs):
+        path = real_save(*args, **kwargs)
+        stops[-1].requested = "SIGINT"
+        return path
+
+    monkeypatch.setattr(ct, "LOG_EVERY", 1)  # rows before and after the interruption
+    out = tmp_path / "clf"
+    short = ["classifier.ckpt_every=2", "classifier.batch_size=32", "classifier.hidden=16"]
+    with monkeypatch.context() as patch:
+        patch.setattr(ct, "StopOnSignal", Stop)
+        patch.setattr(ct, "save_checkpoint", save_then_ctrl_c)
+        assert main(["train-classifier", "classifier.steps=6", "--config", CONFIG, "--out", str(out), *short,
+                     "--no-progress"]) == 130
+    stdout = capsys.readouterr().out
+    assert read_state(latest(out))["step"] == 2
+    assert stdout.endswith(f"to resume: sde-diffusion train-classifier --resume --out {out}\n"), stdout
+    assert main(["train-classifier", "--resume", "--out", str(out), "--no-progress"]) == 0
+    assert read_state(latest(out))["step"] == 6
+    metrics = (out / "metrics.csv").read_bytes()
+    assert b"\r" not in metrics and metrics.count(b"\n") == 7  # header + steps 1..6

@@ -188,3 +188,32 @@ def test_nll_method_chooses_the_solver(toy_run, capsys):
         mean = float(re.search(r"^\| nats/dim\s*\| (\S+) \|", out, re.M).group(1))
         lib = -log_likelihood(model, x, method=solver, rtol=1e-4, atol=1e-4).log_prob / 2
         assert mean == pytest.approx(float(lib.mean()), abs=1e-4)
+
+
+@pytest.mark.parametrize("argv, overrides", [
+    (["train", "train.steps=5", "--config", "X", "--out", "Y", "model.params.hidden=8"],
+     ["train.steps=5", "model.params.hidden=8"]),
+    (["train", "--config", "X", "a.b=1", "--resume", "c.d=2", "--out", "Y", "e.f=[1, 2]"], ["a.b=1", "c.d=2", "e.f=[1, 2]"]),
+    (["train-classifier", "--config", "X", "--out", "Y", "classifier.steps=3"], ["classifier.steps=3"]),
+    (["train", "--config", "X", "--out", "Y"], []),
+])
+def test_overrides_parse_before_between_and_after_options_in_order(argv, overrides):
+    from sde_diffusion.commands.cli import parse
+
+    args = parse(build_parser(), argv)
+    assert args.overrides == overrides and (args.config, args.out) == ("X", "Y")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sample", "--model", "m", "sample.steps=3"],
+     r"sample takes no key\.path=value overrides \(got sample\.steps=3\); config overrides go to train and "
+     r"train-classifier"),
+    (["train", "--config", "X", "--bogus"], r"unrecognized arguments: --bogus$"),
+])
+def test_misplaced_arguments_are_refused_saying_where_they_go(argv, message, capsys):
+    from sde_diffusion.commands.cli import parse
+
+    with pytest.raises(SystemExit) as exit_:
+        parse(build_parser(), argv)
+    assert exit_.value.code == 2
+    assert re.search(message, capsys.readouterr().err.strip().splitlines()[-1])

@@ -156,7 +156,8 @@ def test_npz_integer_levels_and_single_unnamed_array(tmp_path):
 @pytest.mark.parametrize("content,match", [
     (dict(x=np.full((20, 2), 50.0)), "must be finite with"),
     (dict(x=np.array([[np.nan, 0.0]] * 20)), "must be finite with"),
-    (dict(x=np.full((20, 4), 300, dtype=np.int64)), r"integer levels 0\.\.255"),
+    (dict(x=np.full((20, 4), 300, dtype=np.int64), levels=256), r"integer levels 0\.\.255"),
+    (dict(x=np.full((20, 4), 3, dtype=np.int64)), r"needs its number of levels.*'levels'"),  # no silent 256
     (dict(x=np.zeros((20, 4), np.uint8), levels=2, y=np.zeros(20, int) + 2), None),  # valid
     (dict(x=np.full((20, 4), 3), levels=2), r"integer levels 0\.\.1"),
     (dict(a=np.zeros((20, 2)), b=np.zeros((20, 2))), "with key 'x'"),
@@ -414,3 +415,47 @@ def test_batches_are_epochs_of_permutations_and_resume_exactly(device):
     assert len(x) == 25 and torch.equal(torch.bincount(x[:20, 0].long()), torch.full((count,), 2))
     unlabeled = next(batches(Dataset(ds.x), 3, generator=torch.Generator().manual_seed(0)))
     assert unlabeled[1] is None
+
+
+# -- no silent levels: where integer data's levels come from --------------------------------------
+def test_integer_file_without_levels_is_refused_naming_levels(tmp_path):
+    """sklearn's digits stored as int64 0..16 used to be read as 256 levels (6.90 bits/dim instead of
+    2.24): an integer dtype other than uint8 says nothing about the number of levels."""
+    k = np.random.RandomState(0).randint(0, 17, size=(40, 1, 8, 8)).astype(np.int64)
+    np.save(tmp_path / "digits.npy", k)
+    for load in (lambda: data.load_file(tmp_path / "digits.npy"),
+                 lambda: load_dataset("npy", path=tmp_path / "digits.npy")):
+        with pytest.raises(ValueError, match=r"digits\.npy \(shape \(40, 1, 8, 8\), int64\): integer data needs "
+                                             r"its number of levels .*'levels' entry.*--levels.*data\.levels") as err:
+            load()
+        assert "\n" not in str(err.value)
+    ds = data.load_file(tmp_path / "digits.npy", levels=17)
+    assert (ds.levels, ds.levels_source) == (17, "argument")
+    assert torch.equal(ds.discrete(), torch.from_numpy(k))
+    ds = load_dataset("npy", path=tmp_path / "digits.npy", levels=17)
+    assert (ds.levels, ds.levels_source) == (17, "argument")
+
+
+def test_uint8_without_levels_is_256_with_a_one_line_notice(tmp_path, capsys):
+    np.save(tmp_path / "img.npy", np.zeros((20, 4), np.uint8))
+    ds = data.load_file(tmp_path / "img.npy")
+    out = capsys.readouterr().out
+    assert (ds.levels, ds.levels_source) == (256, "uint8 default")
+    assert out.count("\n") == 1 and "uint8" in out and "256 levels" in out, out
+
+
+def test_levels_source_npz_argument_dataset_and_continuous(tmp_path, capsys):
+    np.savez(tmp_path / "k.npz", x=np.full((20, 4), 3, np.int32), levels=np.int64(5))
+    assert (data.load_file(tmp_path / "k.npz").levels_source, data.load_file(tmp_path / "k.npz").levels) == ("npz", 5)
+    ds = load_dataset("npy", path=tmp_path / "k.npz", split="test")
+    assert (ds.levels, ds.levels_source) == (5, "npz")
+    ds = data.load_file(tmp_path / "k.npz", levels=7)  # the argument wins over the file
+    assert (ds.levels, ds.levels_source) == (7, "argument")
+    ds = load_dataset("digits", split="test", n=10)  # a subset keeps its source
+    assert (ds.levels, ds.levels_source) == (17, "dataset")
+    assert load_dataset("ring", n=10).levels_source is None
+    np.save(tmp_path / "f.npy", np.zeros((20, 2)))
+    assert data.load_file(tmp_path / "f.npy").levels_source is None
+    assert capsys.readouterr().out == ""  # no notice without a uint8 default
+    with pytest.raises(ValueError, match=r"data\.levels applies to data\.name 'npy'"):
+        load_dataset("digits", levels=17)

@@ -341,6 +341,7 @@ def test_readme_example_runs(tmp_path, monkeypatch, capsys):
     summary = json.loads(Path("nll_out/summary.json").read_text())
     rows = Path("nll_out/per_sample.csv").read_text().splitlines()
     assert summary["unit"] == "bits/dim" and summary["levels"] == 256 and abs(summary["mean"] - bpd) < 1e-4
+    assert summary["levels_source"] == "uint8 default"  # the README's uint8 file: 256 with a notice
     assert len(rows) == 1 + summary["n"] and summary["model"].startswith("diffusers:")
 
 

@@ -138,6 +138,9 @@ def test_the_shipped_model_reads_the_same_by_folder_by_name_and_through_the_cli(
      r"bad\.npy \(shape \(50, 1, 8, 8\), float32\): levels=17 needs whole numbers 0\.\.16"),
     (np.full((50, 1, 8, 8), 20, dtype=np.int64), ["--levels", "17"],
      r"bad\.npy \(shape \(50, 1, 8, 8\), int64\): expected integer levels 0\.\.16, got values in \[20, 20\]"),
+    (np.full((50, 1, 8, 8), 3, dtype=np.int64), [],  # not silently 256 levels: digits as int64 0..16
+     r"bad\.npy \(shape \(50, 1, 8, 8\), int64\): integer data needs its number of levels .*'levels' entry, "
+     r"or pass --levels \(nll\)"),
 ])
 def test_bad_data_file_is_refused_before_any_compute(array, extra, message, tmp_path, capsys, monkeypatch):
     import sde_diffusion.evaluation.nll_table as table

@@ -73,10 +73,12 @@ def test_sigint_then_resume_equals_uninterrupted(tmp_path):
                             text=True)
     _wait_for(lambda: (out / "metrics.csv").exists() and len((out / "metrics.csv").read_text().split()) > 3, proc)
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr  # 128 + SIGINT, after printing how to resume
+    assert f"to resume: sde-diffusion train --resume --out {out}\n" in stdout
     assert 30 <= read_state(latest(out))["step"] < 600
     resumed = subprocess.run(_train_cmd(out, *steps, "--resume"), env=ENV, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert straight.wait() == 0, straight.communicate()
     _assert_same_run(tmp_path / "straight", out)
+    assert b"\r" not in (out / "metrics.csv").read_bytes()  # one line ending across the resume

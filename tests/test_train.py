@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from _tiny import CONFIGS, TINY, tiny_config
@@ -16,7 +17,8 @@ from safetensors.torch import load_file
 from sde_diffusion import ring2d
 from sde_diffusion.training import train as train_mod
 from sde_diffusion import load
-from sde_diffusion.training.checkpoint import latest, read_state
+from sde_diffusion.training import runs
+from sde_diffusion.training.checkpoint import latest, read_manifest, read_state
 from sde_diffusion.training.data import load_dataset
 from sde_diffusion.evaluation.metrics import sliced_w2
 from sde_diffusion.training.runs import TrainingDiverged
@@ -100,7 +102,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
 
 
 @pytest.mark.slow  # a signal sent to a training subprocess; only in the full run
-def test_sigint_saves_a_checkpoint_and_exits_0(tmp_path):
+def test_sigint_saves_a_checkpoint_and_exits_130(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(_train_cmd(out, "train.steps=1000000", "train.ckpt_every=100000"), env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -108,9 +110,10 @@ def test_sigint_saves_a_checkpoint_and_exits_0(tmp_path):
               proc)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
+    assert proc.returncode == 130, stderr
     step = read_state(latest(out))["step"]
     assert f"interrupted at step {step};" in stdout and 0 < step < 1_000_000
+    assert f"to resume: sde-diffusion train --resume --out {out}\n" in stdout
     model = load(out)  # the saved checkpoint is complete and verified
 
 
@@ -269,3 +272,66 @@ def test_time_box_stops_early_with_a_checkpoint(tmp_path):
     assert read_state(latest(tmp_path))["step"] == 0
     resumed = train(tiny_config("train.steps=8"), tmp_path, resume=True, progress=False)
     assert resumed.step == 8
+
+
+def test_ctrl_c_exits_130_with_the_resume_command_and_the_resumed_metrics_keep_one_line_ending(
+        tmp_path, capsys, monkeypatch):
+    """Ctrl-C (simulated: the first SIGINT's effect on StopOnSignal, right after the first checkpoint)
+    stops the CLI's run with exit code 130, a resumable checkpoint and the exact resume command; the
+    resumed metrics.csv has no CRLF (csv's default line ending) after rewind_metrics' LF rows. The
+    overrides stand on both sides of the options."""
+    from sde_diffusion.commands.cli import main
+
+    stops, real_save = [], train_mod.save_checkpoint
+
+    class Stop(runs.StopOnSignal):
+        def __enter__(self):
+            stops.append(super().__enter__())
+            return stops[-1]
+
+    def save_then_ctrl_c(*args, **kwargs):
+        path = real_save(*args, **kwargs)
+        stops[-1].requested = "SIGINT"
+        return path
+
+    monkeypatch.setattr(train_mod, "StopOnSignal", Stop)
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_ctrl_c)
+    out = tmp_path / "run"
+    argv = ["train", "train.steps=12", "--config", str(CONFIGS / "toy_vp.yaml"), *TINY[:3], "--out", str(out),
+            "--device", "cpu", *TINY[3:], "--no-progress", "train.log_every=2"]
+    assert main(argv) == 130
+    stdout = capsys.readouterr().out
+    assert read_state(latest(out))["step"] == 4  # the first checkpoint (train.ckpt_every=4)
+    assert "interrupted at step 4;" in stdout
+    assert stdout.endswith(f"to resume: sde-diffusion train --resume --out {out}\n"), stdout
+    monkeypatch.undo()
+    assert main(["train", "--resume", "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    metrics = (out / "metrics.csv").read_bytes()
+    assert metrics.count(b"\r") == 0 and metrics.count(b"\n") == 7
+    assert [r.split(",")[0] for r in metrics.decode().split()] == ["step", "2", "4", "6", "8", "10", "12"]
+    assert read_state(latest(out))["step"] == 12  # the overrides from both sides of the options held
+
+
+def test_training_refuses_integer_data_without_levels_before_any_compute(tmp_path, monkeypatch, capsys):
+    k = np.random.RandomState(0).randint(0, 17, size=(64, 2))
+    np.save(tmp_path / "ints.npy", k.astype(np.int64))
+    np.save(tmp_path / "bytes.npy", k.astype(np.uint8))
+    data = ["data.name=npy", f"data.path={tmp_path / 'ints.npy'}", "data.n=null", "train.steps=4"]
+    real_build = train_mod._build
+    monkeypatch.setattr(train_mod, "_build", lambda *a, **kw: pytest.fail("built a model before the data check"))
+    with pytest.raises(ValueError, match=r"ints\.npy \(shape \(64, 2\), int64\): integer data needs its "
+                                         r"number of levels .*data\.levels in the config") as err:
+        train(tiny_config(*data), tmp_path / "run", progress=False)
+    assert "\n" not in str(err.value)
+    assert latest(tmp_path / "run") is None and not (tmp_path / "run" / "metrics.csv").exists()
+    monkeypatch.setattr(train_mod, "_build", real_build)
+    result = train(tiny_config(*data, "data.levels=17"), tmp_path / "run", progress=False)
+    manifest = read_manifest(result.checkpoint)
+    assert (manifest["levels"], manifest["levels_source"]) == (17, "argument")
+    capsys.readouterr()
+    result = train(tiny_config(*data, f"data.path={tmp_path / 'bytes.npy'}"), tmp_path / "run8", progress=False)
+    manifest = read_manifest(result.checkpoint)
+    assert (manifest["levels"], manifest["levels_source"]) == (256, "uint8 default")
+    assert capsys.readouterr().out.count("uint8 data without 'levels', read as 256 levels") == 1
+    result = train(tiny_config("train.steps=4"), tmp_path / "ring", progress=False)
+    assert read_manifest(result.checkpoint)["levels_source"] is None  # continuous data

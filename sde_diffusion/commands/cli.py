@@ -35,10 +35,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def is_override(arg: str) -> bool:
+    """A ``key.path=value`` config override (not an option, a key before the '=')."""
+    return not arg.startswith("-") and "=" in arg and arg.index("=") > 0
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, except that the training subcommands take their ``key.path=value``
+    overrides anywhere on the command line (before, between and after options, in the order given):
+    argparse fills the positional from one run of arguments only and leaves later ones unrecognized.
+    (``parse_intermixed_args`` would do it but refuses parsers with subcommands.)"""
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides"):
+        late = [a for a in extra if is_override(a)]
+        args.overrides = list(args.overrides or []) + late
+        extra = [a for a in extra if not is_override(a)]
+    elif extra and any(map(is_override, extra)) and getattr(args, "command", None):
+        parser.error(f"{args.command} takes no key.path=value overrides (got {next(filter(is_override, extra))}); "
+                     "config overrides go to train and train-classifier, anywhere after the subcommand.")
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a subcommand; bad input (ValueError/TypeError) exits with code 2 and a one-line message."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     if getattr(args, "run", None) is None:
         parser.print_help()
         return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -104,6 +105,21 @@ def run_training(args: argparse.Namespace, seed_key: str, trainer, command: str,
     except TrainingError as e:
         print(f"sde-diffusion {command}: {e}", file=sys.stderr)
         return None
+
+
+INTERRUPTED = 130  # the exit code of a run stopped by SIGINT/SIGTERM (128 + SIGINT, as shells report Ctrl-C)
+
+
+def training_exit(result, command: str, announce: bool = True) -> int:
+    """The exit code of a training subcommand: 1 after a fault (``result`` None), 0 when finished,
+    ``INTERRUPTED`` after a signal, printing (with ``announce``) the command that resumes the run."""
+    if result is None:
+        return 1
+    if not result.interrupted:
+        return 0
+    if announce:
+        print(f"to resume: sde-diffusion {command} --resume --out {shlex.quote(str(result.out))}", flush=True)
+    return INTERRUPTED
 
 
 def finished(result) -> str:

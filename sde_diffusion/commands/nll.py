@@ -35,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                     "data.name=npy: integer arrays are levels, floats continuous)")
     src.add_argument("--split", choices=("train", "test"), help="the run's own data split (default test)")
     p.add_argument("--levels", type=int, help="levels per value of the --data file's integer (or whole-number) "
-                                              "values (default: the .npz's 'levels', else 256)")
+                                              "values (default: the .npz's 'levels'; uint8 data without either: 256, "
+                                              "other integer data without either is refused)")
     p.add_argument("--method", default="dopri5", metavar="NAME[:rtol=R:atol=A]",
                    help=f"the adaptive torchdiffeq solver of the probability-flow ODE, with its tolerances as "
                         f"options (one of {', '.join(ADAPTIVE_METHODS)}; default dopri5)")
@@ -132,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
         "model": args.model, "model_path": model.info.meta.get("path"),
         "sde": str(model.sde), "data": str(Path(args.data).resolve()) if args.data else None,
         "split": None if args.data or gm is not None else (args.split or "test"), "dataset": ds.name,
-        "source": ds.source, "n": len(values), "shape": list(ds.shape), "levels": ds.levels, "unit": unit,
+        "source": ds.source, "n": len(values), "shape": list(ds.shape), "levels": ds.levels,
+        "levels_source": ds.levels_source, "unit": unit,
         "mean": mean, "stderr": se, "stderr_probes": se_probe,
         "settings": {"divergence": args.divergence, "probes": args.probes, "method": solver, **SOLVER,
                      "rtol": rtol, "atol": atol,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model, add_run_arguments, finished, run_training
+from .common import add_model, add_run_arguments, finished, run_training, training_exit
 
 HELP = "train a score model from a YAML config, with key.path=value overrides"
 
@@ -22,4 +22,4 @@ def run(args: argparse.Namespace) -> int:
     result = run_training(args, "train.seed", train, "train", model_config=True, init=args.model)
     if result is not None and is_main():
         print(finished(result))
-    return 1 if result is None else 0
+    return training_exit(result, "train", announce=is_main())

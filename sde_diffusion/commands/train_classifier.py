@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model, add_run_arguments, finished, run_training
+from .common import add_model, add_run_arguments, finished, run_training, training_exit
 
 HELP = ("train a noisy classifier p(y | x_t, t) on the config's data and SDE (its classifier section), "
         "for sample --classifier")
@@ -24,6 +24,8 @@ def run(args: argparse.Namespace) -> int:
     if result is None:
         return 1
     print(finished(result))
+    if result.interrupted:
+        return training_exit(result, "train-classifier")
     if result.accuracy:
         print("held-out accuracy on noised data: " +
               ", ".join(f"{acc:.3f} at t = {t:.3g}" for t, acc in result.accuracy.items()))

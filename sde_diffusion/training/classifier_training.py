@@ -65,7 +65,8 @@ def held_out_accuracy(classifier: NoisyClassifier, cfg: Config, *, device, times
     """t -> accuracy of argmax_y p_phi(y | x_t, t) on the test split noised to t = eps + f (T - eps),
     for each fraction f in ``times`` (at most ``n`` points, one fixed noise draw)."""
     sde, eps = build_sde(cfg), cfg.classifier.eps
-    ds = load_dataset(cfg.data.name, split="test", path=cfg.data.path, seed=cfg.data.seed)
+    ds = load_dataset(cfg.data.name, split="test", path=cfg.data.path, seed=cfg.data.seed,
+                      levels=cfg.data.levels)
     x0, y = ds.x[:n].to(device), ds.y[:n].to(device)
     gen = torch.Generator(device).manual_seed(seed)
     z = torch.randn(x0.shape, generator=gen, device=device, dtype=x0.dtype)
@@ -93,12 +94,14 @@ def train_noisy_classifier(cfg: Config | None, out: str | Path, *, resume: bool 
     cc, sde = cfg.classifier, build_sde(cfg)
     if not cc.eps < sde.T:
         raise ValueError(f"classifier.eps: must be below the SDE's T = {sde.T:g}, got {cc.eps}.")
-    ds = load_dataset(cfg.data.name, split="train", path=cfg.data.path, n=cfg.data.n, seed=cfg.data.seed)
+    ds = load_dataset(cfg.data.name, split="train", path=cfg.data.path, n=cfg.data.n, seed=cfg.data.seed,
+                      levels=cfg.data.levels)
     if ds.y is None:
         raise ValueError(f"data.name: a classifier needs labels; dataset {ds.name!r} has none.")
     if guides is not None:
         _check_guides(guides, sde, ds.shape)
-    meta = {"kind": KIND, "event_shape": list(ds.shape), "levels": ds.levels, "num_classes": ds.num_classes,
+    meta = {"kind": KIND, "event_shape": list(ds.shape), "levels": ds.levels, "levels_source": ds.levels_source,
+            "num_classes": ds.num_classes,
             "dataset": ds.name}
     with torch.random.fork_rng():  # the initial weights from the run's seed; the caller's RNG untouched
         torch.manual_seed(cc.seed)

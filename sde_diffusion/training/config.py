@@ -29,6 +29,7 @@ class DataConfig:
     path: Optional[str] = None    # users' files
     n: Optional[int] = None       # number of training samples (toys) or a cap on them
     seed: int = 0                 # the data's own seed (toy sampling), independent of training
+    levels: Optional[int] = None  # levels of a data file's integer values (npy; over its .npz 'levels')
 
 
 @dataclass
@@ -153,6 +154,8 @@ def _validate(cfg: Config) -> Config:
         raise ValueError(f"train.ema_decay: must lie in [0, 1), got {cfg.train.ema_decay}.")
     if cfg.data.n is not None and cfg.data.n < 1:
         raise ValueError(f"data.n: must be an integer >= 1 or null, got {cfg.data.n}.")
+    if cfg.data.levels is not None and cfg.data.levels < 2:
+        raise ValueError(f"data.levels: must be an integer >= 2 or null, got {cfg.data.levels}.")
     build_sde(cfg)  # the SDE's own checks, reported under sde.params
     return cfg
 

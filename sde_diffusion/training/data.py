@@ -17,8 +17,9 @@ Datasets (``load_dataset(name, split=, path=, n=, seed=)``; ``available_datasets
             test, the other 1,497 train.
   npy       ``path`` to .npy (x) or .npz (key 'x' or its only array; optional 'y', 'levels'). Layout
             rules in ``readers.image_layout``. Integer arrays are discrete levels 0..levels-1
-            (levels = the file's 'levels', else 256); float arrays are continuous data used as-is and
-            must be finite with |x| <= MAX_ABS.
+            (levels = ``levels=`` (config ``data.levels``), else the file's 'levels'; uint8 without
+            either defaults to 256 with a printed notice, other integer dtypes are refused); float
+            arrays are continuous data used as-is and must be finite with |x| <= MAX_ABS.
   png       ``path`` to a folder of PNGs (grey or RGB, one size), labels from class subfolders; 256 levels.
   mnist     ``path`` to a folder with train-/t10k-images-idx3-ubyte and -labels-idx1-ubyte (or .gz).
   cifar10   ``path`` to cifar-10-batches-py (or its parent): data_batch_1..5 (train), test_batch.
@@ -50,14 +51,17 @@ SPLITS = ("train", "test")
 @dataclass(frozen=True)
 class Dataset:
     """Samples ``x`` (float32, N x shape, in ``DATA_RANGE`` for discrete data), optional long labels
-    ``y`` (N,), ``levels`` per value for discrete data (None for continuous data), a ``name`` and,
-    for users' files, ``source``: the file with the shape and dtype it was stored with."""
+    ``y`` (N,), ``levels`` per value for discrete data (None for continuous data), a ``name``,
+    for users' files, ``source``: the file with the shape and dtype it was stored with, and
+    ``levels_source``: where ``levels`` came from ("dataset", "npz", "argument", "uint8 default";
+    None for continuous data)."""
 
     x: torch.Tensor
     y: torch.Tensor | None = None
     levels: int | None = None
     name: str = "data"
     source: str | None = None
+    levels_source: str | None = None
 
     def __post_init__(self):
         checks.float_tensor("Dataset.x", self.x)
@@ -117,9 +121,15 @@ def available_datasets() -> list[str]:
 
 
 def load_dataset(name: str, *, split: str = "train", path: str | Path | None = None,
-                 n: int | None = None, seed: int = 0) -> Dataset:
-    """Load dataset ``name`` (see the module docstring) on CPU, ``split`` "train" or "test"."""
+                 n: int | None = None, seed: int = 0, levels: int | None = None) -> Dataset:
+    """Load dataset ``name`` (see the module docstring) on CPU, ``split`` "train" or "test";
+    ``levels`` (``npy`` only): the levels of the file's integer values, over the file's own."""
     checks.one_of("dataset", name, available_datasets())
+    if levels is not None:
+        checks.positive_int("levels", levels)
+        if name != "npy":
+            raise ValueError(f"data.levels applies to data.name 'npy' (a file of integer levels); dataset "
+                             f"{name!r} has its own levels: remove data.levels.")
     checks.one_of("split", split, SPLITS)
     if n is not None:
         checks.positive_int("n", n)
@@ -129,7 +139,8 @@ def load_dataset(name: str, *, split: str = "train", path: str | Path | None = N
         raise ValueError(f"dataset {name!r} is built in and takes no path, got path={path!r}.")
     if path is not None and not Path(path).exists():
         raise ValueError(f"dataset {name!r}: path {path} does not exist.")
-    ds = DATASETS[name](split, None if path is None else Path(path), n, seed)
+    path = None if path is None else Path(path)
+    ds = DATASETS[name](split, path, n, seed) if levels is None else _npy(split, path, n, seed, levels)
     return ds if n is None else _take(ds, n, seed)
 
 
@@ -140,7 +151,7 @@ def _take(ds: Dataset, n: int, seed: int) -> Dataset:
     if n == len(ds):
         return ds
     idx = torch.from_numpy(np.sort(np.random.RandomState(seed).permutation(len(ds))[:n]))
-    return Dataset(ds.x[idx], None if ds.y is None else ds.y[idx], ds.levels, ds.name, ds.source)
+    return Dataset(ds.x[idx], None if ds.y is None else ds.y[idx], ds.levels, ds.name, ds.source, ds.levels_source)
 
 
 def fixed_split(count: int, split: str, n_test: int) -> np.ndarray:
@@ -149,14 +160,34 @@ def fixed_split(count: int, split: str, n_test: int) -> np.ndarray:
     return np.sort(perm[:n_test] if split == "test" else perm[n_test:])
 
 
+LEVELS_HOW = ("store them in the .npz as a 'levels' entry, or pass --levels (nll) or set data.levels "
+              "in the config (training)")
+
+
+def resolve_levels(x: np.ndarray, levels: int | None, levels_source: str | None, source, stored: str
+                   ) -> tuple[int, str]:
+    """(levels, where they came from) of integer data: ``levels`` as given, else uint8's 256 with a
+    printed one-line notice; other integer dtypes without levels are refused (a one-line ValueError
+    naming ``levels``), since their range says nothing about the number of levels."""
+    if levels is not None:
+        return levels, levels_source or "argument"
+    if x.dtype == np.uint8:
+        print(f"note: {source} ({stored}): uint8 data without 'levels', read as 256 levels "
+              f"(to change it, {LEVELS_HOW}).", flush=True)
+        return 256, "uint8 default"
+    raise ValueError(f"{source} ({stored}): integer data needs its number of levels (values here span "
+                     f"{x.min() if x.size else 0}..{x.max() if x.size else 0}): {LEVELS_HOW}.")
+
+
 def from_arrays(x: np.ndarray, y: np.ndarray | None, levels: int | None, name: str, source: Path,
-                stored: str | None = None) -> Dataset:
+                stored: str | None = None, levels_source: str | None = None) -> Dataset:
     """A Dataset from canonical arrays: integer x are levels 0..levels-1 mapped to bin centres,
     float x are continuous values taken as-is (finite, |x| <= MAX_ABS). ``stored``: the file's own
-    "shape (...), dtype" where a reader changed the layout (default: x's)."""
+    "shape (...), dtype" where a reader changed the layout (default: x's). ``levels_source``: where
+    given ``levels`` came from (default "argument"); integer data without levels: ``resolve_levels``."""
     stored = stored or describe(x)
     if x.dtype.kind in "ui":
-        levels = 256 if levels is None else levels
+        levels, levels_source = resolve_levels(x, levels, levels_source, source, stored)
         if x.size and (x.min() < 0 or x.max() > levels - 1):
             raise ValueError(f"{source} ({stored}): expected integer levels 0..{levels - 1}, got values in "
                              f"[{x.min()}, {x.max()}] (store 'levels' in the .npz for other ranges).")
@@ -166,11 +197,11 @@ def from_arrays(x: np.ndarray, y: np.ndarray | None, levels: int | None, name: s
         if not np.isfinite(x).all() or np.abs(x).max(initial=0) > MAX_ABS:
             raise ValueError(f"{source} ({stored}): float data is used as-is and must be finite with |x| <= "
                              f"{MAX_ABS:g}; rescale it to about [-1, 1] or store integer levels.")
-        xt, levels = torch.from_numpy(x.astype(np.float32)), None
+        xt, levels, levels_source = torch.from_numpy(x.astype(np.float32)), None, None
     else:
         raise ValueError(f"{source} ({stored}): expected an integer or float array, got dtype {x.dtype}.")
     yt = None if y is None else torch.from_numpy(readers.read_labels(y, len(x), source))
-    return Dataset(xt.contiguous(), yt, levels, name, f"{source} ({stored})")
+    return Dataset(xt.contiguous(), yt, levels, name, f"{source} ({stored})", levels_source)
 
 
 def describe(x: np.ndarray) -> str:
@@ -181,21 +212,30 @@ def describe(x: np.ndarray) -> str:
 def load_file(path: str | Path, *, levels: int | None = None, n: int | None = None, seed: int = 0) -> Dataset:
     """Every sample of a users' .npy/.npz file (no split), by the rules of dataset ``npy``
     (``readers.read_array``, ``readers.image_layout``, ``from_arrays``); ``levels`` overrides the
-    file's for integer data (also float arrays of whole numbers 0..levels-1); ``n``: a seeded subset."""
+    file's for integer data (also float arrays of whole numbers 0..levels-1); ``n``: a seeded subset.
+    Integer data with neither is refused unless uint8 (256, with a notice): ``resolve_levels``."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"data file {str(path)!r} does not exist.")
+    x, y, levels, how, stored = _read_npy(path, levels)
+    ds = from_arrays(readers.image_layout(x, path), y, levels, "npy", path, stored, how)
+    return ds if n is None else _take(ds, n, seed)
+
+
+def _read_npy(path: Path, levels: int | None):
+    """(x, y, levels, levels source, stored shape and dtype) of a .npy/.npz: ``levels`` (an argument)
+    over the file's own (whole-number floats with an argument become integers)."""
     x, y, stored_levels = readers.read_array(path)
     stored = describe(x)
-    if levels is not None:
-        checks.positive_int("levels", levels)
-        if x.dtype.kind == "f":
-            if not (np.isfinite(x).all() and (x == np.round(x)).all()):
-                raise ValueError(f"{path} ({stored}): levels={levels} needs whole numbers 0..{levels - 1}, "
-                                 "got non-integer floats (continuous data take no levels).")
-            x = x.astype(np.int64)
-    ds = from_arrays(readers.image_layout(x, path), y, levels or stored_levels, "npy", path, stored)
-    return ds if n is None else _take(ds, n, seed)
+    if levels is None:
+        return x, y, stored_levels, (None if stored_levels is None else "npz"), stored
+    checks.positive_int("levels", levels)
+    if x.dtype.kind == "f":
+        if not (np.isfinite(x).all() and (x == np.round(x)).all()):
+            raise ValueError(f"{path} ({stored}): levels={levels} needs whole numbers 0..{levels - 1}, "
+                             "got non-integer floats (continuous data take no levels).")
+        x = x.astype(np.int64)
+    return x, y, levels, "argument", stored
 
 
 def accepted_shapes(kind: str, params: dict, event_shape: tuple | None = None) -> str:
@@ -255,23 +295,23 @@ def _digits(split: str, path, n, seed) -> Dataset:
     bunch = load_digits()
     idx = fixed_split(len(bunch.images), split, DIGITS_TEST)
     return from_arrays(bunch.images[idx, None].astype(np.int64), bunch.target[idx], 17, "digits",
-                       Path("sklearn.datasets.load_digits"))
+                       Path("sklearn.datasets.load_digits"), levels_source="dataset")
 
 
 def _tenth(x: np.ndarray, y: np.ndarray | None, levels, split: str, name: str, source: Path,
-           stored: str | None = None) -> Dataset:
+           stored: str | None = None, levels_source: str | None = "dataset") -> Dataset:
     """The fixed 10% test split of data that has none (``stored``: the file's shape and dtype)."""
     if split == "test" and len(x) < 10:
         raise ValueError(f"{source}: a test split needs at least 10 samples, got {len(x)}.")
     y = None if y is None else readers.read_labels(y, len(x), source)
     idx = fixed_split(len(x), split, len(x) // 10)
-    return from_arrays(x[idx], None if y is None else y[idx], levels, name, source, stored)
+    return from_arrays(x[idx], None if y is None else y[idx], levels, name, source, stored, levels_source)
 
 
 @register("npy", needs_path=True)
-def _npy(split: str, path: Path, n, seed) -> Dataset:
-    x, y, levels = readers.read_array(path)
-    return _tenth(readers.image_layout(x, path), y, levels, split, "npy", path, describe(x))
+def _npy(split: str, path: Path, n, seed, levels: int | None = None) -> Dataset:
+    x, y, levels, how, stored = _read_npy(path, levels)
+    return _tenth(readers.image_layout(x, path), y, levels, split, "npy", path, stored, how)
 
 
 @register("png", needs_path=True)
@@ -290,7 +330,7 @@ def _mnist(split: str, path: Path, n, seed) -> Dataset:
     x, y = readers.read_idx(images, 3), readers.read_idx(labels, 1)
     if len(y) != len(x):
         raise ValueError(f"{labels}: expected {len(x)} labels (one per image), got {len(y)}.")
-    return from_arrays(x[:, None], y, 256, "mnist", images)
+    return from_arrays(x[:, None], y, 256, "mnist", images, levels_source="dataset")
 
 
 @register("cifar10", needs_path=True)
@@ -299,7 +339,7 @@ def _cifar10(split: str, path: Path, n, seed) -> Dataset:
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     parts = [readers.read_cifar_batch(readers.find_file(root, [name])) for name in names]
     return from_arrays(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-                       256, "cifar10", root)
+                       256, "cifar10", root, levels_source="dataset")
 
 
 # -- minibatches ------------------------------------------------------------------------------

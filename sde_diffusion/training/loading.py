@@ -221,7 +221,8 @@ def model_dataset(model: torch.nn.Module, split: str = "test", *, data: str | Pa
     if cfg is None or (cfg.data.name == "npy" and cfg.data.path is None):
         raise ValueError(f"{info.source!r} has no data of its own: pass a data file (--data FILE, a .npy/.npz "
                          "of vectors or of images as integer levels).")
-    return load_dataset(cfg.data.name, split=split, path=cfg.data.path, n=n, seed=seed)
+    return load_dataset(cfg.data.name, split=split, path=cfg.data.path, n=n, seed=seed,
+                        levels=getattr(cfg.data, "levels", None))
 
 
 def _info(model) -> ModelInfo:

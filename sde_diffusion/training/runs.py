@@ -121,10 +121,11 @@ def check_finite(losses: list[torch.Tensor], step: int, out: Path) -> None:
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
-    """Append rows to the metrics CSV, writing the header first."""
+    """Append rows to the metrics CSV, writing the header first; lines end in \n, as
+    ``rewind_metrics`` writes them, so a resumed run's file keeps one line ending."""
     new = not path.exists()
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRICS)
+        writer = csv.DictWriter(f, fieldnames=METRICS, lineterminator="\n")  # csv's default is \r\n
         if new:
             writer.writeheader()
         writer.writerows(rows)

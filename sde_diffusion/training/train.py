@@ -135,9 +135,11 @@ def _train(cfg, out: Path, resume: bool, world, device: torch.device, progress: 
     tc = cfg.train
     if tc.batch_size % world.size:
         raise ValueError(f"train.batch_size must be a multiple of the {world.size} processes; got {tc.batch_size}.")
-    ds = load_dataset(cfg.data.name, split="train", path=cfg.data.path, n=cfg.data.n, seed=cfg.data.seed)
+    ds = load_dataset(cfg.data.name, split="train", path=cfg.data.path, n=cfg.data.n, seed=cfg.data.seed,
+                      levels=cfg.data.levels)
     check_model_data(ds, cfg.model.kind, cfg.model.params, what="model.kind")
-    meta = {"event_shape": list(ds.shape), "levels": ds.levels, "num_classes": ds.num_classes,
+    meta = {"event_shape": list(ds.shape), "levels": ds.levels, "levels_source": ds.levels_source,
+            "num_classes": ds.num_classes,
             "dataset": ds.name}
     torch.manual_seed(tc.seed)
     model = _build(cfg, meta, device, ds.x).train()

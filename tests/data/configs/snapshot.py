@@ -12,6 +12,8 @@ the new loader against itself: do not, unless a change of the loaded values is i
 Issue 13 intended one: the new key model.sigma_data (null) everywhere, and the toy configs' edm
 parameterization, data.n null and 6,000 steps (the config JSONs and overrides.json were rewritten by
 this script, errors.json's loss.weighting and model.parameterization messages by hand).
+Issue 27 intended another: the new key data.levels (null) everywhere (the config JSONs and
+overrides.json rewritten by this script).
 """
 
 import json
