@@ -69,7 +69,7 @@ class Plan:
 QUICK = dict(quick=True, batches=(4,), steps=(2, 3), points=4, tol=1e-3, ref_tol=1e-5, scipy_tols=(1e-3, 1e-4),
              large=dict(in_channels=3, image_size=8, base_channels=8, channel_mults=(1, 2), blocks_per_level=1,
                         attention_resolutions=(4,)),
-             train_steps={"digits": (2, 12), "large": (1, 21)}, train_images=32, digits_batch=16, large_batch=8,
+             train_steps={"digits": (2, 42), "large": (1, 21)}, train_images=32, digits_batch=16, large_batch=8,
              cuda_tests=("tests/test_no_host_sync.py",), device_tests=tuple(DEVICE_TESTS[1:2]))
 
 
