@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import solvers
+from _tiny import ctrl_c_after_first_checkpoint
 from sde_diffusion import load
 from sde_diffusion.training.classifier_training import held_out_accuracy
 from sde_diffusion.commands.cli import main
@@ -147,24 +148,11 @@ def test_ctrl_c_during_classifier_training_exits_130_and_resumes(tmp_path, capsy
     import sde_diffusion.training.classifier_training as ct
     from sde_diffusion.training.checkpoint import latest, read_state
 
-    stops, real_save = [], ct.save_checkpoint
-
-    class Stop(ct.StopOnSignal):
-        def __enter__(self):
-            stops.append(super().__enter__())
-            return stops[-1]
-
-    def save_then_ctrl_c(*args, **kwargs):
-        path = real_save(*args, **kwargs)
-        stops[-1].requested = "SIGINT"
-        return path
-
     monkeypatch.setattr(ct, "LOG_EVERY", 1)  # rows before and after the interruption
     out = tmp_path / "clf"
     short = ["classifier.ckpt_every=2", "classifier.batch_size=32", "classifier.hidden=16"]
     with monkeypatch.context() as patch:
-        patch.setattr(ct, "StopOnSignal", Stop)
-        patch.setattr(ct, "save_checkpoint", save_then_ctrl_c)
+        ctrl_c_after_first_checkpoint(patch, ct)
         assert main(["train-classifier", "classifier.steps=6", "--config", CONFIG, "--out", str(out), *short,
                      "--no-progress"]) == 130
     stdout = capsys.readouterr().out

@@ -11,13 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _tiny import CONFIGS, TINY, tiny_config
+from _tiny import CONFIGS, TINY, ctrl_c_after_first_checkpoint, tiny_config
 from safetensors.torch import load_file
 
 from sde_diffusion import ring2d
 from sde_diffusion.training import train as train_mod
 from sde_diffusion import load
-from sde_diffusion.training import runs
 from sde_diffusion.training.checkpoint import latest, read_manifest, read_state
 from sde_diffusion.training.data import load_dataset
 from sde_diffusion.evaluation.metrics import sliced_w2
@@ -282,20 +281,7 @@ def test_ctrl_c_exits_130_with_the_resume_command_and_the_resumed_metrics_keep_o
     overrides stand on both sides of the options."""
     from sde_diffusion.commands.cli import main
 
-    stops, real_save = [], train_mod.save_checkpoint
-
-    class Stop(runs.StopOnSignal):
-        def __enter__(self):
-            stops.append(super().__enter__())
-            return stops[-1]
-
-    def save_then_ctrl_c(*args, **kwargs):
-        path = real_save(*args, **kwargs)
-        stops[-1].requested = "SIGINT"
-        return path
-
-    monkeypatch.setattr(train_mod, "StopOnSignal", Stop)
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_ctrl_c)
+    ctrl_c_after_first_checkpoint(monkeypatch, train_mod)
     out = tmp_path / "run"
     argv = ["train", "train.steps=12", "--config", str(CONFIGS / "toy_vp.yaml"), *TINY[:3], "--out", str(out),
             "--device", "cpu", *TINY[3:], "--no-progress", "train.log_every=2"]
