@@ -10,7 +10,7 @@ by m(t) is what makes it an estimate of x_0 when m != 1, as for VP at t = eps.) 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -40,7 +40,7 @@ def sample(score_fn: ScoreFn, sde: SDE | None = None, shape: Sequence[int] | int
            generator: torch.Generator | None = None, device: torch.device | str | None = None,
            dtype: torch.dtype = torch.float32, progress: bool = False, return_trajectory: bool = False,
            x_T: torch.Tensor | None = None, inpaint: tuple | None = None,
-           schedule: DiscreteSchedule | None = None, **options) -> SampleResult:
+           schedule: DiscreteSchedule | None = None, noise: Callable | None = None, **options) -> SampleResult:
     """Draw samples of ``shape`` (N, ...) by ``method`` (see ``available()``) with ``steps`` steps.
 
     ``sample(model, shape)`` takes the model's own SDE (a ScoreModel's ``.sde``), and an int ``shape``
@@ -49,6 +49,10 @@ def sample(score_fn: ScoreFn, sde: SDE | None = None, shape: Sequence[int] | int
     ``options`` are the method's own too (each method's docstring lists them; anything else is a
     ValueError listing what is allowed). ``x_T`` starts from a given prior sample instead of drawing
     one. Noise comes from ``generator`` on its device; same generator state, same samples.
+    ``noise``, a callable x -> z, injects the draws instead: it is called once per fresh standard-normal
+    draw, in step order, with the current state x, and returns z shaped like x (each stochastic method's
+    docstring says which draws it makes per step). The prior sample is its first draw, x_T =
+    prior_std z, unless ``x_T`` is given. The same sequence of draws reproduces a peer's run exactly.
     ``inpaint = (mask, x_known)`` holds the known part (mask True or 1) by its forward marginal at
     every step and returns it exactly (``solvers.inpaint``; every method: ``ode`` and ``sde`` then
     integrate one grid interval per call).
@@ -72,6 +76,12 @@ def sample(score_fn: ScoreFn, sde: SDE | None = None, shape: Sequence[int] | int
         raise TypeError(f"sde must be an sde_diffusion.SDE, got {type(sde).__name__}.")
     checks.positive_int("steps", steps)
     checks.generator("generator", generator)
+    if noise is not None and not callable(noise):
+        raise TypeError(f"noise must be a callable x -> z (the next N(0, I) draw shaped like x) or None, "
+                        f"got {type(noise).__name__}.")
+    if noise is not None and spec.own_noise:
+        raise ValueError(f"method {name!r} draws its own Brownian path and cannot take noise=; "
+                         f"methods that can: {', '.join(n for n, m in METHODS.items() if not m.own_noise)}.")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype (float32 or float64), got {dtype!r}.")
     opts = spec.bind(sde, steps, options)
@@ -85,15 +95,17 @@ def sample(score_fn: ScoreFn, sde: SDE | None = None, shape: Sequence[int] | int
     counter = CountingScore(score_fn)
     if device is None:
         device = generator.device if generator is not None else (x_T.device if x_T is not None else "cpu")
-    if x_T is None:
+    ctx = Context(sde, counter, grid64, checks.upload(grid64, device, dtype), generator, progress,
+                  [] if return_trajectory else None, desc=name, draw=noise)
+    if x_T is None and noise is not None:
+        x = sde.prior_std * ctx.noise(torch.empty(shape, device=device, dtype=dtype))
+    elif x_T is None:
         x = sde.prior_sample(shape, generator=generator, device=device, dtype=dtype)
     else:
         x = checks.float_tensor("x_T", x_T)
         if tuple(x.shape) != tuple(shape):
             raise ValueError(f"x_T must have shape {tuple(shape)}, got {tuple(x.shape)}.")
         x = x.to(device=device, dtype=dtype)
-    ctx = Context(sde, counter, grid64, checks.upload(grid64, device, dtype), generator, progress,
-                  [] if return_trajectory else None, desc=name)
     if inpaint is not None:
         ctx.known = known(inpaint, shape, sde.marginal(grid64), device, dtype)
     x = ctx.record(ctx.hold(x, 0))

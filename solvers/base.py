@@ -110,6 +110,7 @@ class Method:
     vp_only: bool = False                      # needs a VP-type SDE (``vp_type``)
     chain: bool = False                        # runs a discrete chain's grid to t = 0 (``sample(schedule=...)``)
     check: Callable[[SDE, int, dict], None] | None = None  # cross-option checks
+    own_noise: bool = False                    # draws its noise itself (a Brownian path), not by ``Context.noise``
 
     def bind(self, sde: SDE, steps: int, options: dict) -> dict:
         """Defaults filled in, each option checked; ValueError for unknown options or an SDE the
@@ -134,12 +135,13 @@ METHODS: dict[str, Method] = {}
 
 
 def register(name: str, kind: str, order: int | None, options: Mapping[str, Option] | None = None,
-             vp_only: bool = False, chain: bool = False, check: Callable[[SDE, int, dict], None] | None = None):
+             vp_only: bool = False, chain: bool = False, check: Callable[[SDE, int, dict], None] | None = None,
+             own_noise: bool = False):
     """Decorator registering ``fn(ctx, x, **options) -> x`` as sampler ``name``."""
     checks.one_of("kind", kind, ("sde", "ode"))
 
     def wrap(fn):
-        METHODS[name] = Method(name, fn, kind, order, dict(options or {}), vp_only, chain, check)
+        METHODS[name] = Method(name, fn, kind, order, dict(options or {}), vp_only, chain, check, own_noise)
         return fn
     return wrap
 
@@ -200,6 +202,7 @@ class Context:
     stepped: bool = False  # states are recorded at every grid time (set by ``loop``, ``record_outputs``)
     probes: list = field(default_factory=list)  # (grid index k, finite_probe(x at t_k)) per state
     known: Any = None  # an ``inpaint.Known`` when inpainting: its part is held after every step
+    draw: Callable[[torch.Tensor], torch.Tensor] | None = None  # ``sample(noise=...)``: the injected draws
 
     @property
     def steps(self) -> int:
@@ -225,8 +228,15 @@ class Context:
         return self.score(x, t.expand(x.shape[0]))
 
     def noise(self, x: torch.Tensor) -> torch.Tensor:
-        """z ~ N(0, I) shaped like x, drawn on x's device from the call's generator."""
-        return torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
+        """z ~ N(0, I) shaped like x: the next injected draw ``draw(x)`` (``sample(noise=...)``), else
+        drawn on x's device from the call's generator. Every fresh draw of every sampler is this call."""
+        if self.draw is None:
+            return torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
+        z = self.draw(x)
+        if not isinstance(z, torch.Tensor) or z.shape != x.shape:
+            got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"noise must return a tensor shaped like x, {tuple(x.shape)}; got {got}.")
+        return z.to(device=x.device, dtype=x.dtype)
 
     def loop(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """Yield (i, t_i, t_{i+1}) for i = 0..K-1 (0-dim device tensors; no host sync), with tqdm."""

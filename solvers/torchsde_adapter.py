@@ -37,7 +37,7 @@ class _Reversed:
         return self.rsde.diffusion(self.T - u).to(y.dtype).expand_as(y)
 
 
-@register("sde", "sde", None, {"solver": Option("euler", choice(*SOLVERS))})
+@register("sde", "sde", None, {"solver": Option("euler", choice(*SOLVERS))}, own_noise=True)
 def sde(ctx: Context, x: torch.Tensor, solver: str) -> torch.Tensor:
     """``torchsde.sdeint`` with ``solver`` in {euler, milstein, srk} and fixed
     dt = (T - eps)/steps on the uniform grid (srk uses the space-time Levy area). When inpainting,
