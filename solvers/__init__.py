@@ -52,7 +52,8 @@ def sample(score_fn: ScoreFn, sde: SDE | None = None, shape: Sequence[int] | int
     ``noise``, a callable x -> z, injects the draws instead: it is called once per fresh standard-normal
     draw, in step order, with the current state x, and returns z shaped like x (each stochastic method's
     docstring says which draws it makes per step). The prior sample is its first draw, x_T =
-    prior_std z, unless ``x_T`` is given. The same sequence of draws reproduces a peer's run exactly.
+    prior_std z, unless ``x_T`` is given; inpainting adds one draw per grid time, after the step's own, for
+    the known part. The same sequence of draws reproduces a peer's run exactly.
     ``inpaint = (mask, x_known)`` holds the known part (mask True or 1) by its forward marginal at
     every step and returns it exactly (``solvers.inpaint``; every method: ``ode`` and ``sde`` then
     integrate one grid interval per call).
