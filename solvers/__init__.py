@@ -99,7 +99,7 @@ def sample(score_fn: ScoreFn, sde: SDE | None = None, shape: Sequence[int] | int
     ctx = Context(sde, counter, grid64, checks.upload(grid64, device, dtype), generator, progress,
                   [] if return_trajectory else None, desc=name, draw=noise)
     if x_T is None and noise is not None:
-        x = sde.prior_std * ctx.noise(torch.empty(shape, device=device, dtype=dtype))
+        x = sde.prior_std * ctx.noise(torch.zeros(shape, device=device, dtype=dtype))
     elif x_T is None:
         x = sde.prior_sample(shape, generator=generator, device=device, dtype=dtype)
     else:
