@@ -52,7 +52,7 @@ def sample(score_fn: ScoreFn, sde: SDE | None = None, shape: Sequence[int] | int
     ``noise``, a callable x -> z, injects the draws instead: it is called once per fresh standard-normal
     draw, in step order, with the current state x, and returns z shaped like x (each stochastic method's
     docstring says which draws it makes per step). The prior sample is its first draw, x_T =
-    prior_std z, unless ``x_T`` is given; inpainting adds one draw per grid time, after the step's own, for
+    prior_std z, unless ``x_T`` is given (``generator`` is then refused: nothing would draw from it); inpainting adds one draw per grid time, after the step's own, for
     the known part. The same sequence of draws reproduces a peer's run exactly.
     ``inpaint = (mask, x_known)`` holds the known part (mask True or 1) by its forward marginal at
     every step and returns it exactly (``solvers.inpaint``; every method: ``ode`` and ``sde`` then
@@ -80,6 +80,8 @@ def sample(score_fn: ScoreFn, sde: SDE | None = None, shape: Sequence[int] | int
     if noise is not None and not callable(noise):
         raise TypeError(f"noise must be a callable x -> z (the next N(0, I) draw shaped like x) or None, "
                         f"got {type(noise).__name__}.")
+    if noise is not None and generator is not None:
+        raise ValueError("give noise= or generator=, not both: noise= makes every draw the generator would.")
     if noise is not None and spec.own_noise:
         raise ValueError(f"method {name!r} draws its own Brownian path and cannot take noise=; "
                          f"methods that can: {', '.join(n for n, m in METHODS.items() if not m.own_noise)}.")

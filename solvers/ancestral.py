@@ -95,7 +95,8 @@ def reverse_diffusion(ctx: Context, x: torch.Tensor) -> torch.Tensor:
     return ctx.run(x, reverse_diffusion_step(ctx))
 
 
-@register("ddim", "ode", 1, {"eta": Option(0.0, unit_interval), **grid_options()}, vp_only=True)
+@register("ddim", "ode", 1, {"eta": Option(0.0, unit_interval), **grid_options()}, vp_only=True,
+          noisy=lambda o: o["eta"] > 0)
 def ddim(ctx: Context, x: torch.Tensor, eta: float) -> torch.Tensor:
     """DDIM (Song, Meng & Ermon 2021, eq. 12) with x0_hat = (x_t + s_t^2 score)/m_t, eps_hat = -s_t score:
         x_s = m_s x0_hat + sqrt(s_s^2 - sigma^2) eps_hat + sigma z,  sigma = eta sqrt(G^2 s_s^2 / s_t^2),

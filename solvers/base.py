@@ -111,6 +111,19 @@ class Method:
     chain: bool = False                        # runs a discrete chain's grid to t = 0 (``sample(schedule=...)``)
     check: Callable[[SDE, int, dict], None] | None = None  # cross-option checks
     own_noise: bool = False                    # draws its noise itself (a Brownian path), not by ``Context.noise``
+    noisy: Callable[[dict], bool] | None = None  # for a kind "ode" method: whether these options add noise
+
+    def stochastic(self, options: Mapping[str, Any] | None = None) -> bool:
+        """Whether the method with these options (defaults filled in) draws noise along the way: kind
+        "sde", or a kind "ode" method whose ``noisy`` says so (DDIM with eta > 0, Heun with churn)."""
+        if self.kind == "sde":
+            return True
+        bound = {name: opt.default for name, opt in self.options.items()} | dict(options or {})
+        return self.noisy is not None and bool(self.noisy(bound))
+
+    def kind_of(self, options: Mapping[str, Any] | None = None) -> str:
+        """"sde" or "ode" for the method with these options (``stochastic``)."""
+        return "sde" if self.stochastic(options) else "ode"
 
     def bind(self, sde: SDE, steps: int, options: dict) -> dict:
         """Defaults filled in, each option checked; ValueError for unknown options or an SDE the
@@ -136,12 +149,13 @@ METHODS: dict[str, Method] = {}
 
 def register(name: str, kind: str, order: int | None, options: Mapping[str, Option] | None = None,
              vp_only: bool = False, chain: bool = False, check: Callable[[SDE, int, dict], None] | None = None,
-             own_noise: bool = False):
-    """Decorator registering ``fn(ctx, x, **options) -> x`` as sampler ``name``."""
+             own_noise: bool = False, noisy: Callable[[dict], bool] | None = None):
+    """Decorator registering ``fn(ctx, x, **options) -> x`` as sampler ``name``; ``noisy(options)``
+    tells for a kind "ode" method which options make it stochastic."""
     checks.one_of("kind", kind, ("sde", "ode"))
 
     def wrap(fn):
-        METHODS[name] = Method(name, fn, kind, order, dict(options or {}), vp_only, chain, check, own_noise)
+        METHODS[name] = Method(name, fn, kind, order, dict(options or {}), vp_only, chain, check, own_noise, noisy)
         return fn
     return wrap
 

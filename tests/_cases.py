@@ -137,8 +137,8 @@ def one_per_option(name: str, steps: int = 10) -> list[dict[str, Any]]:
 
 
 def is_stochastic(name: str, opts: dict) -> bool:
-    """Draws noise along the way: a kind "sde" method, or DDIM with eta > 0."""
-    return METHODS[name].kind == "sde" or float(opts.get("eta", 0.0)) > 0
+    """Draws noise along the way (``Method.stochastic``: kind "sde", or options that add noise)."""
+    return METHODS[name].stochastic(method_options(opts))
 
 
 def option_id(opts: dict) -> str:

@@ -68,3 +68,6 @@ def test_bad_noise_is_refused_in_one_line():
         solvers.sample(score, sde, (4, 2), "euler_maruyama", steps=3, noise=3)
     with pytest.raises(ValueError, match="draws its own Brownian path"):
         solvers.sample(score, sde, (4, 2), "sde", steps=3, noise=torch.randn_like)
+    with pytest.raises(ValueError, match="give noise= or generator=, not both"):
+        solvers.sample(score, sde, (4, 2), "euler_maruyama", steps=3, noise=torch.randn_like,
+                       generator=torch.Generator().manual_seed(0))

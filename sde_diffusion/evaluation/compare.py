@@ -52,7 +52,7 @@ class Variant:
     @property
     def kind(self) -> str:
         from solvers import METHODS
-        return METHODS[self.method].kind
+        return METHODS[self.method].kind_of(self.options)
 
 
 def parse_methods(text: str) -> list[Variant]:
