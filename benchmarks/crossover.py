@@ -1,0 +1,137 @@
+"""The SDE/ODE crossover at equal score evaluations (not a test).
+
+For each NFE budget B and each candidate sampler, the largest step count whose NFE is at most B (NFE is
+read from a dry run, never assumed); R repeats of ``compare`` (repeat r: the same prior seed for every
+sampler, its own held-out set); per sampler the mean ratio quality/floor with a Student-t 95% interval
+(R - 1 degrees of freedom). The best SDE and the best ODE sampler are those of lowest mean ratio; the
+verdict comes from the paired difference of their ratios over the repeats (same seeds, same held-out
+sets): "SDE ahead" or "ODE ahead" when its t interval excludes 0, else "not resolved".
+Candidates that are not registered (or not usable on the SDE) are skipped with a note.
+
+    python benchmarks/crossover.py --target gmm64 --repeats 5 --n 2000 --out benchmarks/results
+    python benchmarks/crossover.py --target shipped:digits_vp --repeats 5 --n 1000 --out benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+from pathlib import Path
+
+import torch
+from scipy import stats
+
+import solvers
+from sde_diffusion.evaluation.compare import Variant, analytic_target, model_target, run_compare
+
+BUDGETS = (10, 20, 50, 100, 200)
+# label -> (method, options): first order and higher order, on both sides
+CANDIDATES = {
+    "euler_maruyama": ("euler_maruyama", {}), "ancestral": ("ancestral", {}),
+    "reverse_diffusion": ("reverse_diffusion", {}), "pc": ("pc", {}), "ddim:eta=1": ("ddim", {"eta": 1.0}),
+    "heun:S_churn=40": ("heun", {"S_churn": 40.0, "S_tmin": 0.05, "S_tmax": 50.0, "S_noise": 1.003}),
+    "dpm_solver_sde": ("dpm_solver_sde", {}), "dpm_solver_sde:order=3": ("dpm_solver_sde", {"order": 3}),
+    "ddim": ("ddim", {}), "heun": ("heun", {}), "ode:solver=rk4": ("ode", {"solver": "rk4"}),
+    "dpm_solver": ("dpm_solver", {}), "dpm_solver:order=3": ("dpm_solver", {"order": 3}),
+    "unipc": ("unipc", {}), "unipc:order=3": ("unipc", {"order": 3}),
+}
+
+
+def usable(target, sde_name: str, label: str, notes: list[str]) -> Variant | None:
+    method, opts = CANDIDATES[label]
+    if method not in solvers.METHODS:
+        notes.append(f"{label}: not registered in this version.")
+        return None
+    try:
+        solvers.METHODS[method].bind(target.sdes[sde_name], 10, dict(opts))
+    except ValueError as e:
+        notes.append(f"{label}: skipped ({e})")
+        return None
+    return Variant(label, method, dict(opts))
+
+
+def steps_for(target, sde_name: str, v: Variant, budget: int) -> int | None:
+    """The largest step count with NFE <= budget, from two dry runs (NFE = a K + b for fixed-step rules)."""
+    sde, score = target.sdes[sde_name], target.score(target.sdes[sde_name])
+    nfe = lambda k: solvers.sample(score, sde, (2, *target.shape), v.method, k, **v.options).nfe  # noqa: E731
+    n1, n2 = nfe(2), nfe(4)
+    per, base = (n2 - n1) / 2, n1 - (n2 - n1)
+    k = int((budget - base) // per)
+    return k if k >= 1 and nfe(k) <= budget else None
+
+
+def interval(values: list[float]) -> tuple[float, float]:
+    """(mean, half-width of the Student-t 95% interval, R - 1 dof)."""
+    r = len(values)
+    mean = sum(values) / r
+    if r < 2:
+        return mean, math.inf
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (r - 1))
+    return mean, float(stats.t.ppf(0.975, r - 1)) * sd / math.sqrt(r)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--target", default="gmm64", help="an analytic preset (gmm64) or a model source (shipped:digits_vp)")
+    ap.add_argument("--sde", default="vp")
+    ap.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args(argv)
+    dev = torch.device(a.device)
+    if ":" in a.target:
+        from sde_diffusion import load
+        target = model_target(load(a.target, device=dev), dev, a.n, a.seed)
+    else:
+        target = analytic_target(a.target, a.sde, a.n, dev, a.seed)
+    sde_name = next(iter(target.sdes))
+    notes: list[str] = list(target.notes)
+    variants = [v for v in (usable(target, sde_name, lab, notes) for lab in CANDIDATES) if v is not None]
+    lines = [f"# SDE/ODE crossover on {target.name} ({sde_name}), metric {target.metric}/floor",
+             "", f"R = {a.repeats} repeats of n = {target.n}; Student-t 95% intervals (R - 1 dof); "
+             f"torch {torch.__version__}, python {platform.python_version()}, sde-diffusion "
+             f"{__import__('importlib.metadata').metadata.version('sde-diffusion')}.", "",
+             "| NFE | best SDE | ratio | best ODE | ratio | SDE - ODE | verdict |", "|---|---|---|---|---|---|---|"]
+    detail = ["", "Every sampler; the last column is its wall time per NFE over euler_maruyama's (solver overhead).", "",
+              "| NFE | sampler | kind | steps | nfe | ratio | wall/NFE vs EM |", "|---|---|---|---|---|---|---|"]
+    for budget in a.budgets:
+        per: dict[str, tuple[str, list[float], int, int]] = {}
+        wall: dict[str, float] = {}  # wall seconds per score evaluation, mean over repeats
+        for v in variants:
+            k = steps_for(target, sde_name, v, budget)
+            if k is None:
+                continue
+            rows, _ = run_compare(target, [(sde_name, v)], [k], a.n, dev, repeats=a.repeats, seed=a.seed,
+                                  progress=False)
+            per[v.label] = (v.kind, [r["ratio"] for r in rows], k, rows[0]["nfe"])
+            wall[v.label] = sum(r["wall_s"] / r["nfe"] for r in rows) / len(rows)
+        for label, (kind, ratios, k, nfe) in per.items():
+            m, hw = interval(ratios)
+            rel = wall[label] / wall["euler_maruyama"] if "euler_maruyama" in wall else math.nan
+            detail.append(f"| {budget} | {label} | {kind} | {k} | {nfe} | {m:.3f} ± {hw:.3f} | {rel:.2f} |")
+        best = {}
+        for side in ("sde", "ode"):
+            cands = [(interval(r)[0], lab) for lab, (kind, r, _, _) in per.items() if kind == side]
+            best[side] = min(cands)[1] if cands else None
+        if None in best.values():
+            lines.append(f"| {budget} | {best['sde']} | | {best['ode']} | | | not resolved (one side missing) |")
+            continue
+        rs, ro = per[best["sde"]][1], per[best["ode"]][1]
+        d, hw = interval([x - y for x, y in zip(rs, ro)])
+        verdict = "SDE ahead" if d + hw < 0 else "ODE ahead" if d - hw > 0 else "not resolved"
+        fmt = lambda r: "%.3f ± %.3f" % interval(r)  # noqa: E731
+        lines.append(f"| {budget} | {best['sde']} | {fmt(rs)} | {best['ode']} | {fmt(ro)} | {d:+.3f} ± {hw:.3f} | {verdict} |")
+    text = "\n".join(lines + detail + ([""] + [f"- {n}" for n in notes] if notes else [])) + "\n"
+    print(text)
+    if a.out is not None:
+        a.out.mkdir(parents=True, exist_ok=True)
+        name = a.target.replace(":", "_")
+        (a.out / f"crossover_{name}.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
