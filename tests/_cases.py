@@ -64,6 +64,10 @@ VALUES: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("ddim", "rho"): [{"grid": "edm", "rho": 3.0}],        # rho shapes the edm grid only
     ("dpm_solver", "rho"): [{"grid": "edm", "rho": 3.0}],
     ("heun", "rho"): [{"rho": 3.0}],                        # heun's default grid is edm
+    ("heun", "S_churn"): [{"S_churn": 5.0}],                 # Algorithm 2 (stochastic)
+    ("heun", "S_tmin"): [{"S_churn": 5.0, "S_tmin": 0.05}],  # the window needs churn on
+    ("heun", "S_tmax"): [{"S_churn": 5.0, "S_tmax": 10.0}],
+    ("heun", "S_noise"): [{"S_churn": 5.0, "S_noise": 1.007}],
     ("ode", "rho"): [{"solver": "rk4", "grid": "edm", "rho": 3.0}],
     ("ode", "rtol"): [{"solver": "bosh3", "rtol": 1e-3, "atol": 1e-3}],
     ("ode", "atol"): [],                                    # given with rtol above
