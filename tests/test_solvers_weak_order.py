@@ -54,20 +54,21 @@ def test_weak_order(method, options, sde, order, steps):
 
 @pytest.mark.slow
 def test_sde_torchsde_monte_carlo():
-    """torchsde's euler on 1-D VP data by Monte Carlo: the error at 10 steps exceeds that at 40 by
-    about the first-order factor; common seed, 2e5 samples (variance noise ~ 3e-3)."""
+    """torchsde's euler on 1-D VP data by Monte Carlo (4e5 samples, seed 0 per run): weak order 1
+    over 20, 40, 80 steps (measured slope about 1.2; sampling noise of the variance about 8e-4 at 80
+    steps, against an error of about 5e-3)."""
     from solvers import sample
     from _weak import gaussian_score, target
     mu, s0 = torch.tensor([0.5], dtype=F64), torch.tensor([0.5], dtype=F64)
     sde, cf = SDES["vp"]
     m_ref, v_ref = target(cf, EPS, mu, s0)
-    errs = []
-    for n in (5, 20):
+    steps, errs = [20, 40, 80], []
+    for n in steps:
         g = torch.Generator().manual_seed(0)
-        x = sample(gaussian_score(cf, mu, s0), sde, (200_000, 1), "sde", n, eps=EPS, denoise=False,
+        x = sample(gaussian_score(cf, mu, s0), sde, (400_000, 1), "sde", n, eps=EPS, denoise=False,
                    dtype=F64, generator=g).x
         errs.append(max(abs(x.mean() - m_ref).item(), abs(x.var() - v_ref).item()))
-    assert errs[1] < errs[0] / 2, errs
+    assert abs(slope(steps, errs) - 1) <= TOL, errs
 
 
 def test_every_stochastic_method_has_a_case():
