@@ -72,7 +72,8 @@ def ancestral(ctx: Context, x: torch.Tensor, variance: str) -> torch.Tensor:
     chain-trained model's own eps, and z = 0 at the last step, which lands on the data (no Tweedie step):
     its variance, beta_tilde'_1 = 0 (which DDPM's and iDDPM's code clip to beta_tilde'_2 where a log
     variance needs it, as ``vlb`` does), is never used.
-    Draws: one z per step (none at a chain's last step)."""
+    Draws: one z per step (none at a chain's last step).
+    Weak order 1 (tests/test_solvers_weak_order.py)."""
     return ctx.run(x, ancestral_step(ctx, variance))
 
 
@@ -91,7 +92,8 @@ def reverse_diffusion_step(ctx: Context):
 def reverse_diffusion(ctx: Context, x: torch.Tensor) -> torch.Tensor:
     """The reverse-diffusion predictor (Song et al. 2021, eq. 46), ``ReverseSDE.discretize`` tabulated:
         x_s = x_t - f_i + G_i^2 score(x_t, t) + G_i z,   f_i = (a - 1) x_t,
-    with the transition's (a, G) from t_{i+1} to t_i, once for all steps. Draws: one z per step."""
+    with the transition's (a, G) from t_{i+1} to t_i, once for all steps. Draws: one z per step.
+    Weak order 1 (tests/test_solvers_weak_order.py)."""
     return ctx.run(x, reverse_diffusion_step(ctx))
 
 
@@ -101,7 +103,8 @@ def ddim(ctx: Context, x: torch.Tensor, eta: float) -> torch.Tensor:
     """DDIM (Song, Meng & Ermon 2021, eq. 12) with x0_hat = (x_t + s_t^2 score)/m_t, eps_hat = -s_t score:
         x_s = m_s x0_hat + sqrt(s_s^2 - sigma^2) eps_hat + sigma z,  sigma = eta sqrt(G^2 s_s^2 / s_t^2),
     i.e. x_s = A x_t + B score + sigma z. eta = 0 is deterministic; eta = 1 is ancestral (beta_tilde).
-    Draws: one z per step when eta > 0, none at eta = 0."""
+    Draws: one z per step when eta > 0, none at eta = 0.
+    Weak order 1 (tests/test_solvers_weak_order.py) when eta > 0."""
     _, s = ctx.marginals()
     a, G = ctx.sde.transition(ctx.grid64[1:], ctx.grid64[:-1])
     sigma = eta * G * s[1:] / s[:-1]

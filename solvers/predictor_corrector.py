@@ -38,7 +38,8 @@ def pc(ctx: Context, x: torch.Tensor, predictor: str, corrector: str, snr: float
     """Each step: the predictor moves x from t_i to t_{i+1}, then ``corrector_steps`` Langevin steps
     at t_{i+1} with alpha = a_i^2 = (m(t_i)/m(t_{i+1}))^2 (1 - beta_i for VP, 1 for VE). Predictor
     ``none`` + ``langevin`` is annealed Langevin dynamics (NCSN, Song & Ermon 2019) on levels t_1..t_K.
-    Draws per step: the predictor's one z, then one z per corrector step."""
+    Draws per step: the predictor's one z, then one z per corrector step.
+    Weak order 1 with corrector none (tests/test_solvers_weak_order.py); none stated with langevin."""
     predict = PREDICTORS[predictor](ctx) if predictor != "none" else None
     alpha = ctx.cast(ctx.sde.transition(ctx.grid64[1:], ctx.grid64[:-1])[0].square())
 

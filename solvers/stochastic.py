@@ -23,5 +23,6 @@ def euler_maruyama(ctx: Context, x: torch.Tensor) -> torch.Tensor:
     """Euler-Maruyama backwards in time, dt = t_i - t_{i+1} > 0 (Song et al. 2021, appendix):
         x_{i+1} = x_i - [f(t_i) x_i - g(t_i)^2 score(x_i, t_i)] dt + g(t_i) sqrt(dt) z,
     the reverse drift f - g^2 score (``reverse.drift_coefs``) tabulated once at the grid times.
-    Draws: one z per step."""
+    Draws: one z per step.
+    Weak order 1 (tests/test_solvers_weak_order.py)."""
     return ctx.run(x, euler_maruyama_step(ctx))

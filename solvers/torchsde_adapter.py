@@ -43,7 +43,8 @@ def sde(ctx: Context, x: torch.Tensor, solver: str) -> torch.Tensor:
     dt = (T - eps)/steps on the uniform grid (srk uses the space-time Levy area). When inpainting,
     one ``sdeint`` call per grid interval on the same Brownian path, the known part held in between.
     torchsde synchronises with the host (its Brownian interval searches times there), as does drawing
-    the path's seed from ``generator``; the drift and diffusion themselves do not."""
+    the path's seed from ``generator``; the drift and diffusion themselves do not.
+    Weak order 1 with euler (tests/test_solvers_weak_order.py, Monte Carlo)."""
     u = ctx.sde.T - ctx.grid  # ascending from 0 to T - eps
     times = u if ctx.trajectory is not None else u[[0, -1]]
     y0 = rearrange(x, "n ... -> n (...)")
