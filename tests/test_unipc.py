@@ -82,3 +82,48 @@ def test_unipc_is_the_papers_algorithm(order, variant, corrector):
 def test_defaults_are_order_2_bh2_with_corrector():
     x = start()
     torch.testing.assert_close(run("unipc", SDE_VP, GRID, x), _reference(x, 2, "bh2", True), **TOL)
+
+
+@pytest.mark.parametrize("variant, order, corrector", [(v, o, True) for v in ("bh1", "bh2") for o in (2, 3)]
+                         + [("bh2", 3, False), ("bh1", 2, False)])
+def test_unipc_is_diffusers_unipc_multistep_scheduler(variant, order, corrector):
+    """UniPCMultistepScheduler(predict_x0=True, solver_type=variant, solver_order=order,
+    timestep_spacing="trailing", lower_order_final=False) with 10 timesteps 999, 899, .., 99 of N = 1000
+    (scaled_linear, our float64 table installed) against ``unipc`` on the knots t = (k+1)/N = 1.0, ..,
+    0.1 (``grid="uniform"``, 9 steps, no denoising): diffusers' first 9 ``step`` calls. Call k evaluates at t_k, corrects
+    x_k with that evaluation (none at k = 0) and predicts x_(k+1), so after 9 calls it holds the
+    uncorrected x at t = 0.1, as ours (whose last step has no corrector). lower_order_final=False keeps
+    diffusers from lowering the order on its last steps (ours never does); disable_corrector=[] (the
+    default) for corrector=True, every step index for corrector=False (UniP alone). set_timesteps's float32 sigmas are replaced by float64 ones (measured gap with float32
+    sigmas: 1e-7). Its 10th call, to final sigma 0, is not compared: with order > 1 it extrapolates to
+    lambda = inf.
+    Measured gap ~7e-16 relative (orders 1-2, corrector on and off)."""
+    diffusers = pytest.importorskip("diffusers")
+    from test_diffusers import float64_tables, relative_gap, tiny_unet
+    from sde_diffusion.models.diffusers_adapter import from_diffusers
+    import solvers
+    unet = tiny_unet()
+    sched = diffusers.UniPCMultistepScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                              beta_schedule="scaled_linear", solver_order=order,
+                                              solver_type=variant, predict_x0=True, lower_order_final=False,
+                                              timestep_spacing="trailing",
+                                              disable_corrector=[] if corrector else list(range(10)))
+    model = from_diffusers(unet, sched)
+    float64_tables(sched, model.sde)
+    sched.set_timesteps(10)
+    assert sched.timesteps.tolist() == list(range(999, 0, -100))
+    # set_timesteps rounds its sigmas to float32: install the float64 ones, ((1 - abar)/abar)^(1/2)
+    abar = sched.alphas_cumprod[sched.timesteps]
+    sig = torch.cat([((1 - abar) / abar).sqrt(), sched.sigmas[-1:].double()])
+    torch.testing.assert_close(sched.sigmas.double(), sig, rtol=2**-23, atol=0)
+    sched.sigmas = sig
+    x_T = torch.randn(2, 1, 8, 8, dtype=F64, generator=torch.Generator().manual_seed(1))
+    x = x_T
+    with torch.no_grad():
+        for k in sched.timesteps[:-1]:
+            x = sched.step(unet(x, k).sample, k, x).prev_sample
+        ours = solvers.sample(model, model.sde, x_T.shape, "unipc", 9, eps=0.1, x_T=x_T, dtype=F64,
+                              denoise=False, grid="uniform", order=order, variant=variant,
+                              corrector=corrector)
+    assert ours.nfe == 9
+    assert relative_gap(ours.x, x) < 1e-10
