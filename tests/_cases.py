@@ -63,6 +63,7 @@ VALUES: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("ddim", "eta"): [{"eta": 1.0}],
     ("ddim", "rho"): [{"grid": "edm", "rho": 3.0}],        # rho shapes the edm grid only
     ("dpm_solver", "rho"): [{"grid": "edm", "rho": 3.0}],
+    ("unipc", "rho"): [{"grid": "edm", "rho": 3.0}],
     ("heun", "rho"): [{"rho": 3.0}],                        # heun's default grid is edm
     ("heun", "S_churn"): [{"S_churn": 5.0}],                 # Algorithm 2 (stochastic)
     ("heun", "S_tmin"): [{"S_churn": 5.0, "S_tmin": 0.05}],  # the window needs churn on
@@ -85,6 +86,7 @@ COMBOS: dict[str, list[dict[str, Any]]] = {
     "dpm_solver": [{"order": 3, "multistep": False}, {"order": 3, "variant": "dpm_solver"},
                    {"order": 2, "multistep": False, "solver_type": "heun"}],
     "pc": [{"corrector": "none", "predictor": "ancestral"}],
+    "unipc": [{"order": 3, "variant": "bh1"}, {"order": 3, "corrector": False}],
     "ode": [{"solver": "euler", "grid": "edm"}],
 }
 

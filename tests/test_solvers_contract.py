@@ -28,7 +28,8 @@ def _expected_nfe(method: str, opts: dict, steps: int) -> int | None:
     adaptive, or torchsde's own count). Ancestral on a DDPM chain (``schedule=``) ends at x_0 itself:
     no Tweedie step."""
     o = METHODS[method].bind(SubVPSDE(), steps, {k: v for k, v in opts.items() if k != "schedule"})
-    per_step = {"ancestral": 1, "reverse_diffusion": 1, "euler_maruyama": 1, "ddim": 1, "heun": 2}.get(method)
+    per_step = {"ancestral": 1, "reverse_diffusion": 1, "euler_maruyama": 1, "ddim": 1, "heun": 2,
+                "unipc": 1}.get(method)
     if method == "pc":
         per_step = (o["predictor"] != "none") + (o["corrector"] != "none") * o["corrector_steps"]
     elif method == "dpm_solver":
@@ -41,7 +42,7 @@ def _expected_nfe(method: str, opts: dict, steps: int) -> int | None:
 
 def test_available_lists_every_method():
     assert sorted(available()) == sorted(["ancestral", "reverse_diffusion", "euler_maruyama", "pc", "ode",
-                                          "sde", "ddim", "heun", "dpm_solver"])
+                                          "sde", "ddim", "heun", "dpm_solver", "unipc"])
 
 
 @pytest.mark.parametrize("variance", ["beta", "beta_tilde"])
@@ -212,6 +213,8 @@ def _never(x, t):
     (VPSDE(), "heun", {"grid": "cosine"}, "allowed: uniform, edm, logsnr"),
     (VESDE(), "ddim", {}, "needs a VP-type SDE"),
     (VESDE(), "dpm_solver", {}, "needs a VP-type SDE"),
+    (VESDE(), "unipc", {}, "needs a VP-type SDE"),
+    (VPSDE(), "unipc", {"variant": "bh3"}, "allowed: bh2, bh1"),
     (VPSDE(), "ancestral", {"schedule": DDPMSchedule(T=100)}, "steps must equal T = 100"),
     (VPSDE(), "ancestral", {"schedule": "linear"}, "DDPMSchedule"),
     (VESDE(), "ancestral", {"schedule": DDPMSchedule(T=10)}, "prior N\\(0, I\\)"),
@@ -240,7 +243,7 @@ def test_score_of_wrong_shape_is_reported():
 
 def test_registry_declares_capabilities():
     assert {m.kind for m in METHODS.values()} == {"sde", "ode"}
-    assert {n for n, m in METHODS.items() if m.vp_only} == {"ddim", "dpm_solver"}
+    assert {n for n, m in METHODS.items() if m.vp_only} == {"ddim", "dpm_solver", "unipc"}
 
 
 def test_adaptive_ode_steps_set_the_tolerance():

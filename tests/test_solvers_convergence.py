@@ -51,6 +51,17 @@ CASES = [  # (id, method, options, nominal order, {grid: steps}); None is the me
     # of its first-order first step shows): checked on two grids with unequal steps instead
     ("dpm3M", DPM, {"order": 3, "variant": "dpm_solver"}, 3, {"edm": LONG, "edm-rho15": [160, 320, 640]}),
     ("dpm3S", DPM, {"order": 3, "multistep": False, "variant": "dpm_solver"}, 3, {None: LONG, "edm": LONG}),
+    # UniPC: UniP-p alone has order p; the corrector UniC raises it to p + 1 (Zhao et al. 2023,
+    # Theorem 3.3), the last step's uncorrected predictor only adding one local O(h^(p+1)) error
+    ("unipc1-P", "unipc", {"order": 1, "corrector": False}, 1, {None: SHORT, "edm": SHORT}),
+    ("unipc2-P", "unipc", {"order": 2, "corrector": False}, 2, {None: SHORT, "edm": LONG}),
+    ("unipc3-P", "unipc", {"order": 3, "corrector": False}, 3, {None: LONG, "edm": LONG}),
+    ("unipc1", "unipc", {"order": 1}, 2, {None: SHORT, "edm": SHORT}),
+    ("unipc2", "unipc", {}, 3, {None: SHORT, "edm": SHORT}),
+    ("unipc2-bh1", "unipc", {"order": 2, "variant": "bh1"}, 3, {None: LONG, "edm": LONG}),
+    # the default grid's local orders 3.5, 3.8, 3.9, 4.0 from 40 to 640 steps settle late
+    ("unipc3", "unipc", {"order": 3}, 4, {None: [160, 320, 640], "edm": SHORT}),
+    ("unipc3-bh1", "unipc", {"order": 3, "variant": "bh1"}, 4, {None: [160, 320, 640], "edm": SHORT}),
 ]
 
 
