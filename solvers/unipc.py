@@ -38,7 +38,7 @@ def _g(hh: float, n: int) -> float:
     return phi * math.factorial(n)
 
 
-def _weights(rks: list[float], hh: float, bh: float, p: int, special: float | None) -> list[float]:
+def _weights(rks: list[float], hh: float, bh: float, special: float | None) -> list[float]:
     """Solve sum_k w_k r_k^(n-1) = g_n / B(h), n = 1..len(rks) (or the fixed 1/2 when ``special``)."""
     if special is not None:
         return [special]
@@ -63,12 +63,12 @@ def _tables(lam: torch.Tensor, m: torch.Tensor, s: torch.Tensor, order: int, var
         mb, c0 = m_[i + 1], -m_[i + 1] * math.expm1(hh)
         rks = [(lam_[i - k] - lam_[i]) / h for k in range(1, p)]
         # predictor: y_i c0 - mb bh sum_k a_k (y_(i-k) - y_i) / r_k
-        a = _weights(rks, hh, bh, p, 0.5 if p == 2 else None) if p > 1 else []
+        a = _weights(rks, hh, bh, 0.5 if p == 2 else None) if p > 1 else []
         P[i, 0] = c0 + mb * bh * sum(ak / r for ak, r in zip(a, rks))
         for k, (ak, r) in enumerate(zip(a, rks), 1):
             P[i, k] = -mb * bh * ak / r
         # corrector: as the predictor, plus c_p (y_(i+1) - y_i)
-        c = _weights(rks + [1.0], hh, bh, p, 0.5 if p == 1 else None)
+        c = _weights(rks + [1.0], hh, bh, 0.5 if p == 1 else None)
         C[i, 0] = -mb * bh * c[-1]
         C[i, 1] = c0 + mb * bh * (sum(ck / r for ck, r in zip(c, rks)) + c[-1])
         for k, (ck, r) in enumerate(zip(c, rks), 1):
