@@ -108,3 +108,58 @@ def test_one_draw_per_step():
         d = Draws(x.shape)
         run_ours(sde, GRID, x, d, eta=eta)
         assert d.k == len(GRID) - 1
+
+
+# -- 2. diffusers parity -------------------------------------------------------------------------------
+class _Float64Torch:
+    """diffusers' DPMSolverMultistepScheduler.step upcasts the sample to ``torch.float32``; this stand-in
+    for its module's ``torch`` reads float32 as float64 so the parity runs in float64 throughout."""
+
+    def __init__(self, torch_module):
+        self._torch = torch_module
+        self.float32 = torch_module.float64
+
+    def __getattr__(self, name):
+        return getattr(self._torch, name)
+
+
+@pytest.mark.parametrize("solver_type", ["midpoint", "heun"])
+def test_is_diffusers_sde_dpmsolver_pp(monkeypatch, solver_type):
+    """DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++", solver_order=2) needs
+    timestep_spacing="trailing" (timesteps 999, 899, .., 99 of N = 1000 = our knots t = (k+1)/N),
+    final_sigmas_type="sigma_min" (its last step lands on timestep 0's sigma = our t = 1/N, not on 0),
+    lower_order_final=False and euler_at_final=False (else its last step is first order), and
+    use_karras_sigmas etc. off. Its draws (``randn_tensor``) are replaced by our injected sequence; its
+    float32 upcast by float64 (``_Float64Torch``). diffusers is eta = 1. Order 3 is not compared:
+    diffusers' third-order SDE update has D2's coefficient alpha((1 - e^{-2h} - 2h)/(2h)^2 - 1/2), which is
+    O(1), against k-diffusion's and the ODE's -alpha(phi2/H - 1/2) (+1/2 there); we follow k-diffusion."""
+    diffusers = pytest.importorskip("diffusers")
+    from diffusers.schedulers import scheduling_dpmsolver_multistep as mod
+    from sde_diffusion.models.diffusers_adapter import from_diffusers
+    from test_diffusers import float64_tables, relative_gap, tiny_unet
+
+    unet = tiny_unet()
+    sched = diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        algorithm_type="sde-dpmsolver++", solver_order=2, solver_type=solver_type, timestep_spacing="trailing",
+        final_sigmas_type="sigma_min", lower_order_final=False, euler_at_final=False)
+    model = from_diffusers(unet, sched)
+    float64_tables(sched, model.sde)
+    monkeypatch.setattr(mod, "torch", _Float64Torch(torch))
+    sched.set_timesteps(10)
+    abar = sched.alphas_cumprod[torch.cat([sched.timesteps, torch.zeros(1, dtype=torch.long)])]
+    sched.sigmas = ((1 - abar) / abar).sqrt()  # set_timesteps stores them as float32
+    shape = (2, 1, 8, 8)
+    x_T = torch.randn(shape, dtype=F64, generator=torch.Generator().manual_seed(1))
+    theirs = Draws(shape)
+    monkeypatch.setattr(mod, "randn_tensor", lambda *a, **k: theirs(None))
+    x = x_T
+    with torch.no_grad():
+        for k in sched.timesteps:
+            x = sched.step(unet(x, k).sample, k, x).prev_sample
+        grid = torch.tensor([(int(k) + 1) / 1000 for k in sched.timesteps] + [1 / 1000], dtype=F64)
+        spec = METHODS["dpm_solver_sde"]
+        ctx = Context(model.sde, CountingScore(model), grid.clone(), grid.clone(), None, draw=Draws(shape))
+        ours = spec.fn(ctx, x_T.clone(), order=2, solver_type=solver_type, eta=1.0)
+    assert theirs.k == 10 and ctx.score.nfe == 10
+    assert relative_gap(ours, x) < 1e-10
