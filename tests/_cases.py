@@ -63,6 +63,8 @@ VALUES: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("ddim", "eta"): [{"eta": 1.0}],
     ("ddim", "rho"): [{"grid": "edm", "rho": 3.0}],        # rho shapes the edm grid only
     ("dpm_solver", "rho"): [{"grid": "edm", "rho": 3.0}],
+    ("dpm_solver_sde", "eta"): [{"eta": 0.5}],
+    ("dpm_solver_sde", "rho"): [{"grid": "edm", "rho": 3.0}],
     ("unipc", "rho"): [{"grid": "edm", "rho": 3.0}],
     ("heun", "rho"): [{"rho": 3.0}],                        # heun's default grid is edm
     ("heun", "S_churn"): [{"S_churn": 5.0}],                 # Algorithm 2 (stochastic)
@@ -85,6 +87,7 @@ CHAIN: dict[str, Any] = {"schedule": lambda steps: DDPMSchedule(T=steps)}
 COMBOS: dict[str, list[dict[str, Any]]] = {
     "dpm_solver": [{"order": 3, "multistep": False}, {"order": 3, "variant": "dpm_solver"},
                    {"order": 2, "multistep": False, "solver_type": "heun"}],
+    "dpm_solver_sde": [{"order": 3, "solver_type": "heun"}],
     "pc": [{"corrector": "none", "predictor": "ancestral"}],
     "unipc": [{"order": 3, "variant": "bh1"}, {"order": 3, "corrector": False}],
     "ode": [{"solver": "euler", "grid": "edm"}],

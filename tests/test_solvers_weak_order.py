@@ -23,6 +23,7 @@ import torch
 import _cases
 from _closed_forms import F64, SDES
 from _weak import output_law, slope, weak_error
+from solvers import METHODS
 
 EPS, TOL = 1e-2, 0.3
 LOW, HIGH = [20, 40, 80, 160], [40, 80, 160, 320]
@@ -40,6 +41,11 @@ CASES = [
     ("pc-rd-vp", "pc", {"corrector": "none"}, "vp", 1, {"low": LOW, "high": HIGH}),
     ("pc-em-vp", "pc", {"predictor": "euler_maruyama", "corrector": "none"}, "vp", 1, {"low": LOW, "high": HIGH}),
     ("pc-anc-ve", "pc", {"predictor": "ancestral", "corrector": "none"}, "ve", 1, {"low": LOW, "high": HIGH}),
+    # S_churn / N shrinks the churn as N grows, so Heun's order 2 shows (tests/test_heun_churn.py)
+    ("heun-churn10-vp", "heun", {"S_churn": 10.0}, "vp", 2, {"edm": [16, 32, 64]}),
+    ("dpmpp2m-sde-vp", "dpm_solver_sde", {}, "vp", 2, {"logsnr": [40, 80, 160]}),
+    ("dpmpp2m-sde-heun-ve", "dpm_solver_sde", {"solver_type": "heun"}, "ve", 2, {"logsnr": [40, 80, 160]}),
+    ("dpmpp3m-sde-vp", "dpm_solver_sde", {"order": 3, "solver_type": "heun"}, "vp", 2, {"logsnr": [40, 80, 160]}),
 ]
 PARAMS = [pytest.param(m, o, s, k, steps, id=f"{cid}-{rng}")
           for cid, m, o, s, k, ranges in CASES for rng, steps in ranges.items()]
@@ -73,6 +79,6 @@ def test_sde_torchsde_monte_carlo():
 
 def test_every_stochastic_method_has_a_case():
     covered = {c[1] for c in CASES} | {"sde"}                  # sde: the Monte Carlo test
-    need = set(_cases.stochastic()) | {"ddim"}                 # ddim with eta > 0
+    need = set(_cases.stochastic()) | {n for n, m in METHODS.items() if m.noisy is not None}  # ddim eta, heun churn
     assert not sorted(need - covered), f"stochastic samplers without a weak-order case: {sorted(need - covered)}"
     assert any(c[1] == "ddim" and c[2].get("eta", 0) > 0 for c in CASES)
