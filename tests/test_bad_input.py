@@ -213,7 +213,7 @@ def test_refused_with_one_sentence(call, error, match):
 
 def test_methods_declare_what_they_refuse():
     """The should-fail matrix of test_solvers_contract is driven by these declarations."""
-    assert {name for name, m in METHODS.items() if m.vp_only} == {"ddim", "dpm_solver"}
+    assert {name for name, m in METHODS.items() if m.vp_only} == {"ddim", "dpm_solver", "unipc"}
     with pytest.raises(ValueError, match=r"^method 'ddim' needs a VP-type SDE .* got VESDE\.$"):
         sample(_never, get_sde("ve"), (2, 2), "ddim", 5)
 

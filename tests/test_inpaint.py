@@ -76,7 +76,8 @@ def test_adaptive_ode_imputation_agrees_with_the_marginal_run():
 
 
 # (not pc: its Langevin step size uses norms over all coordinates, which couples x1 into x2's steps)
-STOCHASTIC_CASES = [("euler_maruyama", {}), ("reverse_diffusion", {}), ("ancestral", {}), ("sde", {}), ("sde", {"solver": "srk"})]
+STOCHASTIC_CASES = [("euler_maruyama", {}), ("reverse_diffusion", {}), ("ancestral", {}), ("sde", {}), ("sde", {"solver": "srk"}),
+                    ("dpm_solver_sde", {})]
 
 
 def test_every_stochastic_method_but_pc_has_a_marginal_law_case():

@@ -46,6 +46,8 @@ CASES = [
     ("heun", {}, 30, 30),
     ("dpm_solver", {"order": 2}, 20, 20),
     ("dpm_solver", {"order": 3, "multistep": False}, 10, 10),
+    ("dpm_solver_sde", {}, 50, 50),
+    ("unipc", {}, 20, 20),
 ]
 
 

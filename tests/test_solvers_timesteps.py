@@ -49,4 +49,5 @@ def test_default_grids():
     """Uniform by default; Heun uses the EDM schedule of Karras et al., DPM-Solver uniform log-SNR
     (its paper's recommendation for few steps)."""
     defaults = {n: m.options["grid"].default for n, m in METHODS.items() if "grid" in m.options}
-    assert defaults == {"ddim": "uniform", "ode": "uniform", "heun": "edm", "dpm_solver": "logsnr"}
+    assert defaults == {"ddim": "uniform", "ode": "uniform", "heun": "edm", "dpm_solver": "logsnr",
+                        "dpm_solver_sde": "logsnr", "unipc": "logsnr"}
