@@ -9,7 +9,9 @@ sets): "SDE ahead" or "ODE ahead" when its t interval excludes 0, else "not reso
 Candidates that are not registered (or not usable on the SDE) are skipped with a note.
 
     python benchmarks/crossover.py --target gmm64 --repeats 5 --n 2000 --out benchmarks/results
-    python benchmarks/crossover.py --target shipped:digits_vp --repeats 5 --n 1000 --out benchmarks/results
+    python benchmarks/crossover.py --target shipped:digits_vp --repeats 5 --n 500 --out benchmarks/results
+    sde-diffusion train --config configs/toy_vp.yaml --out runs/toy_vp      # the toy edm model (ring)
+    python benchmarks/crossover.py --target runs/toy_vp --repeats 5 --n 2000 --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def interval(values: list[float]) -> tuple[float, float]:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--target", default="gmm64", help="an analytic preset (gmm64) or a model source (shipped:digits_vp)")
+    ap.add_argument("--target", default="gmm64", help="an analytic preset (gmm64) or a model source (shipped:digits_vp, a run folder)")
     ap.add_argument("--sde", default="vp")
     ap.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
     ap.add_argument("--repeats", type=int, default=5)
@@ -83,7 +85,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
     dev = torch.device(a.device)
-    if ":" in a.target:
+    if ":" in a.target or Path(a.target).exists():
         from sde_diffusion import load
         target = model_target(load(a.target, device=dev), dev, a.n, a.seed)
     else:
@@ -129,7 +131,7 @@ def main(argv=None) -> None:
     print(text)
     if a.out is not None:
         a.out.mkdir(parents=True, exist_ok=True)
-        name = a.target.replace(":", "_")
+        name = a.target.replace(":", "_") if ":" in a.target else Path(a.target).name
         (a.out / f"crossover_{name}.md").write_text(text)
 
 

@@ -32,6 +32,9 @@ VARIANTS = {
     "ode-rk4": ("ode", {"solver": "rk4"}), "ode-dopri5": ("ode", {"solver": "dopri5"}), "ddim": ("ddim", {}),
     "heun": ("heun", {}), "dpm_solver-2M": ("dpm_solver", {"order": 2}),
     "dpm_solver-3S": ("dpm_solver", {"order": 3, "multistep": False}),
+    "heun-churn40": ("heun", {"S_churn": 40.0, "S_tmin": 0.05, "S_tmax": 50.0, "S_noise": 1.003}),
+    "dpm_solver_sde-2M": ("dpm_solver_sde", {}), "dpm_solver_sde-3M": ("dpm_solver_sde", {"order": 3}),
+    "unipc-bh2": ("unipc", {}), "unipc-bh1-3": ("unipc", {"order": 3, "variant": "bh1"}),
 }
 DOPRI_TOL = {10: 1e-1, 20: 1e-2, 50: 1e-3, 100: 1e-4, 200: 1e-5, 500: 1e-6, 1000: 1e-7}
 FIELDS = ["data", "sde", "sampler", "kind", "steps", "nfe", "sw2", "floor", "ratio", "nll_gap", "wall_s",
@@ -73,7 +76,7 @@ def run_one(gm, sde, label: str, steps: int, n: int, device, ref, floor) -> dict
     x = res.x.to(ref.dtype)
     ok = bool(torch.isfinite(x).all())
     sw = float(sliced_w2(x, ref, generator=torch.Generator(device).manual_seed(1))) if ok else math.inf
-    return {"sampler": label, "kind": METHODS[method].kind, "steps": steps, "nfe": res.nfe, "sw2": sw,
+    return {"sampler": label, "kind": METHODS[method].kind_of(opts), "steps": steps, "nfe": res.nfe, "sw2": sw,
             "floor": floor, "ratio": sw / floor, "nll_gap": float(nll_gap(gm.log_prob, x, ref)) if ok else math.inf,
             "wall_s": wall, "score_s": score.seconds, "overhead": 1 - score.seconds / wall}
 
