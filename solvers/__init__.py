@@ -20,7 +20,7 @@ from sde_diffusion.schedule import DiscreteSchedule
 from sde_diffusion.sde import SDE, ScoreFn
 
 # importing each family module registers its samplers
-from . import ancestral, dpm_solver, dpm_solver_sde, predictor_corrector, probability_flow, stochastic, torchsde_adapter, unipc  # noqa: F401
+from . import ancestral, dpm_solver, dpm_solver_sde, predictor_corrector, probability_flow, sa_solver, stochastic, torchsde_adapter, unipc  # noqa: F401
 from .base import METHODS, Context, CountingScore, SampleResult, get, parse_method
 from .inpaint import known
 from .timesteps import chain_grid, time_grid

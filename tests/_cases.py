@@ -65,6 +65,8 @@ VALUES: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("dpm_solver", "rho"): [{"grid": "edm", "rho": 3.0}],
     ("dpm_solver_sde", "eta"): [{"eta": 0.5}],
     ("dpm_solver_sde", "rho"): [{"grid": "edm", "rho": 3.0}],
+    ("sa_solver", "tau"): [{"tau": 0.5}],
+    ("sa_solver", "rho"): [{"grid": "edm", "rho": 3.0}],
     ("unipc", "rho"): [{"grid": "edm", "rho": 3.0}],
     ("heun", "rho"): [{"rho": 3.0}],                        # heun's default grid is edm
     ("heun", "S_churn"): [{"S_churn": 5.0}],                 # Algorithm 2 (stochastic)

@@ -77,7 +77,7 @@ def test_adaptive_ode_imputation_agrees_with_the_marginal_run():
 
 # (not pc: its Langevin step size uses norms over all coordinates, which couples x1 into x2's steps)
 STOCHASTIC_CASES = [("euler_maruyama", {}), ("reverse_diffusion", {}), ("ancestral", {}), ("sde", {}), ("sde", {"solver": "srk"}),
-                    ("dpm_solver_sde", {})]
+                    ("dpm_solver_sde", {}), ("sa_solver", {})]
 
 
 def test_every_stochastic_method_but_pc_has_a_marginal_law_case():

@@ -29,7 +29,7 @@ def _expected_nfe(method: str, opts: dict, steps: int) -> int | None:
     no Tweedie step."""
     o = METHODS[method].bind(SubVPSDE(), steps, {k: v for k, v in opts.items() if k != "schedule"})
     per_step = {"ancestral": 1, "reverse_diffusion": 1, "euler_maruyama": 1, "ddim": 1, "heun": 2,
-                "unipc": 1, "dpm_solver_sde": 1}.get(method)
+                "unipc": 1, "dpm_solver_sde": 1, "sa_solver": 1}.get(method)
     if method == "pc":
         per_step = (o["predictor"] != "none") + (o["corrector"] != "none") * o["corrector_steps"]
     elif method == "dpm_solver":
@@ -42,7 +42,7 @@ def _expected_nfe(method: str, opts: dict, steps: int) -> int | None:
 
 def test_available_lists_every_method():
     assert sorted(available()) == sorted(["ancestral", "reverse_diffusion", "euler_maruyama", "pc", "ode",
-                                          "sde", "ddim", "heun", "dpm_solver", "unipc", "dpm_solver_sde"])
+                                          "sde", "ddim", "heun", "dpm_solver", "unipc", "dpm_solver_sde", "sa_solver"])
 
 
 @pytest.mark.parametrize("variance", ["beta", "beta_tilde"])

@@ -47,6 +47,7 @@ CASES = [
     ("dpm_solver", {"order": 2}, 20, 20),
     ("dpm_solver", {"order": 3, "multistep": False}, 10, 10),
     ("dpm_solver_sde", {}, 50, 50),
+    ("sa_solver", {}, 50, 50),
     ("unipc", {}, 20, 20),
 ]
 

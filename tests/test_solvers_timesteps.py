@@ -50,4 +50,4 @@ def test_default_grids():
     (its paper's recommendation for few steps)."""
     defaults = {n: m.options["grid"].default for n, m in METHODS.items() if "grid" in m.options}
     assert defaults == {"ddim": "uniform", "ode": "uniform", "heun": "edm", "dpm_solver": "logsnr",
-                        "dpm_solver_sde": "logsnr", "unipc": "logsnr"}
+                        "dpm_solver_sde": "logsnr", "unipc": "logsnr", "sa_solver": "logsnr"}

@@ -45,6 +45,8 @@ CASES = [
     ("heun-churn10-vp", "heun", {"S_churn": 10.0}, "vp", 2, {"edm": [16, 32, 64]}),
     ("dpmpp2m-sde-vp", "dpm_solver_sde", {}, "vp", 2, {"logsnr": [40, 80, 160]}),
     ("dpmpp2m-sde-heun-ve", "dpm_solver_sde", {"solver_type": "heun"}, "ve", 2, {"logsnr": [40, 80, 160]}),
+    ("sa-solver-vp", "sa_solver", {}, "vp", 2, {"logsnr": [40, 80, 160]}),   # measured 2.25
+    ("sa-solver-ve", "sa_solver", {}, "ve", 2, {"logsnr": [40, 80, 160]}),   # measured 2.29
     ("dpmpp3m-sde-vp", "dpm_solver_sde", {"order": 3, "solver_type": "heun"}, "vp", 2, {"logsnr": [40, 80, 160]}),
 ]
 PARAMS = [pytest.param(m, o, s, k, steps, id=f"{cid}-{rng}")
