@@ -25,6 +25,13 @@ def positive(name: str, value: float) -> float:
     return float(value)
 
 
+def nonnegative(name: str, value: float) -> float:
+    """Require a finite ``value >= 0``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+    return float(value)
+
+
 def positive_int(name: str, value: int) -> int:
     """Require an integer ``value >= 1``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -26,18 +26,13 @@ from __future__ import annotations
 
 import torch
 
+from sde_diffusion import checks
 from .base import Context, Option, choice, grid_options, register
-
-
-def _eta(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
-    return float(value)
 
 
 @register("dpm_solver_sde", "sde", 2, {"order": Option(2, choice(2, 3)),
                                        "solver_type": Option("midpoint", choice("midpoint", "heun")),
-                                       "eta": Option(1.0, _eta), **grid_options("logsnr")})
+                                       "eta": Option(1.0, checks.nonnegative), **grid_options("logsnr")})
 def dpm_solver_sde(ctx: Context, x: torch.Tensor, order: int, solver_type: str, eta: float) -> torch.Tensor:
     """DPM-Solver++(2M) SDE (``order`` 2) or (3M) SDE (``order`` 3), one score evaluation and one
     draw per step; ``solver_type`` the second-order form, ``eta`` >= 0 the noise scale (module docstring)."""

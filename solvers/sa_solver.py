@@ -29,13 +29,8 @@ import math
 
 import torch
 
+from sde_diffusion import checks
 from .base import Context, Option, choice, grid_options, register
-
-
-def _tau(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
-    return float(value)
 
 
 def _moments(H: float, n: int) -> list[float]:
@@ -87,7 +82,7 @@ def _tables(lam: list[float], m: list[float], s: list[float], tau: float, p_orde
 
 @register("sa_solver", "sde", 2, {"predictor_order": Option(2, choice(1, 2, 3)),
                                   "corrector_order": Option(2, choice(0, 1, 2, 3)),
-                                  "tau": Option(1.0, _tau), **grid_options("logsnr")})
+                                  "tau": Option(1.0, checks.nonnegative), **grid_options("logsnr")})
 def sa_solver(ctx: Context, x: torch.Tensor, predictor_order: int, corrector_order: int, tau: float) -> torch.Tensor:
     """SA-Solver: SA-Predictor of ``predictor_order`` (1-3) and SA-Corrector of ``corrector_order`` (1-3; 0:
     none), stochasticity ``tau`` >= 0 (0: the ODE), one score evaluation and one draw per step (module docstring)."""
