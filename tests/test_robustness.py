@@ -63,7 +63,19 @@ def _variant_grid():
                                id=f"{_cases.case_id(method, opts)}-{sde_name}-{_cases.DTYPE_IDS[dtype]}")
 
 
-METHOD_GRID, VARIANT_GRID = list(_method_grid()), list(_variant_grid())
+# (method, option id, sde) documented to leave the range at 10 steps: the strict xfail keeps the claim true
+DIVERGES = {("sa_solver", "order2=released", "subvp"):
+            "the released code's h^2/2 order-2 weight overshoots at sub-VP's wide log-SNR steps (sa_solver docstring)"}
+
+
+def _declared(params):
+    for p in params:
+        reason = DIVERGES.get((p.values[0], _cases.option_id(p.values[1]), p.values[2]))
+        yield p if reason is None else pytest.param(*p.values, id=p.id,
+                                                    marks=pytest.mark.xfail(strict=True, reason=reason))
+
+
+METHOD_GRID, VARIANT_GRID = list(_method_grid()), list(_declared(_variant_grid()))
 
 
 def test_the_grid_covers_every_method_sde_and_dtype():
