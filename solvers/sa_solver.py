@@ -77,11 +77,11 @@ def _tables(lam: list[float], m: list[float], s: list[float], tau: float, p_orde
         A[i] = s[i + 1] / s[i] * math.exp(-tau**2 * h)
         Z[i] = s[i + 1] * math.sqrt(-math.expm1(-2 * tau**2 * h))
         p = min(p_order, i + 1)
-        P[i, :p] = torch.tensor(_weights([lam[i - k] - lam[i] for k in range(p)], h, a, released)) * a * m[i + 1]
+        for k, w in enumerate(_weights([lam[i - k] - lam[i] for k in range(p)], h, a, released)):
+            P[i, k] = w * a * m[i + 1]
         c = min(c_order, i + 2)
-        if c:
-            C[i, :c] = torch.tensor(_weights([lam[i + 1 - k] - lam[i] for k in range(c)], h, a,
-                                                  released)) * a * m[i + 1]
+        for k, w in enumerate(_weights([lam[i + 1 - k] - lam[i] for k in range(c)], h, a, released) if c else []):
+            C[i, k] = w * a * m[i + 1]
     return A, Z, P, C
 
 
