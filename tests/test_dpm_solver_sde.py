@@ -135,18 +135,27 @@ def test_is_diffusers_sde_dpmsolver_pp(monkeypatch, solver_type):
     O(1), against k-diffusion's and the ODE's -alpha(phi2/H - 1/2) (+1/2 there); we follow k-diffusion."""
     diffusers = pytest.importorskip("diffusers")
     from diffusers.schedulers import scheduling_dpmsolver_multistep as mod
-    from sde_diffusion.models.diffusers_adapter import from_diffusers
-    from test_diffusers import float64_tables, relative_gap, tiny_unet
 
-    unet = tiny_unet()
     sched = diffusers.DPMSolverMultistepScheduler(
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
         algorithm_type="sde-dpmsolver++", solver_order=2, solver_type=solver_type, timestep_spacing="trailing",
         final_sigmas_type="sigma_min", lower_order_final=False, euler_at_final=False)
+    monkeypatch.setattr(mod, "torch", _Float64Torch(torch))
+    assert diffusers_gap(monkeypatch, mod, sched, "dpm_solver_sde", order=2, solver_type=solver_type,
+                         eta=1.0) < 1e-10
+
+
+def diffusers_gap(monkeypatch, mod, sched, method, steps=10, **options):
+    """Relative gap between ``sched``'s loop (scaled_linear betas, trailing spacing over N = 1000) on a tiny
+    UNet and our ``method`` on the knots t = (k+1)/N plus 1/N, from the same x_T and the same draws (its
+    module's ``randn_tensor`` replaced by the injected sequence), in float64 (its float32 sigmas replaced)."""
+    from sde_diffusion.models.diffusers_adapter import from_diffusers
+    from test_diffusers import float64_tables, relative_gap, tiny_unet
+
+    unet = tiny_unet()
     model = from_diffusers(unet, sched)
     float64_tables(sched, model.sde)
-    monkeypatch.setattr(mod, "torch", _Float64Torch(torch))
-    sched.set_timesteps(10)
+    sched.set_timesteps(steps)
     abar = sched.alphas_cumprod[torch.cat([sched.timesteps, torch.zeros(1, dtype=torch.long)])]
     sched.sigmas = ((1 - abar) / abar).sqrt()  # set_timesteps stores them as float32
     shape = (2, 1, 8, 8)
@@ -158,11 +167,10 @@ def test_is_diffusers_sde_dpmsolver_pp(monkeypatch, solver_type):
         for k in sched.timesteps:
             x = sched.step(unet(x, k).sample, k, x).prev_sample
         grid = torch.tensor([(int(k) + 1) / 1000 for k in sched.timesteps] + [1 / 1000], dtype=F64)
-        spec = METHODS["dpm_solver_sde"]
         ctx = Context(model.sde, CountingScore(model), grid.clone(), grid.clone(), None, draw=Draws(shape))
-        ours = spec.fn(ctx, x_T.clone(), order=2, solver_type=solver_type, eta=1.0)
-    assert theirs.k == 10 and ctx.score.nfe == 10
-    assert relative_gap(ours, x) < 1e-10
+        ours = METHODS[method].fn(ctx, x_T.clone(), **options)
+    assert theirs.k == steps and ctx.score.nfe == steps
+    return relative_gap(ours, x)
 
 
 # -- 3. weak order -------------------------------------------------------------------------------------

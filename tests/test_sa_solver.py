@@ -17,9 +17,9 @@ import pytest
 import torch
 from scipy.integrate import quad
 
-from _closed_forms import F64, GRID, SDES, at, score, start
+from _closed_forms import GRID, SDES, at, score, start
 from solvers.base import METHODS, Context, CountingScore
-from test_dpm_solver_sde import Draws
+from test_dpm_solver_sde import Draws, diffusers_gap
 
 TOL = dict(rtol=1e-12, atol=1e-12)
 
@@ -110,31 +110,10 @@ def test_is_diffusers_sasolver(monkeypatch, p_order, c_order, tau):
     (``randn_tensor``) are replaced by our injected sequence, its float32 sigmas by float64."""
     diffusers = pytest.importorskip("diffusers")
     from diffusers.schedulers import scheduling_sasolver as mod
-    from sde_diffusion.models.diffusers_adapter import from_diffusers
-    from test_diffusers import float64_tables, relative_gap, tiny_unet
 
-    unet = tiny_unet()
     sched = diffusers.SASolverScheduler(
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
         predictor_order=p_order, corrector_order=c_order, tau_func=lambda t: tau,
         algorithm_type="data_prediction", lower_order_final=False, timestep_spacing="trailing")
-    model = from_diffusers(unet, sched)
-    float64_tables(sched, model.sde)
-    sched.set_timesteps(10)
-    abar = sched.alphas_cumprod[torch.cat([sched.timesteps, torch.zeros(1, dtype=torch.long)])]
-    sched.sigmas = ((1 - abar) / abar).sqrt()  # set_timesteps stores them as float32
-    shape = (2, 1, 8, 8)
-    x_T = torch.randn(shape, dtype=F64, generator=torch.Generator().manual_seed(1))
-    theirs = Draws(shape)
-    monkeypatch.setattr(mod, "randn_tensor", lambda *a, **k: theirs(None))
-    x = x_T
-    with torch.no_grad():
-        for k in sched.timesteps:
-            x = sched.step(unet(x, k).sample, k, x).prev_sample
-        grid = torch.tensor([(int(k) + 1) / 1000 for k in sched.timesteps] + [1 / 1000], dtype=F64)
-        spec = METHODS["sa_solver"]
-        ctx = Context(model.sde, CountingScore(model), grid.clone(), grid.clone(), None, draw=Draws(shape))
-        ours = spec.fn(ctx, x_T.clone(), predictor_order=p_order, corrector_order=c_order, tau=tau,
-                       order2="released")
-    assert theirs.k == 10 and ctx.score.nfe == 10
-    assert relative_gap(ours, x) < 1e-10
+    assert diffusers_gap(monkeypatch, mod, sched, "sa_solver", predictor_order=p_order, corrector_order=c_order,
+                         tau=tau, order2="released") < 1e-10
