@@ -17,7 +17,7 @@ no lower-order final step. ``order2="released"`` replaces, on a step of order 2 
 int_0^h e^{-a(h-u)} u du = (a h - 1 + e^{-a h}) / a^2 by h^2/2: the released code's and diffusers' O(h^3)
 change, after UniPC. It grows with h where the exact integral grows like h/a, so at few steps with a
 wide log-SNR range (sub-VP down to small eps) it overshoots and the chain diverges; the default
-``order2="exact"`` keeps the paper's integrals (Xue et al. 2023, eqs. 14-15).
+``order2="exact"`` keeps the paper's integrals (Xue et al. 2023, sec. 4).
 tau = 0 is the deterministic UniPC-like multistep ODE solver; tau = 1 the reverse SDE. VE works as is (m = 1).
 Draws: exactly one z_i per step (K per run, plus the prior's), shared by the step's predictor and the
 corrector of its result, drawn also at tau = 0 (coefficient 0), so the draw count never depends on the options.
@@ -80,7 +80,7 @@ def _tables(lam: list[float], m: list[float], s: list[float], tau: float, p_orde
         for k, w in enumerate(_weights([lam[i - k] - lam[i] for k in range(p)], h, a, released)):
             P[i, k] = w * a * m[i + 1]
         c = min(c_order, i + 2)
-        for k, w in enumerate(_weights([lam[i + 1 - k] - lam[i] for k in range(c)], h, a, released) if c else []):
+        for k, w in enumerate(_weights([lam[i + 1 - k] - lam[i] for k in range(c)], h, a, released)):
             C[i, k] = w * a * m[i + 1]
     return A, Z, P, C
 
