@@ -21,6 +21,7 @@ from sde_diffusion.sde import SDE, ScoreFn
 
 # importing each family module registers its samplers
 from . import ancestral, dpm_solver, dpm_solver_sde, predictor_corrector, probability_flow, sa_solver, stochastic, torchsde_adapter, unipc  # noqa: F401
+from . import adaptive_sde  # noqa: F401  (registered last: listings start with the fixed-step methods)
 from .base import METHODS, Context, CountingScore, SampleResult, get, parse_method
 from .inpaint import known
 from .timesteps import chain_grid, time_grid

@@ -8,6 +8,7 @@ on a chain's grid ending at t = 0, the data itself. The grid is ``sample``'s; sa
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
@@ -36,10 +37,17 @@ def finite_probe(x: torch.Tensor) -> torch.Tensor:
     return (x * 0).sum()
 
 
+def timed_probe(out: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the latest time t_n of a row n whose ``out`` holds NaN/Inf, else -inf; finite_probe(out)) with
+    t of shape (N,) or one time: the rows of an adaptive solver may be at different times."""
+    rows = (out * 0).reshape(out.shape[0], -1).sum(1)
+    return torch.where(rows.isnan(), t.reshape(-1), -math.inf).max(), rows.sum()
+
+
 class CountingScore:
     """score(x, t) with t of shape (N,); counts every call in ``nfe`` (a Python int, no sync), so
     adaptive solvers, correctors and the denoising step are all counted in this one place. It also
-    keeps ``probes``: (t, finite_probe(score)) per call, for ``Context.check_finite``."""
+    keeps ``probes``: ``timed_probe`` per call, for ``Context.check_finite``."""
 
     def __init__(self, score_fn: ScoreFn):
         if not callable(score_fn):
@@ -50,7 +58,7 @@ class CountingScore:
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
         out = checks.same_shape("score_fn", self.score_fn(x, t), x)
-        self.probes.append((t.reshape(-1)[0], finite_probe(out)))
+        self.probes.append(timed_probe(out, t))
         return out
 
     @property
@@ -64,7 +72,7 @@ class CountingScore:
         score, v = self.score_fn.score_and_v(x, t)
         checks.same_shape("score_fn", score, x)
         checks.same_shape("v", v, x)
-        self.probes.append((t.reshape(-1)[0], finite_probe(score) + finite_probe(v)))
+        self.probes.append(timed_probe(score + v, t))
         return score, v
 
 

@@ -68,6 +68,9 @@ VALUES: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("sa_solver", "tau"): [{"tau": 0.5}],
     ("sa_solver", "rho"): [{"grid": "edm", "rho": 3.0}],
     ("unipc", "rho"): [{"grid": "edm", "rho": 3.0}],
+    ("adaptive_sde", "eps_abs"): [{"eps_abs": 0.02, "eps_rel": 0.05}],   # the two are given together
+    ("adaptive_sde", "eps_rel"): [],
+    ("adaptive_sde", "max_steps"): [{"max_steps": 5000}],
     ("heun", "rho"): [{"rho": 3.0}],                        # heun's default grid is edm
     ("heun", "S_churn"): [{"S_churn": 5.0}],                 # Algorithm 2 (stochastic)
     ("heun", "S_tmin"): [{"S_churn": 5.0, "S_tmin": 0.05}],  # the window needs churn on

@@ -12,7 +12,8 @@ Two proofs:
 Exempt on CUDA, with only their right-hand sides checked strictly: ``ode`` and ``log_likelihood``
 (torchdiffeq compares times on the host and its adaptive step control reads every error norm) and
 ``sde`` (torchsde's Brownian interval searches times on the host; the seed is drawn from the
-call's generator once).
+call's generator once), and ``adaptive_sde`` (its loop reads, once per attempt, whether a row has
+time left; on meta that read answers "none left" after the first attempt).
 """
 
 import pytest
@@ -26,7 +27,8 @@ from sde_diffusion.models import build_model
 import _cases
 
 EXEMPT = {"ode": "torchdiffeq: host time comparisons, adaptive step-size control",
-          "sde": "torchsde: Brownian interval search on the host, seed drawn once per call"}
+          "sde": "torchsde: Brownian interval search on the host, seed drawn once per call",
+          "adaptive_sde": "one read per attempt: time left, finiteness of the error estimate"}
 SHAPE = (4, 1, 8, 8)
 STEPS = 4
 
@@ -100,6 +102,7 @@ def stand_ins(monkeypatch):
     monkeypatch.setattr("sde_diffusion.likelihood.odeint", euler_odeint)
     monkeypatch.setattr(torchsde, "sdeint", euler_sdeint)
     monkeypatch.setattr(torchsde, "BrownianInterval", lambda **_: None)
+    monkeypatch.setattr(solvers.adaptive_sde, "_read", lambda v: [0.0, 1.0])
 
 
 @pytest.mark.parametrize("case", CASES, ids=map(_id, CASES))
@@ -170,6 +173,7 @@ def test_exempt_samplers_right_hand_sides_have_no_sync_on_cuda(name, cuda_device
     monkeypatch.setattr(solvers.probability_flow, "odeint", lambda f, *a, **k: odeint(_strict(f), *a, **k))
     monkeypatch.setattr(adapter._Reversed, "f", _strict(adapter._Reversed.f))
     monkeypatch.setattr(adapter._Reversed, "g", _strict(adapter._Reversed.g))
+    monkeypatch.setattr(solvers.adaptive_sde, "_attempt", _strict(solvers.adaptive_sde._attempt))
     assert torch.isfinite(_sample(_model(cuda_device), name, cuda_device).x).all()
 
 

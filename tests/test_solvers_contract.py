@@ -42,7 +42,8 @@ def _expected_nfe(method: str, opts: dict, steps: int) -> int | None:
 
 def test_available_lists_every_method():
     assert sorted(available()) == sorted(["ancestral", "reverse_diffusion", "euler_maruyama", "pc", "ode",
-                                          "sde", "ddim", "heun", "dpm_solver", "unipc", "dpm_solver_sde", "sa_solver"])
+                                          "sde", "ddim", "heun", "dpm_solver", "unipc", "dpm_solver_sde", "sa_solver",
+                                          "adaptive_sde"])
 
 
 @pytest.mark.parametrize("variance", ["beta", "beta_tilde"])

@@ -49,6 +49,7 @@ CASES = [
     ("dpm_solver_sde", {}, 50, 50),
     ("sa_solver", {}, 50, 50),
     ("unipc", {}, 20, 20),
+    ("adaptive_sde", {}, 100, 100),  # tolerances 1/100
 ]
 
 

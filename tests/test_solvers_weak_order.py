@@ -12,7 +12,9 @@ pc with the Langevin corrector at fixed snr sets its step e from batch means of 
 scalar per step shared by the whole batch, so ``output_law``'s affine check passes, but the law it
 reads belongs to its artificial unit-draw batch, not to a real batch; the exact method does not
 apply and no Langevin case is stated here (pc's predictors are covered with corrector="none"). ``sde`` (torchsde) draws
-its own Brownian path and refuses noise=: it gets a Monte Carlo check, marked slow.
+its own Brownian path and refuses noise=: it gets a Monte Carlo check, marked slow. ``adaptive_sde``
+has no step count (its tolerances set the steps) and its steps depend on the draws, so its law is not
+affine in them: its Monte Carlo checks are in ``tests/test_adaptive_sde.py``.
 
 On Gaussian data the data prediction is linear in x and the exponential integrators (DPM-Solver++ SDE,
 SA-Solver) take the noise exactly, so their weak error is that of the interpolation of x0 in lambda:
@@ -88,7 +90,7 @@ def test_sde_torchsde_monte_carlo():
 
 
 def test_every_stochastic_method_has_a_case():
-    covered = {c[1] for c in CASES} | {"sde"}                  # sde: the Monte Carlo test
+    covered = {c[1] for c in CASES} | {"sde", "adaptive_sde"}  # Monte Carlo: below, test_adaptive_sde.py
     need = set(_cases.stochastic()) | {n for n, m in METHODS.items() if m.noisy is not None}  # ddim eta, heun churn
     assert not sorted(need - covered), f"stochastic samplers without a weak-order case: {sorted(need - covered)}"
     assert any(c[1] == "ddim" and c[2].get("eta", 0) > 0 for c in CASES)

@@ -21,6 +21,7 @@
 # | `ode` | PF ODE | adaptive Dormand–Prince (torchdiffeq); NFE set by the tolerance |
 # | `unipc` | PF ODE | UniPC (Zhao et al. 2023): multistep predictor with a corrector that reuses the next evaluation |
 # | `dpm_solver_sde` | reverse SDE | DPM-Solver++(2M/3M) SDE: the exact linear part and exact noise, second order in log-SNR |
+# | `adaptive_sde` | reverse SDE | Jolicoeur-Martineau et al. (2021): Euler–Maruyama and improved Euler on one draw, each sample's step size from their difference; `steps` sets the tolerances 1/steps, not the NFE |
 #
 # `heun` with `S_churn > 0` is Karras et al.'s stochastic sampler (noise added before each Heun step), and
 # `ddim` with `eta > 0` is stochastic too; section 5 compares the two sides at equal NFE.
@@ -105,8 +106,11 @@ for m in methods:
 # * The **ODE solvers** get there with fewer evaluations. DPM-Solver is within a factor 2 of the
 #   floor at about 10 NFE and on it at 20; Heun and DDIM need a few dozen; the adaptive `ode` needs
 #   40-130 NFE depending on its tolerance and cannot be made cheaper.
-# * The **SDE samplers** converge more slowly (weak order 1, plus injected noise that must average
-#   out) and need 50-100 steps or more; at few steps they are far off.
+# * The first-order **SDE samplers** converge more slowly (weak order 1, plus injected noise that must
+#   average out) and need 50-100 steps or more; at few steps they are far off. The higher-order ones
+#   (`dpm_solver_sde`, `sa_solver`) get near the floor at about 20 NFE, and `adaptive_sde`, whose step
+#   control spends evaluations only where the reverse SDE needs them, is within 1.5 x the floor at its
+#   loosest tolerance (about 40 NFE) but cannot be made much cheaper.
 #
 # ## 2. Where each sampler breaks down at few steps, and why
 #
