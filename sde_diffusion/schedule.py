@@ -6,7 +6,7 @@ The chain is exactly the ``DiscreteVPSDE`` of its abar observed at t = i/T (``em
 way a chain-trained model is read. As T grows with beta_i = beta(i/T)/T, abar_i -> exp(-integral_0^{i/T}
 beta): the VP-SDE (``to_sde()``, the continuous limit; for teaching, not for reading models).
 
-Respacing (Nichol & Dhariwal 2021, sec. 4): a subsequence tau_1 < ... < tau_K = T of the steps is a
+Respacing (Nichol & Dhariwal 2021, sec. 4): a subsequence tau_1 < ... < tau_K <= T of the steps is a
 chain of its own with abar'_k = abar_{tau_k} and beta'_k = 1 - abar_{tau_k} / abar_{tau_{k-1}}; its
 posterior variances beta_tilde'_k follow from these, and the model is still called at t = tau_k / T.
 """
@@ -22,6 +22,13 @@ import torch
 from . import checks
 from .checks import bcast
 from .sde import VPSDE, CosineVPSDE, DiscreteVPSDE, SDE
+
+
+def _int(text: str, spec) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"respace({spec!r}): expected K, \"K_1,...,K_n\" or \"ddimK\" with integers K.") from None
 
 
 class DiscreteSchedule:
@@ -149,16 +156,42 @@ class DDPMSchedule(DiscreteSchedule):
         """The continuous time t = i / T of step i."""
         return i / self.T
 
-    def respace(self, K: int) -> "RespacedSchedule":
-        """The K-step chain on tau_k = round(1 + (k - 1)(T - 1)/(K - 1)), k = 1..K (evenly spaced,
-        tau_1 = 1, tau_K = T; improved DDPM's ``space_timesteps``; K = 1 keeps step T alone)."""
-        K = checks.positive_int("K", K)
-        if K > self.T:
-            raise ValueError(f"K must lie in 1..T = 1..{self.T}, got {K}.")
-        if K == 1:
-            return RespacedSchedule(self, (self.T,))
-        tau = torch.round(1 + torch.arange(K, dtype=torch.float64) * (self.T - 1) / (K - 1)).long()
-        return RespacedSchedule(self, tuple(tau.tolist()))
+    def respace(self, K: int | str) -> "RespacedSchedule":
+        """The chain on the steps improved DDPM's ``space_timesteps(T, K)`` keeps (Nichol & Dhariwal 2021,
+        released code; its steps 0..T-1 are 1..T here):
+        - K steps (an int, or "K"), or sections "K_1,...,K_n": the T steps cut into n blocks of
+          floor(T/n) steps, the first T mod n one longer; in a block of S steps starting at step a, K_i
+          steps a + round(c_j), c_0 = 0, c_{j+1} = c_j + (S - 1)/(K_i - 1) (one step a if K_i = 1). The
+          running sum and round-half-to-even are the released code's: they decide its ties.
+        - "ddimK": the smallest integer stride c with K steps 1, 1 + c, ..., 1 + (K - 1) c <= T (DDIM's
+          striding; the chain then starts at step 1 + (K - 1) c, not at T).
+        K = 1 keeps step T alone (``space_timesteps`` would keep the first step)."""
+        if isinstance(K, str) and K.startswith("ddim"):
+            count = checks.positive_int("ddimK's K", _int(K[4:], K))
+            stride = next((c for c in range(1, self.T) if len(range(0, self.T, c)) == count), None)
+            if stride is None:
+                raise ValueError(f"respace({K!r}): no integer stride gives exactly {count} of T = {self.T} steps.")
+            return RespacedSchedule(self, tuple(1 + j * stride for j in range(count)))
+        sections = [_int(c, K) for c in K.split(",")] if isinstance(K, str) else [K]
+        if len(sections) == 1:
+            K = checks.positive_int("K", sections[0])
+            if K > self.T:
+                raise ValueError(f"K must lie in 1..T = 1..{self.T}, got {K}.")
+            if K == 1:
+                return RespacedSchedule(self, (self.T,))
+        size, extra = divmod(self.T, len(sections))
+        keep, start = [], 1
+        for i, count in enumerate(sections):
+            block = size + (i < extra)
+            if not 1 <= count <= block:
+                raise ValueError(f"respace({K!r}): section {i + 1} has {block} steps, cannot keep {count} "
+                                 f"(each section count must lie in 1..{block}).")
+            stride, c = (block - 1) / (count - 1) if count > 1 else 1, 0.0
+            for _ in range(count):
+                keep.append(start + round(c))
+                c += stride
+            start += block
+        return RespacedSchedule(self, tuple(keep))
 
     def embedding(self) -> DiscreteVPSDE:
         return DiscreteVPSDE(self.alphas_cumprod, "cubic")
@@ -175,7 +208,7 @@ class DDPMSchedule(DiscreteSchedule):
 
 @dataclass(frozen=True)
 class RespacedSchedule(DiscreteSchedule):
-    """The chain of a ``base`` schedule observed at its steps ``keep`` = (tau_1 < ... < tau_K = T):
+    """The chain of a ``base`` schedule observed at its steps ``keep`` = (tau_1 < ... < tau_K <= T):
         alpha'_k = prod_{j = tau_{k-1}+1}^{tau_k} alpha_j = abar_{tau_k} / abar_{tau_{k-1}},  beta'_k = 1 - alpha'_k,
     (tau_0 = 0; a block of one step keeps that step's own beta_j and alpha_j, so ``keep`` = 1..T is the base
     chain table for table), abar'_k = abar_{tau_k}, and the model times t_k = tau_k / T. ``T`` is K."""
@@ -187,9 +220,8 @@ class RespacedSchedule(DiscreteSchedule):
         if not isinstance(self.base, DDPMSchedule):
             raise TypeError(f"base must be a DDPMSchedule, got {type(self.base).__name__}.")
         keep = tuple(int(k) for k in self.keep)
-        if not keep or keep[-1] != self.base.T or any(b <= a for a, b in zip(keep, keep[1:])) or keep[0] < 1:
-            raise ValueError(f"keep must be increasing steps in 1..{self.base.T} ending at T = {self.base.T}, "
-                             f"got {self.keep!r}.")
+        if not keep or keep[-1] > self.base.T or any(b <= a for a, b in zip(keep, keep[1:])) or keep[0] < 1:
+            raise ValueError(f"keep must be increasing steps in 1..{self.base.T}, got {self.keep!r}.")
         object.__setattr__(self, "keep", keep)
 
     @property

@@ -85,3 +85,26 @@ def start(n: int = 16, d: int = 3, scale: float = 1.0) -> torch.Tensor:
 def at(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """A scalar time broadcast to the batch, as the samplers call the score."""
     return t.expand(x.shape[0])
+
+
+def iddpm_kept_steps(T: int, spec: str) -> list[int]:
+    """The steps improved DDPM's released ``space_timesteps(T, spec)`` keeps, 1-based (theirs count from 0):
+    "ddimK": the first stride c = 1, 2, ... with exactly K multiples of c below T; otherwise section counts
+    over near-equal blocks (the first T mod n one step longer), each block's picks at the rounded
+    (half to even) running sum of the fractional stride (block - 1)/(count - 1), from the block's start."""
+    if spec.startswith("ddim"):
+        want = int(spec[4:])
+        c = next(c for c in range(1, T) if -(-T // c) == want)   # ceil(T / c) multiples of c in 0..T-1
+        return [1 + c * j for j in range(want)]
+    counts = [int(p) for p in spec.split(",")]
+    base, longer = T // len(counts), T % len(counts)
+    out, first = [], 0
+    for n, count in enumerate(counts):
+        length = base + 1 if n < longer else base
+        frac = 1 if count == 1 else (length - 1) / (count - 1)
+        acc = 0.0
+        for _ in range(count):
+            out.append(first + round(acc) + 1)
+            acc += frac
+        first += length
+    return sorted(set(out))

@@ -14,7 +14,7 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 import solvers
-from _closed_forms import CHAIN_B1 as B1, CHAIN_BT as BT, CHAIN_T as T, F64, tables
+from _closed_forms import CHAIN_B1 as B1, CHAIN_BT as BT, CHAIN_T as T, F64, iddpm_kept_steps, tables
 from sde_diffusion import DDPMSchedule, random_mixture
 from sde_diffusion.dequantize import levels_to_continuous
 from sde_diffusion.losses import ddpm_loss
@@ -246,12 +246,12 @@ def test_respaced_with_K_equal_T_is_the_full_chain_bit_for_bit():
 
 
 def test_respaced_steps_use_the_recomputed_variances():
-    """K = 7 of T = 50: tau evenly spaced from 1 to T, beta'_k = 1 - abar_{tau_k} / abar_{tau_{k-1}},
+    """K = 7 of T = 50: tau evenly spaced from 1 to T (improved DDPM's steps), beta'_k = 1 - abar_{tau_k} / abar_{tau_{k-1}},
     beta_tilde'_k = (1 - abar_{tau_{k-1}}) / (1 - abar_{tau_k}) beta'_k; the ancestral chain on it, written
     out here with the learned variance exp(v log beta' + (1 - v) log beta_tilde'), matches the package."""
     Tb, K = 50, 7
     beta, _, abar, _, _ = tables(Tb, 1e-3, 0.2)
-    tau = [round(1 + k * (Tb - 1) / (K - 1)) for k in range(K)]
+    tau = iddpm_kept_steps(Tb, str(K))   # 1, 9, 17, 25, 34, 42, 50
     ab = abar[torch.tensor(tau) - 1]
     ab_prev = torch.cat([torch.ones(1, dtype=F64), ab[:-1]])
     beta_r = 1 - ab / ab_prev
@@ -299,5 +299,5 @@ def test_learned_variance_and_mu_refuse_bad_input():
         ddpm_loss(plain, DDPMSchedule(), torch.zeros(4, 2), objective="hybrid")
     with pytest.raises(ValueError, match="K must lie in 1..T"):
         DDPMSchedule(10).respace(11)
-    with pytest.raises(ValueError, match="keep must be increasing"):
+    with pytest.raises(ValueError, match="keep must be increasing steps in 1..10"):
         type(DDPMSchedule(10).respace(3))(DDPMSchedule(10), (1, 5, 4, 10))

@@ -106,3 +106,55 @@ def test_bad_schedule(kwargs, match):
 def test_bad_step():
     with pytest.raises(ValueError, match=r"step i must lie in 1..T = 1..1000"):
         DDPMSchedule().sigma2(0, torch.zeros(1))
+
+
+# -- respacing: improved DDPM's space_timesteps ----------------------------------------------------
+def test_respace_keeps_iddpms_steps_for_every_K():
+    """For T = 1000 and every K in 2..1000, the kept steps are those of the released space_timesteps
+    (written out in ``_closed_forms.iddpm_kept_steps``): its running sum decides the ties that a
+    closed-form round(1 + k (T - 1)/(K - 1)) breaks otherwise (K = 25 among them)."""
+    from _closed_forms import iddpm_kept_steps
+    base = DDPMSchedule()
+    off = [K for K in range(2, 1001) if list(base.respace(K).keep) != iddpm_kept_steps(1000, str(K))]
+    assert off == []
+    closed_form = [round(1 + k * 999 / 24) for k in range(25)]
+    assert list(base.respace(25).keep) != closed_form      # the case the issue measured
+
+
+@pytest.mark.parametrize("spec", ["ddim10", "ddim50", "ddim100", "10,15,20", "1,3", "250", "7,1,4"])
+def test_respace_strings_keep_iddpms_steps(spec):
+    from _closed_forms import iddpm_kept_steps
+    for T in (1000, 999):
+        sched = DDPMSchedule(T).respace(spec)
+        assert list(sched.keep) == iddpm_kept_steps(T, spec)
+        assert sched.T == len(sched.keep)
+
+
+def test_respace_ddim_striding_starts_below_T_and_its_tables_follow():
+    """ddim50 of T = 1000: stride 20, steps 1, 21, ..., 981; abar'_k = abar_{tau_k}, and the chain's
+    times tau_k / T stop at 0.981 (its prior is put at step 981, as in the released code)."""
+    base = DDPMSchedule()
+    sched = base.respace("ddim50")
+    assert sched.keep == tuple(range(1, 1000, 20))
+    torch.testing.assert_close(sched.alphas_cumprod, base.alphas_cumprod[torch.tensor(sched.keep) - 1],
+                               rtol=1e-13, atol=0)
+    assert float(sched.times[-1]) == 0.981
+
+
+def test_respace_with_K_equal_T_is_the_base_chain_bit_for_bit():
+    base = DDPMSchedule(T=200)
+    for spec in (200, "200", "100,100"):
+        sched = base.respace(spec)
+        assert torch.equal(sched.betas, base.betas) and torch.equal(sched.alphas_cumprod, base.alphas_cumprod)
+
+
+@pytest.mark.parametrize("spec, match", [
+    (1001, r"K must lie in 1..T = 1..1000"),
+    ("ddim37", r"no integer stride gives exactly 37 of T = 1000"),
+    ("ten", r"expected K, \"K_1,...,K_n\" or \"ddimK\""),
+    ("10,600", r"section 2 has 500 steps, cannot keep 600"),
+    ("10,0", r"section 2 has 500 steps, cannot keep 0"),
+])
+def test_respace_refuses_what_it_cannot_keep(spec, match):
+    with pytest.raises(ValueError, match=match):
+        DDPMSchedule().respace(spec)
