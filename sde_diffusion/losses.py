@@ -34,7 +34,7 @@ import torch
 import math
 
 from . import checks
-from .models.score_model import ScoreModel, learns_variance
+from .models.score_model import ScoreModel, learns_variance, variance_kind
 from .schedule import DDPMSchedule
 from .sde import SDE
 from .vlb import chain_prediction, decoder_nll, prior_kl, reverse_log_variance, step_kl
@@ -173,7 +173,7 @@ def ddpm_loss(model: ScoreModel | Callable, schedule: DDPMSchedule, x0: torch.Te
         b, ab = (schedule.take(t, i, x0) for t in (schedule.betas, schedule.alphas_cumprod))
         return _reduce(b.square() / ((1 - b) * (1 - ab)) * simple, reduction)
     mean = eps.detach() if objective == "hybrid" else eps
-    log_var = reverse_log_variance(schedule, i, "learned" if learned else "beta", v, xi)
+    log_var = reverse_log_variance(schedule, i, "learned" if learned else "beta", v, xi, variance_kind(model))
     first = i == 1
     term = torch.where(first, decoder_nll(schedule, xi, mean, log_var, x0, levels, data_range),
                        step_kl(schedule, i.clamp_min(2), mean, z, log_var))

@@ -106,12 +106,23 @@ class DiscreteSchedule:
         raise NotImplementedError
 
 
-def learned_log_variance(v: torch.Tensor, beta: torch.Tensor, beta_tilde: torch.Tensor) -> torch.Tensor:
-    """log Sigma_theta = v log beta + (1 - v) log beta_tilde, i.e. Sigma_theta = exp(v log beta + (1 - v)
-    log beta_tilde) (Nichol & Dhariwal 2021, eq. 15): the model's output v interpolates the two extreme
-    reverse variances in the log domain, elementwise (v = 1: beta, v = 0: beta_tilde; v is not
-    constrained to [0, 1]). beta, beta_tilde > 0 broadcast against v."""
-    return v * beta.log() + (1 - v) * beta_tilde.log()
+V_KINDS = ("interpolation", "learned_range", "learned")
+
+
+def learned_log_variance(v: torch.Tensor, beta: torch.Tensor, beta_tilde: torch.Tensor,
+                         kind: str = "interpolation") -> torch.Tensor:
+    """log Sigma_theta of a learned variance's output v, elementwise (beta, beta_tilde > 0 broadcast
+    against v), read by the convention ``kind``:
+    - ``interpolation``: v log beta + (1 - v) log beta_tilde (Nichol & Dhariwal 2021, eq. 15; v = 1: beta,
+      v = 0: beta_tilde, unconstrained): what this toolkit trains;
+    - ``learned_range``: the same with the weight (v + 1) / 2, v in [-1, 1] (improved DDPM's released code,
+      diffusers' ``variance_type="learned_range"``);
+    - ``learned``: log v, v the variance itself (diffusers' ``variance_type="learned"``)."""
+    checks.one_of("learned variance convention", kind, V_KINDS)
+    if kind == "learned":
+        return v.log()
+    w = (v + 1) / 2 if kind == "learned_range" else v
+    return w * beta.log() + (1 - w) * beta_tilde.log()
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import torch
 
 from . import checks
 from .dequantize import bin_width, continuous_to_levels, levels_to_continuous
-from .models.score_model import learns_variance
+from .models.score_model import fixed_variance, learns_variance, variance_kind
 from .schedule import DiscreteSchedule, learned_log_variance
 from .sde import ScoreFn
 
@@ -69,16 +69,17 @@ def chain_prediction(score_fn: ScoreFn, schedule: DiscreteSchedule, x: torch.Ten
 
 
 def reverse_log_variance(schedule: DiscreteSchedule, i: torch.Tensor, variance: str, v: torch.Tensor | None,
-                         like: torch.Tensor) -> torch.Tensor:
+                         like: torch.Tensor, kind: str = "interpolation") -> torch.Tensor:
     """log sigma_i^2 of p(x_{i-1} | x_i) at steps i (M,): log beta_i, log beta_tilde_i (clipped at i = 1)
-    or, for ``learned``, v log beta_i + (1 - v) log beta_tilde_i (shaped like v); else shaped (M, 1, ...)."""
+    or, for ``learned``, v read by its convention ``kind`` with the clipped beta_tilde_i
+    (``learned_log_variance``; shaped like v); else shaped (M, 1, ...)."""
     checks.one_of("variance", variance, VARIANCES[1:])
     beta, bt = (checks.bcast(schedule.take(a, i, like), like)
                 for a in (schedule.betas, schedule.posterior_variance_clipped))
     if variance == "learned":
         if v is None:
             raise ValueError("variance 'learned' needs a learned-variance model (its v).")
-        return learned_log_variance(v, beta, bt)
+        return learned_log_variance(v, beta, bt, kind)
     return (beta if variance == "beta" else bt).log()
 
 
@@ -115,7 +116,7 @@ def prior_kl(schedule: DiscreteSchedule, x0: torch.Tensor) -> torch.Tensor:
 def _variance(score_fn, variance: str) -> str:
     learned = learns_variance(score_fn)
     if variance == "auto":
-        return "learned" if learned else "beta"
+        return "learned" if learned else fixed_variance(score_fn) or "beta"
     if variance == "learned" and not learned:
         raise ValueError("variance 'learned' needs a ScoreModel with learned_variance=True.")
     return variance
@@ -133,7 +134,8 @@ def ddpm_vlb_terms(score_fn: ScoreFn, schedule: DiscreteSchedule, x_discrete: to
     x = x_i of shape (M, ...) and t = t_i as an (M,) tensor and read as eps = -sqrt(1 - abar_i) score
     (``chain_prediction``).
     ``variance``: sigma_i^2 = beta_i (``beta``), beta_tilde_i (``beta_tilde``) or the model's
-    learned one (``learned``); ``auto`` is ``learned`` for a learned-variance model, else ``beta``.
+    learned one (``learned``); ``auto`` is ``learned`` for a learned-variance model, else the fixed variance
+    the model states (a diffusers scheduler's ``variance_type``), else ``beta``.
     The decoder uses sigma_1^2 = beta_1, or beta_tilde_2 for ``beta_tilde`` (beta_tilde_1 = 0), as
     DDPM's code does. The sum over steps is exact (all T steps, evaluated in chunks of at most
     ``max_batch`` rows); each term uses one draw x_i ~ q(x_i | x_0) per sample, so the result is an
@@ -164,7 +166,7 @@ def ddpm_vlb_terms(score_fn: ScoreFn, schedule: DiscreteSchedule, x_discrete: to
         z = torch.randn(xr.shape, generator=generator, device=x0.device, dtype=dtype)
         xi = schedule.q_sample(xr, idx, z)
         eps, v = chain_prediction(score_fn, schedule, xi, idx)
-        log_var = reverse_log_variance(schedule, idx, variance, v, xi)
+        log_var = reverse_log_variance(schedule, idx, variance, v, xi, variance_kind(score_fn))
         later = idx > 1
         kl = kl + torch.where(later, step_kl(schedule, idx.clamp_min(2), eps, z, log_var), 0).reshape(len(i), n).sum(0)
         if start == 0:

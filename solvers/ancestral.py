@@ -28,7 +28,8 @@ def _ancestral_tables(ctx: Context):
 
 def ancestral_step(ctx: Context, variance: str = "auto"):
     if variance == "auto":
-        variance = "learned" if ctx.score.learned_variance else "beta" if vp_type(ctx.sde) else "beta_tilde"
+        variance = "learned" if ctx.score.learned_variance else ctx.score.fixed_variance or (
+            "beta" if vp_type(ctx.sde) else "beta_tilde")
     if variance == "learned" and not ctx.score.learned_variance:
         raise ValueError("variance 'learned' needs a score_fn with a learned variance (a ScoreModel with "
                          "learned_variance=True, called as the model itself).")
@@ -36,6 +37,7 @@ def ancestral_step(ctx: Context, variance: str = "auto"):
     c1, c2, st, beta, bt = (ctx.cast(c) for c in tables)
     sigma = {"beta": ctx.cast(tables[3].sqrt()), "beta_tilde": ctx.cast(tables[4].sqrt())}.get(variance)
     last = ctx.steps - 1 if ctx.at_data else None  # Algorithm 2: z = 0 at i = 1 (its variance unused)
+    kind = ctx.score.variance_kind
 
     def eps_v(x, i, t):
         if variance == "learned":
@@ -48,7 +50,7 @@ def ancestral_step(ctx: Context, variance: str = "auto"):
         mean = c1[i] * (x - c2[i] * eps)
         if i == last:
             return mean
-        std = (0.5 * learned_log_variance(v, beta[i], bt[i])).exp() if variance == "learned" else sigma[i]
+        std = (0.5 * learned_log_variance(v, beta[i], bt[i], kind)).exp() if variance == "learned" else sigma[i]
         return mean + std * ctx.noise(x)
     return step
 
@@ -62,8 +64,10 @@ def ancestral(ctx: Context, x: torch.Tensor, variance: str) -> torch.Tensor:
     sigma^2 = G^2 (``beta``), the posterior variance G^2 s_s^2 / s_t^2 (``beta_tilde``) or, for a model
     with a learned variance (``learned``, Nichol & Dhariwal 2021 eq. 15), exp(v log G^2 + (1 - v) log
     (G^2 s_s^2 / s_t^2)) elementwise with the model's v at (x_t, t): the step's own two extremes, so a
-    coarse grid gets the variances recomputed for its steps (iDDPM sec. 4). ``auto`` takes ``learned``
-    when the score_fn has it, else ``beta`` on VP-type SDEs (DDPM's choice, as Song et al.) and
+    coarse grid gets the variances recomputed for its steps (iDDPM sec. 4); v is read by the model's
+    convention (``learned_log_variance``: this toolkit's weight, diffusers' learned_range or learned).
+    ``auto`` takes ``learned`` when the score_fn has it, else the fixed variance the model states (a
+    diffusers scheduler's fixed_small / fixed_large), else ``beta`` on VP-type SDEs (DDPM's choice, as Song et al.) and
     ``beta_tilde`` otherwise (for VE this is SMLD's ancestral rule, Song et al. 2021 eq. 47); the two
     err at O(1/steps) with opposite signs.
     On a chain's grid (``sample(..., schedule=...)``, its ``embedding()`` as the SDE) this is DDPM

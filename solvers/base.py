@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sde_diffusion import checks
-from sde_diffusion.models.score_model import learns_variance
+from sde_diffusion.models.score_model import fixed_variance, learns_variance, variance_kind
 from sde_diffusion.sde import SDE, ScoreFn
 
 
@@ -65,6 +65,16 @@ class CountingScore:
     def learned_variance(self) -> bool:
         """Whether the score_fn also returns a learned variance's v (``models.learns_variance``)."""
         return learns_variance(self.score_fn)
+
+    @property
+    def variance_kind(self) -> str:
+        """The convention of that v (``models.variance_kind``)."""
+        return variance_kind(self.score_fn)
+
+    @property
+    def fixed_variance(self) -> str | None:
+        """The fixed reverse variance the model states (``models.fixed_variance``), else None."""
+        return fixed_variance(self.score_fn)
 
     def with_v(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(score, v) from one call of ``score_fn.score_and_v``, counted as one evaluation."""

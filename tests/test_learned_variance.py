@@ -81,17 +81,29 @@ def test_ancestral_with_a_learned_variance_on_the_sdes_own_grid(v, fixed):
     assert not torch.allclose(run("auto"), run("beta_tilde" if fixed == "beta" else "beta"), atol=1e-3)
 
 
-def test_vlb_terms_with_a_learned_variance_are_the_kl_divergences():
+def _positive_v(heads, d):
+    """heads with its v half mapped into (0.01, 0.05): a variance itself, diffusers' "learned"."""
+    def net(x, t):
+        out = heads(x, t)
+        return torch.cat([out[:, :d], 0.02 * (1.5 + out[:, d:])], 1)
+    return net
+
+
+@pytest.mark.parametrize("kind", [True, "learned_range", "learned"])
+def test_vlb_terms_with_a_learned_variance_are_the_kl_divergences(kind):
     """Each L_{i-1} with a per-dimension learned Sigma equals kl_divergence(q(x_{i-1} | x_i, x_0),
-    N(mu_theta, Sigma_theta)) summed over dims, Sigma_theta = exp(v log beta + (1 - v) log beta_tilde);
-    the decoder is the mass of N(mu_1, Sigma_1) over the level's bin (Sigma_1 with beta_tilde_2)."""
+    N(mu_theta, Sigma_theta)) summed over dims, Sigma_theta = exp(w log beta + (1 - w) log beta_tilde) with
+    w = v (this toolkit's convention) or w = (v + 1) / 2 (improved DDPM's code, diffusers' learned_range),
+    or Sigma_theta = v (diffusers' learned); the decoder is the mass of N(mu_1, Sigma_1) over the level's
+    bin (Sigma_1 with beta_tilde_2)."""
     beta, alpha, abar, prev, bt = tables()
     n, d, levels = 5, 3, 8
     k = torch.randint(levels, (n, d), generator=torch.Generator().manual_seed(2))
     x0 = -1 + (k.to(F64) + 0.5) * 2 / levels
     torch.manual_seed(0)
     heads = Heads(d)
-    model = ScoreModel(heads, DDPMSchedule(T, B1, BT).embedding(), "eps", learned_variance=True)
+    net = _positive_v(heads, d) if kind == "learned" else heads
+    model = ScoreModel(net, DDPMSchedule(T, B1, BT).embedding(), "eps", learned_variance=kind)
     prior, kl, dec = ddpm_vlb_terms(model, DDPMSchedule(T, B1, BT), k, levels=levels,
                                     generator=torch.Generator().manual_seed(8), dtype=F64)
     z = torch.randn((T * n, d), generator=torch.Generator().manual_seed(8), dtype=F64).reshape(T, n, d)
@@ -99,10 +111,11 @@ def test_vlb_terms_with_a_learned_variance_are_the_kl_divergences():
     with torch.no_grad():
         for j in range(T):  # step j + 1
             xi = abar[j].sqrt() * x0 + (1 - abar[j]).sqrt() * z[j]
-            out = heads(xi, torch.full((n,), (j + 1) / T, dtype=F64))
+            out = net(xi, torch.full((n,), (j + 1) / T, dtype=F64))
             eps, v = out[:, :d], out[:, d:]
             bt_j = bt[j] if j > 0 else bt[1]
-            var = torch.exp(v * beta[j].log() + (1 - v) * bt_j.log())
+            w = (v + 1) / 2 if kind == "learned_range" else v
+            var = v if kind == "learned" else torch.exp(w * beta[j].log() + (1 - w) * bt_j.log())
             p_mean = (xi - beta[j] / (1 - abar[j]).sqrt() * eps) / alpha[j].sqrt()
             if j == 0:
                 p = Normal(p_mean, var.sqrt())

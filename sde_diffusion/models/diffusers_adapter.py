@@ -6,7 +6,10 @@ scheduler; the SDE it approximates is that table's ``DiscreteVPSDE`` (knot k + 1
 continuous t the UNet gets the timestep N t - 1 (``DiscreteVPSDE.model_timestep``; diffusers' integer
 k at the knots) and its output is read by the scheduler's ``prediction_type``: ``epsilon`` as eps,
 ``sample`` as x0, ``v_prediction`` as v = m eps - s x0, each converted by ``score_model.convert``.
-Nothing is downloaded: a model is a local folder or objects in memory.
+Its ``variance_type`` is read as its authors sample with it: ``fixed_small`` (beta_tilde) and
+``fixed_large`` (beta) as the ancestral sampler's and the bound's ``variance="auto"``, ``learned_range``
+and ``learned`` as a learned variance (the UNet's second C channels) in diffusers' convention
+(``schedule.learned_log_variance``). Nothing is downloaded: a model is a local folder or objects in memory.
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ from .score_model import ScoreModel
 
 INSTALL = 'pip install "sde-diffusion[diffusers]"'
 PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+# variance_type -> (the fixed variance, or None; the learned variance's convention, or False). The _log
+# spellings are the same variances (diffusers' fixed_large_log step takes the square root of log beta).
+VARIANCE_TYPES = {"fixed_small": ("beta_tilde", False), "fixed_small_log": ("beta_tilde", False),
+                  "fixed_large": ("beta", False), "fixed_large_log": ("beta", False),
+                  "learned_range": (None, "learned_range"), "learned": (None, "learned")}
 # DDPMScheduler()'s own defaults, for a UNet folder saved without a scheduler config
 DEFAULT_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear",
                      "prediction_type": "epsilon"}
@@ -122,8 +130,29 @@ def from_diffusers(source: Any, scheduler: Any = None, *, interpolation: str = "
     prediction = config.get("prediction_type", "epsilon")
     if prediction not in PREDICTIONS:
         raise ValueError(f"unknown prediction_type {prediction!r}; allowed: {', '.join(PREDICTIONS)}.")
+    variance_type = config.get("variance_type", "fixed_small")
+    if variance_type not in VARIANCE_TYPES:
+        raise ValueError(f"unknown variance_type {variance_type!r}; allowed: {', '.join(VARIANCE_TYPES)}.")
+    fixed, learned = VARIANCE_TYPES[variance_type]
+    _check_channels(unet, variance_type, learned)
     sde = schedule_sde(config, interpolation)
-    return ScoreModel(DiffusersNet(unet, sde), sde, PREDICTIONS[prediction]).eval()
+    return ScoreModel(DiffusersNet(unet, sde), sde, PREDICTIONS[prediction], learned_variance=learned,
+                      variance=fixed).eval()
+
+
+def _check_channels(unet: nn.Module, variance_type: str, learned) -> None:
+    """A learned variance needs out_channels = 2 in_channels (the prediction, then v), a fixed one
+    out_channels = in_channels; a UNet without a config is taken as it is."""
+    config = getattr(unet, "config", None)
+    c_in, c_out = (getattr(config, k, None) if not isinstance(config, dict) else config.get(k)
+                   for k in ("in_channels", "out_channels"))
+    if c_in is None or c_out is None:
+        return
+    want = 2 * c_in if learned else c_in
+    if c_out != want:
+        raise ValueError(f"variance_type {variance_type!r} needs a UNet with out_channels = {want} for "
+                         f"in_channels = {c_in} ({'the prediction, then v' if learned else 'the prediction'}); "
+                         f"this one has {c_out}.")
 
 
 def event_shape(model: ScoreModel) -> tuple[int, ...]:

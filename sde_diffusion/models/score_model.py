@@ -32,8 +32,9 @@ mu = (x_i - beta_i / sqrt(1 - abar_i) eps) / sqrt(alpha_i); on a respaced chain 
 chain's step before, tau_k - 1.
 
 A learned variance (Nichol & Dhariwal 2021, sec. 3.1): the net returns twice the channels (dim 1),
-the prediction and v; ``schedule.learned_variance`` reads v as Sigma = exp(v log beta + (1 - v) log
-beta_tilde) of the reverse step the caller takes (``predict(..., with_v=True)``, ``score_and_v``).
+the prediction and v; ``schedule.learned_log_variance`` reads v as Sigma = exp(v log beta + (1 - v) log
+beta_tilde) of the reverse step the caller takes (``predict(..., with_v=True)``, ``score_and_v``), or by
+the model's other stated convention (``variance_kind``: diffusers' learned_range, learned).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from torch import nn
 
 from .. import checks
 from ..checks import Time, bcast
+from ..schedule import V_KINDS
 from ..sde import SDE, ScoreFn
 from .mlp import MLPScore
 from .unet import UNet
@@ -132,12 +134,17 @@ class ScoreModel(nn.Module):
     ``sigma_data`` is kept as a buffer, so it travels with the weights (training sets it from the
     data unless the config names it; 0.5 is EDM's value for images in [-1, 1]).
     ``mu`` needs ``mu_step`` h in (0, T), the step whose posterior mean the net predicts. With
-    ``learned_variance`` the net's output holds the prediction and v stacked along dim 1.
+    ``learned_variance`` the net's output holds the prediction and v stacked along dim 1; True reads v
+    as the weight of log beta (``interpolation``), or name the convention: ``"learned_range"`` (v in
+    [-1, 1], improved DDPM's code and diffusers), ``"learned"`` (v the variance itself, diffusers).
+    ``variance`` (``beta`` or ``beta_tilde``) is the fixed reverse variance the model's authors sample
+    with (a diffusers scheduler's fixed_large / fixed_small), which ``variance="auto"`` then uses.
     """
 
     def __init__(self, net: Callable, sde: SDE, parameterization: str = "eps", *,
                  input_scaling: bool = False, sigma_data: float | torch.Tensor = 0.5,
-                 learned_variance: bool = False, mu_step: float | None = None):
+                 learned_variance: bool | str = False, mu_step: float | None = None,
+                 variance: str | None = None):
         super().__init__()
         if not callable(net):
             raise TypeError(f"net must be an nn.Module or a callable net(x, t[, y]), "
@@ -162,7 +169,18 @@ class ScoreModel(nn.Module):
                                  f"(0, T) = (0, {sde.T:g}) (1/T for a T-step chain), got {mu_step!r}.")
             mu_step = float(mu_step)
         self.mu_step = mu_step if self.parameterization == "mu" else None
-        self.learned_variance = bool(learned_variance)
+        if isinstance(learned_variance, str):
+            self.variance_kind = checks.one_of("learned_variance", learned_variance, V_KINDS)
+        elif isinstance(learned_variance, bool):
+            self.variance_kind = "interpolation"
+        else:
+            raise ValueError(f"learned_variance must be True, False or one of {', '.join(V_KINDS)}; "
+                             f"got {learned_variance!r}.")
+        self.learned_variance = learned_variance is not False
+        if variance is not None and (self.learned_variance or variance not in ("beta", "beta_tilde")):
+            raise ValueError(f"variance (the fixed reverse variance of a model without a learned one) must be "
+                             f"beta or beta_tilde, for a model without learned_variance; got {variance!r}.")
+        self.variance = variance
         self.info: ModelInfo | None = None
 
     @property
@@ -184,7 +202,8 @@ class ScoreModel(nn.Module):
         """The same parameterization, SDE and scalings around another net (e.g. a DDP wrapper of it)."""
         other = ScoreModel(net, self.sde, self.parameterization, input_scaling=self.input_scaling,
                            sigma_data=0.5 if self.sigma_data is None else self.sigma_data,
-                           learned_variance=self.learned_variance, mu_step=self.mu_step)
+                           learned_variance=self.learned_variance and self.variance_kind, mu_step=self.mu_step,
+                           variance=self.variance)
         other.info = self.info
         return other
 
@@ -271,6 +290,16 @@ def learns_variance(score_fn) -> bool:
     ``score_and_v(x, t[, y])`` method (a ScoreModel with learned_variance=True). The one protocol by which
     samplers and the DDPM bound ask for v."""
     return bool(getattr(score_fn, "learned_variance", False)) and hasattr(score_fn, "score_and_v")
+
+
+def variance_kind(score_fn) -> str:
+    """The convention of a learned-variance score_fn's v (``schedule.learned_log_variance``)."""
+    return getattr(score_fn, "variance_kind", "interpolation")
+
+
+def fixed_variance(score_fn) -> str | None:
+    """The fixed reverse variance a model states it is sampled with (``beta``, ``beta_tilde``), else None."""
+    return getattr(score_fn, "variance", None) if isinstance(getattr(score_fn, "variance", None), str) else None
 
 
 NETS = {"mlp": MLPScore, "unet": UNet}
