@@ -60,8 +60,10 @@ def test_analytic_mixture_scored_from_a_file_matches_its_exact_likelihood(ring_f
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["n"] == N and summary["unit"] == "nats/dim" and summary["mean"] == pytest.approx(mean, abs=1e-4)
     assert summary["data"] == str(ring_file.resolve()) and summary["sde"].startswith("VPSDE")
-    assert {k: summary["settings"][k] for k in ("divergence", "rtol", "atol", "batch_size", "seed", "dtype")} == \
-        {"divergence": "exact", "rtol": 1e-5, "atol": 1e-5, "batch_size": 25, "seed": 0, "dtype": "float64"}
+    assert {k: summary["settings"][k] for k in ("divergence", "rtol", "atol", "error_control", "batch_size", "seed",
+                                                "dtype")} == \
+        {"divergence": "exact", "rtol": 1e-5, "atol": 1e-5, "error_control": "sample", "batch_size": 25, "seed": 0,
+         "dtype": "float64"}
     assert len(summary["nfe_per_batch"]) == len(summary["seconds_per_batch"]) == 3
     assert summary["command"].startswith(f"sde-diffusion nll --model analytic:ring2d --sde vp --data {ring_file}")
 

@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--divergence", default="exact", choices=("exact", "hutchinson"),
                    help="exact trace of the score's Jacobian, or the Hutchinson estimate")
     p.add_argument("--probes", type=int, default=1, help="Hutchinson probes per sample (default 1)")
+    p.add_argument("--error-control", default="sample", choices=("sample", "batch"),
+                   help="the ODE's rtol/atol hold for every sample (default) or for the RMS of the whole batch "
+                        "(the score-SDE reference code's control: fewer steps, for the data set's mean)")
     p.add_argument("--num-points", type=int, help="a seeded subset of this many data points (default: all; "
                                                   "analytic: 1000 draws)")
     p.add_argument("--batch-size", type=int, default=100,
@@ -114,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         parts.append(nll_per_sample(model, ds.x[a:b].to(dev, dtype), ds.levels, batch_size=b - a,
                                     generator=torch.Generator(dev).manual_seed(chunk_seed(seed, i)),
                                     divergence=args.divergence, probes=args.probes, method=solver, rtol=rtol,
-                                    atol=atol, **SOLVER))
+                                    atol=atol, error_control=args.error_control, **SOLVER))
     cat = (lambda f: torch.cat([f(p) for p in parts]).to(dev, torch.float64)) if parts else \
         (lambda f: torch.zeros(0, device=dev, dtype=torch.float64))
     values = world.gather(cat(lambda p: p.values))   # batches in order
@@ -137,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         "levels_source": ds.levels_source, "unit": unit,
         "mean": mean, "stderr": se, "stderr_probes": se_probe,
         "settings": {"divergence": args.divergence, "probes": args.probes, "method": solver, **SOLVER,
-                     "rtol": rtol, "atol": atol,
+                     "rtol": rtol, "atol": atol, "error_control": args.error_control,
                      "dequantization": "uniform, one draw per point" if ds.levels else None,
                      "batch_size": args.batch_size, "seed": seed, "batch_seeds": "seed + 1000003 * batch",
                      "dtype": args.dtype, "device": str(dev), "processes": world.size},
@@ -161,7 +164,7 @@ def _command(args: argparse.Namespace, seed: int) -> str:
         if getattr(args, name) is not None:
             parts.append(f"--{name.replace('_', '-')} {getattr(args, name)}")
     parts += [f"--method {solver}:rtol={rtol:g}:atol={atol:g}", f"--divergence {args.divergence}",
-              f"--probes {args.probes}", f"--batch-size {args.batch_size}", f"--dtype {args.dtype}", f"--seed {seed}"]
+              f"--probes {args.probes}", f"--error-control {args.error_control}", f"--batch-size {args.batch_size}", f"--dtype {args.dtype}", f"--seed {seed}"]
     return " ".join(parts)
 
 
