@@ -84,6 +84,31 @@ def test_hutchinson_standard_errors(ring_file, tmp_path, capsys):
     assert _row(out, "of which probe noise")[1] == pytest.approx(s["stderr_probes"], abs=1e-4)
 
 
+@pytest.mark.slow  # a 1e-10 reference solve
+def test_error_budget_parts(ring_file, tmp_path, capsys):
+    """summary.json's error_budget, one batch: the solver part (the batch's mean minus its mean at 10x
+    tighter rtol/atol) is within a factor 3 of the actual solver error (against the same solve at 1e-10)
+    at three tolerances; with 4 probes data^2 + probes^2 = the total s.e.^2; with the exact divergence
+    the probe part is 0; --no-solver-pilot leaves the solver part out."""
+    def summary(name, *extra):
+        _nll(["--model", "analytic:ring2d", "--data", str(ring_file), "--dtype", "float64", "--batch-size",
+              str(N), *extra, "--out", str(tmp_path / name)], capsys)
+        return json.loads((tmp_path / name / "summary.json").read_text())
+
+    exact = summary("tight", "--rtol", "1e-10", "--atol", "1e-10", "--no-solver-pilot")["mean"]
+    for tol in ("1e-3", "1e-4", "1e-5"):
+        s = summary(tol, "--rtol", tol, "--atol", tol)
+        actual, reported = abs(s["mean"] - exact), s["error_budget"]["solver_error"]
+        assert actual / 3 <= reported <= 3 * actual, (tol, actual, reported)
+        assert s["error_budget"]["probe_se"] == 0 and s["error_budget"]["data_se"] == pytest.approx(s["stderr"])
+        assert s["error_budget"]["solver_pilot"]["rtol"] == pytest.approx(float(tol) / 10)
+    h = summary("h", "--divergence", "hutchinson", "--probes", "4", "--rtol", "1e-4", "--atol", "1e-4")
+    b = h["error_budget"]
+    assert b["data_se"] ** 2 + b["probe_se"] ** 2 == pytest.approx(h["stderr"] ** 2) and b["probe_se"] > 0
+    assert b["solver_error"] is not None
+    assert summary("none", "--no-solver-pilot")["error_budget"]["solver_error"] is None
+
+
 def test_integer_file_gives_bits_per_dim_of_the_library(tmp_path, capsys):
     """Levels 0..L-1 dequantized as bits_per_dim does (batch 0 is seeded by --seed itself)."""
     k = np.random.RandomState(0).randint(0, 32, size=(8, 2))

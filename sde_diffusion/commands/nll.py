@@ -24,6 +24,7 @@ HELP = ("negative log-likelihood by the probability-flow ODE: bits/dim for discr
         "(uniform dequantization), nats/dim for continuous data, with standard errors, NFE and seconds")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 SOLVER = {"eps": 1e-5, "noise": "rademacher", "jacobian": "auto"}  # log_likelihood's
+PILOT = 10.0  # the solver-error pilot solves the first batch again at rtol/PILOT, atol/PILOT
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--divergence", default="exact", choices=("exact", "hutchinson"),
                    help="exact trace of the score's Jacobian, or the Hutchinson estimate")
     p.add_argument("--probes", type=int, default=1, help="Hutchinson probes per sample (default 1)")
+    p.add_argument("--no-solver-pilot", dest="solver_pilot", action="store_false",
+                   help="skip the solver-error estimate (the first batch solved again at 10x tighter rtol/atol)")
     p.add_argument("--error-control", default="sample", choices=("sample", "batch"),
                    help="the ODE's rtol/atol hold for every sample (default) or for the RMS of the whole batch "
                         "(the score-SDE reference code's control: fewer steps, for the data set's mean)")
@@ -113,11 +116,20 @@ def run(args: argparse.Namespace) -> int:
     parts, t_start = [], time.perf_counter()
     bar = tqdm(chunks, desc="nll", unit="batch",  # on a terminal only, so errors stay one line
                disable=True if args.no_progress or not world.main else None)
+    def score_batch(i, a, b, tighten=1.0):
+        return nll_per_sample(model, ds.x[a:b].to(dev, dtype), ds.levels, batch_size=b - a,
+                              generator=torch.Generator(dev).manual_seed(chunk_seed(seed, i)),
+                              divergence=args.divergence, probes=args.probes, method=solver, rtol=rtol / tighten,
+                              atol=atol / tighten, error_control=args.error_control, **SOLVER)
+
     for i, a, b in bar:
-        parts.append(nll_per_sample(model, ds.x[a:b].to(dev, dtype), ds.levels, batch_size=b - a,
-                                    generator=torch.Generator(dev).manual_seed(chunk_seed(seed, i)),
-                                    divergence=args.divergence, probes=args.probes, method=solver, rtol=rtol,
-                                    atol=atol, error_control=args.error_control, **SOLVER))
+        parts.append(score_batch(i, a, b))
+    pilot = None
+    if args.solver_pilot and world.main and parts:  # the first batch again at 10x tighter tolerances
+        i, a, b = chunks[0]
+        tight = score_batch(i, a, b, tighten=PILOT)
+        pilot = {"batch": i, "points": b - a, "rtol": rtol / PILOT, "atol": atol / PILOT, "nfe": tight.nfe[0],
+                 "error": abs(float(parts[0].values.double().mean() - tight.values.double().mean()))}
     cat = (lambda f: torch.cat([f(p) for p in parts]).to(dev, torch.float64)) if parts else \
         (lambda f: torch.zeros(0, device=dev, dtype=torch.float64))
     values = world.gather(cat(lambda p: p.values))   # batches in order
@@ -139,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
         "source": ds.source, "n": len(values), "shape": list(ds.shape), "levels": ds.levels,
         "levels_source": ds.levels_source, "unit": unit,
         "mean": mean, "stderr": se, "stderr_probes": se_probe,
+        "error_budget": _budget(se, se_probe, pilot),
         "settings": {"divergence": args.divergence, "probes": args.probes, "method": solver, **SOLVER,
                      "rtol": rtol, "atol": atol, "error_control": args.error_control,
                      "dequantization": "uniform, one draw per point" if ds.levels else None,
@@ -154,6 +167,16 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         _write(Path(args.out), summary, values, probe_se, args.batch_size, unit)
     return 0
+
+
+def _budget(se: float, se_probe: float, pilot: dict | None) -> dict:
+    """The three parts of the mean's error: the data's own spread (the s.e. over samples less its probe
+    part), the probe noise (``stderr_probes``; NaN with one probe, where it is inseparable from the data's)
+    and the solver's error, estimated as the change of the first batch's mean at 10x tighter rtol/atol
+    (the same dequantization and probes; the error at the tighter tolerances is taken as negligible)."""
+    data = math.sqrt(max(se**2 - se_probe**2, 0.0)) if math.isfinite(se_probe) else math.nan
+    return {"data_se": data, "probe_se": se_probe, "solver_error": pilot["error"] if pilot else None,
+            "solver_pilot": pilot}
 
 
 def _command(args: argparse.Namespace, seed: int) -> str:
@@ -173,6 +196,10 @@ def _print_table(s: dict, ds) -> None:
     rows = [(s["unit"], f"{s['mean']:.4f}", f"{s['stderr']:.4f}")]
     if s["settings"]["divergence"] == "hutchinson":
         rows.append(("  of which probe noise", "", f"{s['stderr_probes']:.4f}"))
+    budget = s["error_budget"]
+    if budget["solver_error"] is not None:
+        p = budget["solver_pilot"]
+        rows.append((f"  solver error (batch {p['batch']} at rtol/{PILOT:g})", f"{budget['solver_error']:.2g}", ""))
     if "true_mean" in s:
         rows.append(("analytic -log p_0 / D", f"{s['true_mean']:.4f}", f"{s['true_stderr']:.4f}"))
     rows += [("NFE per batch", f"{sum(nfe) / len(nfe):.0f} (min {min(nfe)}, max {max(nfe)})", ""),
