@@ -78,6 +78,19 @@ def run(method: str, sde, grid: torch.Tensor, x: torch.Tensor, generator=None, *
     return spec.fn(ctx, x.clone(), **opts)
 
 
+class Draws:
+    """``sample(noise=...)``: a fixed sequence of n standard-normal draws shaped ``shape``, replayed from
+    the start by every user (``k`` counts the draws taken)."""
+
+    def __init__(self, shape, n: int = 64, seed: int = 5):
+        self.z = torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed), dtype=F64)
+        self.k = 0
+
+    def __call__(self, x):
+        self.k += 1
+        return self.z[self.k - 1].clone()
+
+
 def start(n: int = 16, d: int = 3, scale: float = 1.0) -> torch.Tensor:
     return scale * torch.randn((n, d), generator=torch.Generator().manual_seed(11), dtype=F64)
 

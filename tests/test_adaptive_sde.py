@@ -22,24 +22,12 @@ import pytest
 import torch
 
 import _weak
-from _closed_forms import F64, SDES, start
+from _closed_forms import F64, SDES, Draws, start
 from solvers import sample
 from solvers.base import METHODS, Context, CountingScore
 
 TOL = dict(rtol=1e-12, atol=1e-12)
 T_END = 0.02
-
-
-class Draws:
-    """A fixed sequence of standard-normal draws, replayed from the start; counts the calls."""
-
-    def __init__(self, shape, n=4000, seed=3):
-        self.z = torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed), dtype=F64)
-        self.k = 0
-
-    def __call__(self, x):
-        self.k += 1
-        return self.z[self.k - 1].clone()
 
 
 def nonlinear_score(cf):
@@ -112,7 +100,7 @@ def test_transcription_whole_run(name, tol):
     sde, cf = SDES[name]
     grid = torch.tensor([1.0, 0.6, 0.3, T_END], dtype=F64)
     x = start(n=5, scale=1.0 if name == "vp" else 50.0)
-    draws = Draws(x.shape)
+    draws = Draws(x.shape, n=4000, seed=3)
     ours, nfe = run_ours(sde, cf, grid, x, draws, eps_abs=tol, eps_rel=tol)
     states, attempts, rejected = reference(cf, [1.0, T_END], x, draws.z, tol, tol)
     torch.testing.assert_close(ours, states[-1], **TOL)
@@ -126,7 +114,7 @@ def test_transcription_trajectory(name):
     sde, cf = SDES[name]
     grid = torch.tensor([1.0, 0.71, 0.52, 0.13, T_END], dtype=F64)
     x = start(n=4, scale=1.0 if name == "vp" else 50.0)
-    draws, traj = Draws(x.shape), []
+    draws, traj = Draws(x.shape, n=4000, seed=3), []
     ours, _ = run_ours(sde, cf, grid, x, draws, trajectory=traj, eps_abs=0.02, eps_rel=0.02)
     assert len(traj) == len(grid) - 1
     states, _, rejected = reference(cf, grid.tolist(), x, draws.z, 0.02, 0.02)
@@ -139,8 +127,8 @@ def test_default_tolerances_are_one_over_steps():
     sde, cf = SDES["vp"]
     grid = torch.tensor([1.0, 0.5, T_END], dtype=F64)
     x = start(n=3)
-    a, nfe_a = run_ours(sde, cf, grid, x, Draws(x.shape))
-    b, nfe_b = run_ours(sde, cf, grid, x, Draws(x.shape), eps_abs=0.5, eps_rel=0.5)
+    a, nfe_a = run_ours(sde, cf, grid, x, Draws(x.shape, n=4000, seed=3))
+    b, nfe_b = run_ours(sde, cf, grid, x, Draws(x.shape, n=4000, seed=3), eps_abs=0.5, eps_rel=0.5)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert nfe_a == nfe_b
 

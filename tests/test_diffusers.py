@@ -66,6 +66,21 @@ def relative_gap(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # -- exact agreement with diffusers' samplers ---------------------------------------------------------
+def ddpm_scheduler_run(net, model, sched, n: int):
+    """DDPMScheduler's full chain of n steps on ``net`` (a UNet, or a module returning the output
+    tensor) with float64 tables: (x_T, its x_0), x_T and the per-step noise from seeds 1 and 2."""
+    float64_tables(sched, model.sde)
+    sched.set_timesteps(n)
+    x_T = torch.randn(2, 1, 8, 8, dtype=F64, generator=torch.Generator().manual_seed(1))
+    x, gen = x_T, torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for k in sched.timesteps:
+            out = net(x, k)
+            x = sched.step(out.sample if hasattr(out, "sample") else out, k, x, generator=gen).prev_sample
+    return x_T, x
+
+
+
 @pytest.mark.parametrize("variance_type, variance", [("fixed_small", "beta_tilde"), ("fixed_large", "beta")])
 def test_ancestral_is_the_ddpm_scheduler_loop(unet, variance_type, variance):
     """DDPMScheduler's full chain (N = 100 steps, squaredcos_cap_v2, clip_sample off) and our
@@ -78,13 +93,8 @@ def test_ancestral_is_the_ddpm_scheduler_loop(unet, variance_type, variance):
     sched = diffusers.DDPMScheduler(num_train_timesteps=n, beta_schedule="squaredcos_cap_v2",
                                     clip_sample=False, variance_type=variance_type)
     model = from_diffusers(unet, sched)
-    float64_tables(sched, model.sde)
-    sched.set_timesteps(n)
-    x_T = torch.randn(2, 1, 8, 8, dtype=F64, generator=torch.Generator().manual_seed(1))
-    x, gen = x_T, torch.Generator().manual_seed(2)
+    x_T, x = ddpm_scheduler_run(unet, model, sched, n)
     with torch.no_grad():
-        for k in sched.timesteps:
-            x = sched.step(unet(x, k).sample, k, x, generator=gen).prev_sample
         ours = solvers.sample(model, model.sde, x_T.shape, "ancestral", n - 1, eps=1 / n, x_T=x_T, dtype=F64,
                               generator=torch.Generator().manual_seed(2), variance=variance)
         auto = solvers.sample(model, model.sde, x_T.shape, "ancestral", n - 1, eps=1 / n, x_T=x_T, dtype=F64,
@@ -122,14 +132,8 @@ def test_ancestral_is_the_ddpm_scheduler_loop_with_a_learned_variance(variance_t
                                     clip_sample=False, variance_type=variance_type)
     model = from_diffusers(unet, sched) if variance_type == "learned_range" else from_diffusers(net, sched)
     assert model.learned_variance and model.variance_kind == variance_type
-    float64_tables(sched, model.sde)
-    sched.set_timesteps(n)
-    x_T = torch.randn(2, 1, 8, 8, dtype=F64, generator=torch.Generator().manual_seed(1))
-    x, gen = x_T, torch.Generator().manual_seed(2)
+    x_T, x = ddpm_scheduler_run(net, model, sched, n)
     with torch.no_grad():
-        for k in sched.timesteps:
-            out = net(x, k)
-            x = sched.step(out.sample if hasattr(out, "sample") else out, k, x, generator=gen).prev_sample
         ours = solvers.sample(model, model.sde, x_T.shape, "ancestral", n - 1, eps=1 / n, x_T=x_T, dtype=F64,
                               generator=torch.Generator().manual_seed(2))
     assert relative_gap(ours.x, x) < 1e-10

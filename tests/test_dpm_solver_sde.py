@@ -12,22 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _closed_forms import F64, GRID, SDES, at, score, start
+from _closed_forms import F64, GRID, SDES, Draws, at, score, start
 from solvers.base import METHODS, Context, CountingScore
 
 TOL = dict(rtol=1e-12, atol=1e-12)
-
-
-class Draws:
-    """A fixed sequence of standard-normal draws, replayed from the start by every user."""
-
-    def __init__(self, shape, n=64, seed=5):
-        self.z = torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed), dtype=F64)
-        self.k = 0
-
-    def __call__(self, x):
-        self.k += 1
-        return self.z[self.k - 1].clone()
 
 
 def run_ours(sde, grid, x, draws, **options):

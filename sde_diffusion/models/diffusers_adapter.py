@@ -9,7 +9,8 @@ k at the knots) and its output is read by the scheduler's ``prediction_type``: `
 Its ``variance_type`` is read as its authors sample with it: ``fixed_small`` (beta_tilde) and
 ``fixed_large`` (beta) as the ancestral sampler's and the bound's ``variance="auto"``, ``learned_range``
 and ``learned`` as a learned variance (the UNet's second C channels) in diffusers' convention
-(``schedule.learned_log_variance``). Nothing is downloaded: a model is a local folder or objects in memory.
+(``schedule.learned_log_variance``); a scheduler that states none (DDIM's, DPM-Solver's) leaves the
+samplers' defaults. Nothing is downloaded: a model is a local folder or objects in memory.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ VARIANCE_TYPES = {"fixed_small": ("beta_tilde", False), "fixed_small_log": ("bet
                   "learned_range": (None, "learned_range"), "learned": (None, "learned")}
 # DDPMScheduler()'s own defaults, for a UNet folder saved without a scheduler config
 DEFAULT_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear",
-                     "prediction_type": "epsilon"}
+                     "prediction_type": "epsilon", "variance_type": "fixed_small"}
 
 
 class MissingExtra(ImportError, ValueError):
@@ -130,10 +131,10 @@ def from_diffusers(source: Any, scheduler: Any = None, *, interpolation: str = "
     prediction = config.get("prediction_type", "epsilon")
     if prediction not in PREDICTIONS:
         raise ValueError(f"unknown prediction_type {prediction!r}; allowed: {', '.join(PREDICTIONS)}.")
-    variance_type = config.get("variance_type", "fixed_small")
-    if variance_type not in VARIANCE_TYPES:
+    variance_type = config.get("variance_type")  # absent or None: a scheduler that states none (DDIM, DPM-Solver)
+    if variance_type is not None and variance_type not in VARIANCE_TYPES:
         raise ValueError(f"unknown variance_type {variance_type!r}; allowed: {', '.join(VARIANCE_TYPES)}.")
-    fixed, learned = VARIANCE_TYPES[variance_type]
+    fixed, learned = VARIANCE_TYPES.get(variance_type, (None, False))
     _check_channels(unet, variance_type, learned)
     sde = schedule_sde(config, interpolation)
     return ScoreModel(DiffusersNet(unet, sde), sde, PREDICTIONS[prediction], learned_variance=learned,
