@@ -13,7 +13,8 @@ x_i = sqrt(abar_i) x_0 + sqrt(1 - abar_i) z and a diagonal Sigma_i = diag(sigma_
                          + beta_i^2 / (sigma_{i,d}^2 alpha_i (1 - abar_i)) (eps_d(x_i, t_i) - z_d)^2),
 bt_i = beta_tilde_i. Sigma_i is beta_i, beta_tilde_i, or a learned-variance model's
 exp(v log beta_i + (1 - v) log bt_i) (Nichol & Dhariwal 2021, eq. 15; bt_1 = 0 is replaced by bt_2 in
-the decoder, as DDPM's and improved DDPM's code do). The decoder p(x_0 | x_1) is DDPM's discretized
+the decoder, as DDPM's and improved DDPM's code do, and by default at 256 levels the fixed beta_1 too:
+``decoder_rule``). The decoder p(x_0 | x_1) is DDPM's discretized
 Gaussian, generalised to ``levels`` bins: the mass of N(mu_1, sigma_1^2) over the bin of level k, the
 first and last bins extended to -inf and +inf (a Gaussian density for continuous data, ``levels`` None).
 Any ``DiscreteSchedule`` works, a respaced one included (its model times t_i = tau_i / T).
@@ -31,6 +32,17 @@ from .schedule import DiscreteSchedule, learned_log_variance
 from .sde import ScoreFn
 
 VARIANCES = ("auto", "beta", "beta_tilde", "learned")
+DECODERS = ("auto", "ddpm", "step")
+
+
+def decoder_rule(decoder: str, levels: int | None) -> str:
+    """The decoder variance rule: ``ddpm`` (sigma_1^2 = beta_tilde_2 for both fixed variances, DDPM's and
+    improved DDPM's code: log(append(posterior_variance[1], betas[1:]))) or ``step`` (the step's own:
+    beta_1 for ``beta``, beta_tilde_2 for ``beta_tilde``, beta_tilde_1 being 0); ``auto``: the papers'
+    ``ddpm`` for their 256 levels, else ``step``. With the exact score the posterior spread of x_0 given x_1
+    is about beta_1, so ``step`` gives the tighter bound there; ``ddpm`` wins with a near-ideal mean."""
+    checks.one_of("decoder", decoder, DECODERS)
+    return ("ddpm" if levels == 256 else "step") if decoder == "auto" else decoder
 
 
 def _log_bin_mass(a: torch.Tensor, b: torch.Tensor, first: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
@@ -69,10 +81,11 @@ def chain_prediction(score_fn: ScoreFn, schedule: DiscreteSchedule, x: torch.Ten
 
 
 def reverse_log_variance(schedule: DiscreteSchedule, i: torch.Tensor, variance: str, v: torch.Tensor | None,
-                         like: torch.Tensor, kind: str = "interpolation") -> torch.Tensor:
-    """log sigma_i^2 of p(x_{i-1} | x_i) at steps i (M,): log beta_i, log beta_tilde_i (clipped at i = 1)
-    or, for ``learned``, v read by its convention ``kind`` with the clipped beta_tilde_i
-    (``learned_log_variance``; shaped like v); else shaped (M, 1, ...)."""
+                         like: torch.Tensor, kind: str = "interpolation", decoder: str = "step") -> torch.Tensor:
+    """log sigma_i^2 of p(x_{i-1} | x_i) at steps i (M,): log beta_i (beta_tilde_2 at i = 1 for the
+    ``ddpm`` decoder rule, ``decoder_rule``), log beta_tilde_i (clipped at i = 1) or, for ``learned``, v
+    read by its convention ``kind`` with the clipped beta_tilde_i (``learned_log_variance``; shaped like
+    v); else shaped (M, 1, ...)."""
     checks.one_of("variance", variance, VARIANCES[1:])
     beta, bt = (checks.bcast(schedule.take(a, i, like), like)
                 for a in (schedule.betas, schedule.posterior_variance_clipped))
@@ -80,6 +93,8 @@ def reverse_log_variance(schedule: DiscreteSchedule, i: torch.Tensor, variance: 
         if v is None:
             raise ValueError("variance 'learned' needs a learned-variance model (its v).")
         return learned_log_variance(v, beta, bt, kind)
+    if variance == "beta" and decoder == "ddpm":
+        beta = torch.where(checks.bcast(i.to(like.device), like) == 1, bt, beta)
     return (beta if variance == "beta" else bt).log()
 
 
@@ -125,7 +140,7 @@ def _variance(score_fn, variance: str) -> str:
 @torch.no_grad()  # inference: the model (e.g. a ScoreModel with trainable weights) records no graph
 def ddpm_vlb_terms(score_fn: ScoreFn, schedule: DiscreteSchedule, x_discrete: torch.Tensor, *,
                    levels: int = 256, data_range: tuple[float, float] = (-1.0, 1.0),
-                   variance: str = "auto", generator: torch.Generator | None = None,
+                   variance: str = "auto", decoder: str = "auto", generator: torch.Generator | None = None,
                    dtype: torch.dtype = torch.float32,
                    max_batch: int = 8192) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(L_T, sum_{i=2}^T L_{i-1}, L_0) in nats per sample, each of shape (N,); see the module.
@@ -136,8 +151,9 @@ def ddpm_vlb_terms(score_fn: ScoreFn, schedule: DiscreteSchedule, x_discrete: to
     ``variance``: sigma_i^2 = beta_i (``beta``), beta_tilde_i (``beta_tilde``) or the model's
     learned one (``learned``); ``auto`` is ``learned`` for a learned-variance model, else the fixed variance
     the model states (a diffusers scheduler's ``variance_type``), else ``beta``.
-    The decoder uses sigma_1^2 = beta_1, or beta_tilde_2 for ``beta_tilde`` (beta_tilde_1 = 0), as
-    DDPM's code does. The sum over steps is exact (all T steps, evaluated in chunks of at most
+    ``decoder``: the decoder's sigma_1^2 for fixed variances (``decoder_rule``): the papers' beta_tilde_2
+    (``ddpm``, the default at 256 levels) or the step's own, beta_1 for ``beta`` (``step``, the default
+    otherwise); beta_tilde_2 for ``beta_tilde`` either way (beta_tilde_1 = 0). The sum over steps is exact (all T steps, evaluated in chunks of at most
     ``max_batch`` rows); each term uses one draw x_i ~ q(x_i | x_0) per sample, so the result is an
     unbiased single-draw estimate of each sample's bound.
     """
@@ -151,6 +167,7 @@ def ddpm_vlb_terms(score_fn: ScoreFn, schedule: DiscreteSchedule, x_discrete: to
                         f"{getattr(x_discrete, 'dtype', type(x_discrete).__name__)}.")
     checks.one_of("variance", variance, VARIANCES)
     variance = _variance(score_fn, variance)
+    rule = decoder_rule(decoder, levels)
     checks.positive_int("max_batch", max_batch)
     if levels < 2:
         raise ValueError(f"levels must be >= 2 for the discretized decoder, got {levels}.")
@@ -166,7 +183,7 @@ def ddpm_vlb_terms(score_fn: ScoreFn, schedule: DiscreteSchedule, x_discrete: to
         z = torch.randn(xr.shape, generator=generator, device=x0.device, dtype=dtype)
         xi = schedule.q_sample(xr, idx, z)
         eps, v = chain_prediction(score_fn, schedule, xi, idx)
-        log_var = reverse_log_variance(schedule, idx, variance, v, xi, variance_kind(score_fn))
+        log_var = reverse_log_variance(schedule, idx, variance, v, xi, variance_kind(score_fn), rule)
         later = idx > 1
         kl = kl + torch.where(later, step_kl(schedule, idx.clamp_min(2), eps, z, log_var), 0).reshape(len(i), n).sum(0)
         if start == 0:

@@ -128,16 +128,17 @@ def _first_step_batch(n=10, d=3):
 # L_vlb at i = 1 of the batch above, (L_T + T L_0) / (D ln 2) per sample, from ``_decoder_nll_scipy``
 VLB_AT_17 = [13.7137663763, 11.8299878145, 13.6864424899, 12.0860573793, 15.0619197253,
              6.7508441748, 11.0714351026, 13.3467857711, 25.9948478886, 15.8962890219]
-VLB_AT_256 = [36.2472673261, 34.8565550705, 36.9359544432, 35.0292734341, 37.7353178619,
-              35.6298377520, 43.8861008485, 36.1606595499, 48.2381778838, 39.5163793150]
+VLB_AT_256 = [35.7640860552, 34.0966708188, 36.5829689510, 34.3100529014, 37.5393655900,
+              35.0156805993, 44.8718240644, 35.6539729354, 50.0782892748, 39.6632952714]  # sigma_1^2 = beta_tilde_2
 
 
 @pytest.mark.parametrize("levels", [17, 256])
 def test_vlb_objective_decoder_at_17_and_256_levels(levels):
     """ddpm_loss(objective='vlb', levels=L) at i = 1: (L_T + T L_0) / (D ln 2) with L_0 the
-    discretized Gaussian N(mu_1, beta_1) over the L bins (scipy), for the same batch at L = 17 and 256;
-    the values are also written out (VLB_AT_17, VLB_AT_256)."""
-    beta, alpha, abar, _, _ = tables()
+    discretized Gaussian N(mu_1, sigma_1^2) over the L bins (scipy), sigma_1^2 = beta_1 at 17 levels and
+    DDPM's beta_tilde_2 at 256 (its code's log(append(posterior_variance[1], betas[1:]))), for the same
+    batch; the values are also written out (VLB_AT_17, VLB_AT_256)."""
+    beta, alpha, abar, _, bt = tables()
     sched = DDPMSchedule(T, B1, BT)
     x0, z = _first_step_batch()
     n, d = x0.shape
@@ -146,7 +147,8 @@ def test_vlb_objective_decoder_at_17_and_256_levels(levels):
                     reduction="none", levels=levels)
     x1 = abar[0].sqrt() * x0 + (1 - abar[0]).sqrt() * z
     mean = (x1 - beta[0] / (1 - abar[0]).sqrt() * _eps_fn(x1, torch.full((n,), 1 / T, dtype=F64))) / alpha[0].sqrt()
-    dec = torch.from_numpy(_decoder_nll_scipy(x0, mean, beta[0].sqrt().expand_as(mean), levels))
+    sigma1 = (beta[0] if levels == 17 else bt[1]).sqrt()
+    dec = torch.from_numpy(_decoder_nll_scipy(x0, mean, sigma1.expand_as(mean), levels))
     want = (_prior_kl(x0, abar[-1]) + T * dec) / (d * math.log(2))
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
     written = torch.tensor(VLB_AT_17 if levels == 17 else VLB_AT_256, dtype=F64)

@@ -47,13 +47,15 @@ def test_vlb_bounds_the_exact_nll_and_tightens_with_T():
     # mean exact NLL (Gibbs), so the mean gap is > 0; the discretisation gap is O(1/T) (measured
     # 0.36, 0.18, 0.087 bits/dim at T = 50, 100, 200). N = 8000 gives a standard error of ~0.01 on
     # each gap: the asserted margins (gap > 5 SE, each doubling of T at most 0.75x, i.e. 5 SE of the
-    # ratio above the measured 0.49) are ample.
+    # ratio above the measured 0.49) are ample. The decoder is the step's own sigma_1^2 = beta_1, which
+    # fits the exact score's posterior spread of x_0 | x_1 (DDPM's beta_tilde_2, the 256-level default,
+    # is narrower: its L_0 does not shrink with T the same way; measured gap 0.14 at T = 200).
     n = 8000
     k = continuous_to_levels(GM.sample(n, _gen(0), dtype=F64), LEVELS)
     nll = _discrete_nll_bits(GM, k)
     gaps = []
     for T in (50, 100, 200):
-        vlb = ddpm_vlb_bits_per_dim(GM.score(_schedule(T).embedding()), _schedule(T), k,
+        vlb = ddpm_vlb_bits_per_dim(GM.score(_schedule(T).embedding()), _schedule(T), k, decoder="step",
                                     generator=_gen(T), dtype=F64)
         gap = vlb - nll
         assert gap.mean() > 5 * gap.std() / math.sqrt(n)
@@ -122,3 +124,25 @@ def test_bad_arguments(kwargs, err, match):
     args.update(kwargs)
     with pytest.raises(err, match=match):
         ddpm_vlb_bits_per_dim(args.pop("score_fn"), args.pop("schedule"), args.pop("x_discrete"), **args)
+
+
+def test_decoder_rules_at_256_levels():
+    """An ideal mean (mu_1 = x_0, the bin centre) at 256 levels: L_0 is -log(2 Phi(w / (2 sigma_1)) - 1) per
+    dimension, w = 2/256, with DDPM's sigma_1^2 = beta_tilde_2 under ``decoder="ddpm"`` (the default at
+    256 levels) and beta_1 under ``"step"``; the papers' rule gives the smaller L_0, and ``auto`` is it at
+    256 levels and ``step`` at 17."""
+    from scipy.stats import norm
+    from sde_diffusion.vlb import decoder_nll, decoder_rule, reverse_log_variance
+    sched = DDPMSchedule(T=1000)
+    k = torch.randint(1, 255, (4, 3), generator=_gen(3))   # inner bins: both edges finite
+    x0 = -1 + (k.to(F64) + 0.5) * 2 / 256
+    x1 = sched.alphas_cumprod[0].sqrt() * x0                # x_1 without noise: eps = 0 gives mu_1 = x_0
+    one = torch.ones(4, dtype=torch.long)
+    l0 = {}
+    for rule, var in (("ddpm", float(sched.posterior_variance[1])), ("step", float(sched.betas[0]))):
+        log_var = reverse_log_variance(sched, one, "beta", None, x0, decoder=rule)
+        l0[rule] = decoder_nll(sched, x1, torch.zeros_like(x0), log_var, x0, 256)
+        ref = -3 * math.log(2 * norm.cdf(1 / 256 / math.sqrt(var)) - 1)
+        torch.testing.assert_close(l0[rule], torch.full((4,), ref, dtype=F64), rtol=1e-9, atol=0)
+    assert torch.all(l0["ddpm"] < l0["step"])
+    assert decoder_rule("auto", 256) == "ddpm" and decoder_rule("auto", 17) == "step"
