@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
 import torch
 
 from . import checks
@@ -24,11 +25,25 @@ from .checks import bcast
 from .sde import VPSDE, CosineVPSDE, DiscreteVPSDE, SDE
 
 
+DIFFUSERS_SPACINGS = ("leading", "trailing", "linspace")
+
+
+def _diffusers_timesteps(spacing: str, T: int, K: int) -> np.ndarray:
+    """diffusers' 0-based timesteps of ``set_timesteps(K)`` for a ``timestep_spacing`` (steps_offset 0)."""
+    i = np.arange(K)
+    if spacing == "leading":
+        return i * (T // K)
+    if spacing == "trailing":
+        return np.round(np.arange(T, 0, -T / K)).astype(np.int64) - 1
+    return np.linspace(0, T - 1, K).round().astype(np.int64)
+
+
 def _int(text: str, spec) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"respace({spec!r}): expected K, \"K_1,...,K_n\" or \"ddimK\" with integers K.") from None
+        raise ValueError(f"respace({spec!r}): expected K, \"K_1,...,K_n\", \"ddimK\", \"leadingK\", \"trailingK\" or "
+                         f"\"linspaceK\" with integers K.") from None
 
 
 class DiscreteSchedule:
@@ -176,7 +191,17 @@ class DDPMSchedule(DiscreteSchedule):
           running sum and round-half-to-even are the released code's: they decide its ties.
         - "ddimK": the smallest integer stride c with K steps 1, 1 + c, ..., 1 + (K - 1) c <= T (DDIM's
           striding; the chain then starts at step 1 + (K - 1) c, not at T).
+        - "leadingK", "trailingK", "linspaceK": the K timesteps of diffusers' ``timestep_spacing`` (its
+          ``set_timesteps(K)``, steps_offset 0; its timestep j is step j + 1 here): leading j = i floor(T/K),
+          trailing round(T - i T/K) - 1, linspace round(i (T - 1)/(K - 1)), i = 0..K-1, numpy's rounding.
+          ``ancestral`` on such a chain is ``DDPMScheduler``'s loop with those timesteps.
         K = 1 keeps step T alone (``space_timesteps`` would keep the first step)."""
+        spacing = next((n for n in DIFFUSERS_SPACINGS if isinstance(K, str) and K.startswith(n)), None)
+        if spacing is not None:
+            count = checks.positive_int(f"{spacing}K's K", _int(K[len(spacing):], K))
+            if count > self.T:
+                raise ValueError(f"respace({K!r}): K must lie in 1..T = 1..{self.T}.")
+            return RespacedSchedule(self, tuple(sorted(int(j) + 1 for j in _diffusers_timesteps(spacing, self.T, count))))
         if isinstance(K, str) and K.startswith("ddim"):
             count = checks.positive_int("ddimK's K", _int(K[4:], K))
             stride = next((c for c in range(1, self.T) if len(range(0, self.T, c)) == count), None)

@@ -25,7 +25,7 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 
 import solvers  # noqa: E402
-from sde_diffusion import GaussianMixture, VPSDE, bits_per_dim  # noqa: E402
+from sde_diffusion import DDPMSchedule, GaussianMixture, VPSDE, bits_per_dim  # noqa: E402
 from sde_diffusion.commands import cli  # noqa: E402
 from sde_diffusion.dequantize import DATA_RANGE, bin_width, continuous_to_levels  # noqa: E402
 from sde_diffusion.models import from_denoiser  # noqa: E402
@@ -157,6 +157,31 @@ def test_variance_type_and_channels_are_checked_on_load(variance_type, out_chann
     config = {**dict(diffusers.DDPMScheduler().config), "variance_type": variance_type}
     with pytest.raises(ValueError, match=match):
         from_diffusers(unet, config)
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_ancestral_on_a_respaced_chain_is_the_ddpm_scheduler_with_its_timestep_spacing(unet, spacing):
+    """DDPMScheduler(timestep_spacing=...) with 10 of N = 100 steps (linear table, fixed_small, clip_sample
+    off) and our ``ancestral`` on DDPMSchedule(N).respace(spacing + "10"), the chain of the same timesteps
+    (its variances recomputed, as diffusers' previous_timestep does), same x_T and noise: 1e-10. (The
+    trailing run's last diffusers step adds noise of std 1e-10, its clamped zero variance.)"""
+    n, k = 100, 10
+    sched = diffusers.DDPMScheduler(num_train_timesteps=n, beta_start=1e-3, beta_end=0.2, clip_sample=False,
+                                    timestep_spacing=spacing)
+    model = from_diffusers(unet, sched)
+    float64_tables(sched, model.sde)
+    sched.set_timesteps(k)
+    chain = DDPMSchedule(T=n, beta_1=1e-3, beta_T=0.2).respace(f"{spacing}{k}")
+    assert [j + 1 for j in sched.timesteps.tolist()] == list(chain.keep)[::-1]
+    x_T = torch.randn(2, 1, 8, 8, dtype=F64, generator=torch.Generator().manual_seed(1))
+    x, gen = x_T, torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for j in sched.timesteps:
+            x = sched.step(unet(x, j).sample, j, x, generator=gen).prev_sample
+        ours = solvers.sample(model, model.sde, x_T.shape, "ancestral", k, schedule=chain, x_T=x_T, dtype=F64,
+                              generator=torch.Generator().manual_seed(2))
+    assert ours.nfe == k
+    assert relative_gap(ours.x, x) < 1e-10
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])

@@ -151,9 +151,11 @@ def test_respace_with_K_equal_T_is_the_base_chain_bit_for_bit():
 @pytest.mark.parametrize("spec, match", [
     (1001, r"K must lie in 1..T = 1..1000"),
     ("ddim37", r"no integer stride gives exactly 37 of T = 1000"),
-    ("ten", r"expected K, \"K_1,...,K_n\" or \"ddimK\""),
+    ("ten", r"expected K, \"K_1,...,K_n\", \"ddimK\""),
     ("10,600", r"section 2 has 500 steps, cannot keep 600"),
     ("10,0", r"section 2 has 500 steps, cannot keep 0"),
+    ("leading2000", r"respace\('leading2000'\): K must lie in 1..T = 1..1000"),
+    ("trailing0", r"trailingK's K must be an integer >= 1"),
 ])
 def test_respace_refuses_what_it_cannot_keep(spec, match):
     with pytest.raises(ValueError, match=match):
