@@ -9,6 +9,7 @@ shared by the sampler of the same name and the PC predictors.
 from __future__ import annotations
 
 import torch
+from sde_diffusion import checks
 from sde_diffusion.reverse import reverse_coefs
 from sde_diffusion.schedule import learned_log_variance
 
@@ -16,17 +17,18 @@ from .base import Context, Option, choice, grid_options, register, unit_interval
 
 
 def _ancestral_tables(ctx: Context):
-    """(1/a, G^2/s_t, s_t, G^2, G^2 s_s^2/s_t^2) per step t -> s of the grid, float64 (``SDE.transition``);
-    the step is x <- (x - (G^2/s_t) eps) / a + sigma z, eps = -s_t score, sigma^2 = G^2, the posterior
-    variance G^2 s_s^2/s_t^2 or the learned mix."""
+    """(1/a, G^2/s_t, s_t, G^2, G^2 s_s^2/s_t^2, m_t, m_s G^2/s_t^2, a s_s^2/s_t^2) per step t -> s of the
+    grid, float64 (``SDE.transition``); the step is x <- (x - (G^2/s_t) eps) / a + sigma z, eps = -s_t score,
+    sigma^2 = G^2, the posterior variance G^2 s_s^2/s_t^2 or the learned mix; the last two are the posterior
+    mean's weights of x0 and x_t, mu = (m_s G^2/s_t^2) x0 + (a s_s^2/s_t^2) x_t (the same mean)."""
     t, s = ctx.grid64[:-1], ctx.grid64[1:]
     a, G = ctx.sde.transition(s, t)
-    s_t, s_s = ctx.sde.marginal(t)[1], ctx.sde.marginal(s)[1]
-    G2 = G.square()
-    return 1 / a, G2 / s_t, s_t, G2, G2 * s_s.square() / s_t.square()
+    (m_t, s_t), (m_s, s_s) = ctx.sde.marginal(t), ctx.sde.marginal(s)
+    G2, st2 = G.square(), s_t.square()
+    return 1 / a, G2 / s_t, s_t, G2, G2 * s_s.square() / st2, m_t, m_s * G2 / st2, a * s_s.square() / st2
 
 
-def ancestral_step(ctx: Context, variance: str = "auto"):
+def ancestral_step(ctx: Context, variance: str = "auto", clip: float | None = None):
     if variance == "auto":
         variance = "learned" if ctx.score.learned_variance else ctx.score.fixed_variance or (
             "beta" if vp_type(ctx.sde) else "beta_tilde")
@@ -34,7 +36,7 @@ def ancestral_step(ctx: Context, variance: str = "auto"):
         raise ValueError("variance 'learned' needs a score_fn with a learned variance (a ScoreModel with "
                          "learned_variance=True, called as the model itself).")
     tables = _ancestral_tables(ctx)
-    c1, c2, st, beta, bt = (ctx.cast(c) for c in tables)
+    c1, c2, st, beta, bt, mt, cx0, cxt = (ctx.cast(c) for c in tables)
     sigma = {"beta": ctx.cast(tables[3].sqrt()), "beta_tilde": ctx.cast(tables[4].sqrt())}.get(variance)
     last = ctx.steps - 1 if ctx.at_data else None  # Algorithm 2: z = 0 at i = 1 (its variance unused)
     kind = ctx.score.variance_kind
@@ -47,7 +49,10 @@ def ancestral_step(ctx: Context, variance: str = "auto"):
 
     def step(x, i, t, s):
         eps, v = eps_v(x, i, t)
-        mean = c1[i] * (x - c2[i] * eps)
+        if clip is None:
+            mean = c1[i] * (x - c2[i] * eps)
+        else:  # DDPMScheduler's clip_sample: the posterior mean at x0_hat clamped to [-clip, clip]
+            mean = cx0[i] * ((x - st[i] * eps) / mt[i]).clamp(-clip, clip) + cxt[i] * x
         if i == last:
             return mean
         std = (0.5 * learned_log_variance(v, beta[i], bt[i], kind)).exp() if variance == "learned" else sigma[i]
@@ -55,9 +60,9 @@ def ancestral_step(ctx: Context, variance: str = "auto"):
     return step
 
 
-@register("ancestral", "sde", 1, {"variance": Option("auto", choice("auto", "beta", "beta_tilde", "learned"))},
-          chain=True)
-def ancestral(ctx: Context, x: torch.Tensor, variance: str) -> torch.Tensor:
+@register("ancestral", "sde", 1, {"variance": Option("auto", choice("auto", "beta", "beta_tilde", "learned")),
+                                   "clip": Option(None, checks.positive)}, chain=True)
+def ancestral(ctx: Context, x: torch.Tensor, variance: str, clip: float | None) -> torch.Tensor:
     """Ancestral sampling from p(x_s | x_t) = q(x_s | x_t, x0_hat) with Tweedie's x0_hat, on the exact
     transition x_t = a x_s + G z (``SDE.transition``):
         x_s = (x_t + G^2 score) / a + sigma z = 1/sqrt(alpha) (x_t - beta/sqrt(1 - abar) eps) + sigma z,
@@ -76,9 +81,12 @@ def ancestral(ctx: Context, x: torch.Tensor, variance: str) -> torch.Tensor:
     chain-trained model's own eps, and z = 0 at the last step, which lands on the data (no Tweedie step):
     its variance, beta_tilde'_1 = 0 (which DDPM's and iDDPM's code clip to beta_tilde'_2 where a log
     variance needs it, as ``vlb`` does), is never used.
+    ``clip`` c (diffusers' ``clip_sample_range`` with ``clip_sample=True``): each step's mean is the
+    posterior mean q(x_s | x_t, x0) at Tweedie's x0_hat clamped to [-c, c], the last step of a chain
+    included (sample's own final Tweedie step on other grids is not clamped).
     Draws: one z per step (none at a chain's last step).
     Weak order 1 (tests/test_solvers_weak_order.py)."""
-    return ctx.run(x, ancestral_step(ctx, variance))
+    return ctx.run(x, ancestral_step(ctx, variance, clip))
 
 
 def reverse_diffusion_step(ctx: Context):

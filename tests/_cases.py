@@ -68,6 +68,7 @@ VALUES: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("sa_solver", "tau"): [{"tau": 0.5}],
     ("sa_solver", "rho"): [{"grid": "edm", "rho": 3.0}],
     ("unipc", "rho"): [{"grid": "edm", "rho": 3.0}],
+    ("ancestral", "clip"): [{"clip": 1.0}],                    # diffusers' clip_sample
     ("adaptive_sde", "eps_abs"): [{"eps_abs": 0.02, "eps_rel": 0.05}],   # the two are given together
     ("adaptive_sde", "eps_rel"): [],
     ("adaptive_sde", "max_steps"): [{"max_steps": 5000}],

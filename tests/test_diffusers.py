@@ -159,14 +159,17 @@ def test_variance_type_and_channels_are_checked_on_load(variance_type, out_chann
         from_diffusers(unet, config)
 
 
-@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
-def test_ancestral_on_a_respaced_chain_is_the_ddpm_scheduler_with_its_timestep_spacing(unet, spacing):
-    """DDPMScheduler(timestep_spacing=...) with 10 of N = 100 steps (linear table, fixed_small, clip_sample
-    off) and our ``ancestral`` on DDPMSchedule(N).respace(spacing + "10"), the chain of the same timesteps
-    (its variances recomputed, as diffusers' previous_timestep does), same x_T and noise: 1e-10. (The
-    trailing run's last diffusers step adds noise of std 1e-10, its clamped zero variance.)"""
+@pytest.mark.parametrize("spacing, clip", [("leading", True), ("leading", False), ("trailing", False),
+                                           ("linspace", False), ("linspace", True)])
+def test_ancestral_on_a_respaced_chain_is_the_ddpm_scheduler_with_its_timestep_spacing(unet, spacing, clip):
+    """DDPMScheduler(timestep_spacing=...) with 10 of N = 100 steps (linear table, fixed_small; with
+    clip_sample, its default, x0_hat clamped to [-1, 1]) and our ``ancestral`` on
+    DDPMSchedule(N).respace(spacing + "10"), the chain of the same timesteps (its variances recomputed, as
+    diffusers' previous_timestep does), with ``clip=1`` for clip_sample, same x_T and noise: 1e-10.
+    ("leading" with clip is DDPMScheduler at its defaults. The trailing run's last diffusers step adds
+    noise of std 1e-10, its clamped zero variance.)"""
     n, k = 100, 10
-    sched = diffusers.DDPMScheduler(num_train_timesteps=n, beta_start=1e-3, beta_end=0.2, clip_sample=False,
+    sched = diffusers.DDPMScheduler(num_train_timesteps=n, beta_start=1e-3, beta_end=0.2, clip_sample=clip,
                                     timestep_spacing=spacing)
     model = from_diffusers(unet, sched)
     float64_tables(sched, model.sde)
@@ -179,8 +182,9 @@ def test_ancestral_on_a_respaced_chain_is_the_ddpm_scheduler_with_its_timestep_s
         for j in sched.timesteps:
             x = sched.step(unet(x, j).sample, j, x, generator=gen).prev_sample
         ours = solvers.sample(model, model.sde, x_T.shape, "ancestral", k, schedule=chain, x_T=x_T, dtype=F64,
-                              generator=torch.Generator().manual_seed(2))
+                              generator=torch.Generator().manual_seed(2), **({"clip": 1.0} if clip else {}))
     assert ours.nfe == k
+    assert not clip or x.abs().max() <= 1 + 1e-12   # the clamp acted: the random UNet's x0_hat is far larger
     assert relative_gap(ours.x, x) < 1e-10
 
 
