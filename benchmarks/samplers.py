@@ -35,6 +35,7 @@ VARIANTS = {
     "heun-churn40": ("heun", {"S_churn": 40.0, "S_tmin": 0.05, "S_tmax": 50.0, "S_noise": 1.003}),
     "dpm_solver_sde-2M": ("dpm_solver_sde", {}), "dpm_solver_sde-3M": ("dpm_solver_sde", {"order": 3}),
     "unipc-bh2": ("unipc", {}), "unipc-bh1-3": ("unipc", {"order": 3, "variant": "bh1"}),
+    "sa_solver": ("sa_solver", {}), "adaptive_sde": ("adaptive_sde", {}),  # adaptive: steps sets the tolerance 1/steps
 }
 DOPRI_TOL = {10: 1e-1, 20: 1e-2, 50: 1e-3, 100: 1e-4, 200: 1e-5, 500: 1e-6, 1000: 1e-7}
 FIELDS = ["data", "sde", "sampler", "kind", "steps", "nfe", "sw2", "floor", "ratio", "nll_gap", "wall_s",
