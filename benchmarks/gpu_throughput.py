@@ -149,7 +149,7 @@ def exact_variants() -> dict[str, dict]:
         if value not in ("exact", "hutchinson"):
             variants[value] = {"divergence": value}
     known = {"score_fn", "sde", "x", "divergence", "probes", "noise", "method", "rtol", "atol", "eps",
-             "generator", "progress"}
+             "generator", "progress", "error_control"}  # error_control: the step control, not a divergence
     for name, p in params.items():
         if name not in known and isinstance(p.default, str):
             for value in _allowed(lambda v: log_likelihood(lambda x, t: x, VPSDE(), x, **{name: v})):
