@@ -1,7 +1,8 @@
 """The SDE/ODE crossover at equal score evaluations (not a test).
 
-For each NFE budget B and each candidate sampler, the largest step count whose NFE is at most B (NFE is
-read from a dry run, never assumed); R repeats of ``compare`` (repeat r: the same prior seed for every
+For each NFE budget B and each candidate sampler, the largest step count whose NFE is at most B in every
+repeat (NFE is read from dry runs and from the repeats, never assumed; ``adaptive_sde``'s depends on the
+draws); R repeats of ``compare`` (repeat r: the same prior seed for every
 sampler, its own held-out set); per sampler the mean ratio quality/floor with a Student-t 95% interval
 (R - 1 degrees of freedom). The best SDE and the best ODE sampler are those of lowest mean ratio; the
 verdict comes from the paired difference of their ratios over the repeats (same seeds, same held-out
@@ -37,6 +38,7 @@ CANDIDATES = {
     "ddim": ("ddim", {}), "heun": ("heun", {}), "ode:solver=rk4": ("ode", {"solver": "rk4"}),
     "dpm_solver": ("dpm_solver", {}), "dpm_solver:order=3": ("dpm_solver", {"order": 3}),
     "unipc": ("unipc", {}), "unipc:order=3": ("unipc", {"order": 3}),
+    "sa_solver": ("sa_solver", {}), "adaptive_sde": ("adaptive_sde", {}),
 }
 
 
@@ -53,10 +55,23 @@ def usable(target, sde_name: str, label: str, notes: list[str]) -> Variant | Non
     return Variant(label, method, dict(opts))
 
 
-def steps_for(target, sde_name: str, v: Variant, budget: int) -> int | None:
-    """The largest step count with NFE <= budget, from two dry runs (NFE = a K + b for fixed-step rules)."""
+def steps_for(target, sde_name: str, v: Variant, budget: int, n: int, seed: int) -> int | None:
+    """The largest step count with NFE <= budget, from dry runs: two for a fixed-step rule (NFE = a K + b);
+    for ``adaptive_sde``, whose tolerances 1/K set the NFE of the whole batch, a bisection over K with
+    dry runs of the n samples (seed ``seed``); its rows report the NFE each repeat really took."""
     sde, score = target.sdes[sde_name], target.score(target.sdes[sde_name])
-    nfe = lambda k: solvers.sample(score, sde, (2, *target.shape), v.method, k, **v.options).nfe  # noqa: E731
+    batch = n if solvers.METHODS[v.method].order is None else 2
+
+    def nfe(k):
+        return solvers.sample(score, sde, (batch, *target.shape), v.method, k,
+                              generator=torch.Generator().manual_seed(seed), **v.options).nfe
+
+    if batch == n:
+        lo, hi = 0, budget  # nfe(lo) <= budget < nfe(hi + 1) assumed monotone in K
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if nfe(mid) <= budget else (lo, mid - 1)
+        return lo or None
     n1, n2 = nfe(2), nfe(4)
     per, base = (n2 - n1) / 2, n1 - (n2 - n1)
     k = int((budget - base) // per)
@@ -99,17 +114,23 @@ def main(argv=None) -> None:
              f"{__import__('importlib.metadata').metadata.version('sde-diffusion')}.", "",
              "| NFE | best SDE | ratio | best ODE | ratio | SDE - ODE | verdict |", "|---|---|---|---|---|---|---|"]
     detail = ["", "Every sampler; the last column is its wall time per NFE over euler_maruyama's (solver overhead).", "",
-              "| NFE | sampler | kind | steps | nfe | ratio | wall/NFE vs EM |", "|---|---|---|---|---|---|---|"]
+              "| NFE | sampler | kind | steps | nfe (largest of the repeats) | ratio | wall/NFE vs EM |", "|---|---|---|---|---|---|---|"]
     for budget in a.budgets:
         per: dict[str, tuple[str, list[float], int, int]] = {}
         wall: dict[str, float] = {}  # wall seconds per score evaluation, mean over repeats
         for v in variants:
-            k = steps_for(target, sde_name, v, budget)
+            k = steps_for(target, sde_name, v, budget, target.n, a.seed)
             if k is None:
                 continue
             rows, _ = run_compare(target, [(sde_name, v)], [k], a.n, dev, repeats=a.repeats, seed=a.seed,
                                   progress=False)
-            per[v.label] = (v.kind, [r["ratio"] for r in rows], k, rows[0]["nfe"])
+            while k > 1 and max(r["nfe"] for r in rows) > budget:  # adaptive_sde: a repeat's draws took more
+                k -= 1
+                rows, _ = run_compare(target, [(sde_name, v)], [k], a.n, dev, repeats=a.repeats, seed=a.seed,
+                                      progress=False)
+            if max(r["nfe"] for r in rows) > budget:
+                continue
+            per[v.label] = (v.kind, [r["ratio"] for r in rows], k, max(r["nfe"] for r in rows))
             wall[v.label] = sum(r["wall_s"] / r["nfe"] for r in rows) / len(rows)
         for label, (kind, ratios, k, nfe) in per.items():
             m, hw = interval(ratios)

@@ -299,7 +299,8 @@ def variance_kind(score_fn) -> str:
 
 def fixed_variance(score_fn) -> str | None:
     """The fixed reverse variance a model states it is sampled with (``beta``, ``beta_tilde``), else None."""
-    return getattr(score_fn, "variance", None) if isinstance(getattr(score_fn, "variance", None), str) else None
+    value = getattr(score_fn, "variance", None)
+    return value if value in ("beta", "beta_tilde") else None
 
 
 NETS = {"mlp": MLPScore, "unet": UNet}
