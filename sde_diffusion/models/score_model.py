@@ -300,7 +300,7 @@ def variance_kind(score_fn) -> str:
 def fixed_variance(score_fn) -> str | None:
     """The fixed reverse variance a model states it is sampled with (``beta``, ``beta_tilde``), else None."""
     value = getattr(score_fn, "variance", None)
-    return value if value in ("beta", "beta_tilde") else None
+    return value if isinstance(value, str) and value in ("beta", "beta_tilde") else None
 
 
 NETS = {"mlp": MLPScore, "unet": UNet}
