@@ -136,6 +136,14 @@ def test_run_trained_in_one_directory_is_scored_from_another(tmp_path, capsys, m
     out = _nll(["--model", str(tmp_path / "a" / "run"), "--rtol", "1e-3", "--atol", "1e-3"], capsys)
     mean, se = _row(out, "nats/dim")
     assert math.isfinite(mean) and se > 0 and "(20 samples of shape (2,)" in out  # the 10% test split
+    # the trained model with the batch error control and its error budget: the same value within the
+    # pilot's solver error scale (1e-3 tolerances), every part of the budget finite
+    _nll(["--model", str(tmp_path / "a" / "run"), "--rtol", "1e-3", "--atol", "1e-3", "--error-control", "batch",
+          "--out", "o"], capsys)
+    s = json.loads((tmp_path / "b" / "o" / "summary.json").read_text())
+    b = s["error_budget"]
+    assert s["settings"]["error_control"] == "batch" and math.isfinite(b["solver_error"]) and b["probe_se"] == 0
+    assert abs(s["mean"] - mean) <= 1e-2 and b["data_se"] == pytest.approx(s["stderr"])
 
 
 def test_the_shipped_model_reads_the_same_by_folder_by_name_and_through_the_cli(tmp_path, capsys):
