@@ -3,7 +3,7 @@
 For each SDE (VP, sub-VP, VE), dtype (float32, float64) and rtol = atol in {1e-3, 1e-5}: NLL error in
 nats/dim (the solver's, with the prior mismatch removed through the exact p_T, and the total
 against log p_eps), NFE and wall seconds for ``log_likelihood`` with the exact divergence and with
-Hutchinson (1 and 10 probes), next to a reference-style solver: scipy ``solve_ivp`` RK45 on the CPU
+Hutchinson (1 and 10 probes), each also with ``error_control="batch"`` (``-batch``), next to a reference-style solver: scipy ``solve_ivp`` RK45 on the CPU
 over the flattened batch, copying torch <-> numpy at every evaluation (the approach of
 score_sde_pytorch's likelihood.py), with the same divergence. Prints a markdown table, writes CSV.
 
@@ -75,7 +75,8 @@ def run(args):
             x = x64.to(device=device, dtype=dtype)
             for tol in args.tols:
                 for method in args.methods:
-                    divergence, probes = ("exact", 1) if method.endswith("exact") else ("hutchinson", int(method.split("-")[-1]))
+                    base, control = (method[:-6], "batch") if method.endswith("-batch") else (method, "sample")
+                    divergence, probes = ("exact", 1) if base.endswith("exact") else ("hutchinson", int(base.split("-")[-1]))
                     gen = torch.Generator(device).manual_seed(1)
                     _sync(device)
                     start = time.perf_counter()
@@ -84,7 +85,7 @@ def run(args):
                                                           rtol=tol, atol=tol, generator=gen)
                     else:
                         r = log_likelihood(gm.score(sde), sde, x, divergence=divergence, probes=probes,
-                                           rtol=tol, atol=tol, eps=EPS, generator=gen)
+                                           rtol=tol, atol=tol, eps=EPS, generator=gen, error_control=control)
                         _sync(device)
                         delta, x_T, nfe = r.delta_log_prob, r.x_T, r.nfe
                     wall = time.perf_counter() - start
@@ -201,8 +202,9 @@ def main():
     p.add_argument("--n", type=int, default=512, help="number of points")
     p.add_argument("--out", default="benchmarks/out/likelihood.csv")
     p.add_argument("--tols", nargs="+", type=float, default=[1e-3, 1e-5], help="rtol = atol values")
-    p.add_argument("--methods", nargs="+", default=["exact", "hutchinson-1", "hutchinson-10",
-                                                    "scipy-exact", "scipy-hutchinson-1"])
+    p.add_argument("--methods", nargs="+", default=["exact", "hutchinson-1", "hutchinson-10", "exact-batch",
+                                                    "hutchinson-1-batch", "scipy-exact", "scipy-hutchinson-1"],
+                   help="'-batch': log_likelihood(error_control='batch'), the reference's step control")
     p.add_argument("--models", action="store_true", help="seconds per NFE on the toy MLP and digits U-Net, "
                                                          "and the time to the test digits' bits/dim")
     p.add_argument("--digits-probes", type=int, default=1, help="Hutchinson probes for the test digits (--models)")
