@@ -57,6 +57,11 @@ def ddpm_chain(cfg, sde) -> DDPMSchedule | None:
     return schedule
 
 
+# the convention behind each bound's decoder L_0 (``vlb.decoder_rule``), said in the row
+DECODER_LABEL = {"ddpm": "sigma_1^2 = beta_tilde_2, DDPM's code", "step": "sigma_1^2 = beta_1",
+                 "learned": "the learned sigma_1^2"}
+
+
 def analytic_rows(target, n: int, device: torch.device, seed: int = 0) -> list[dict]:
     """Per SDE: nats/dim by the PF-ODE with the exact score (exact divergence up to 16 dimensions,
     else Hutchinson with one Rademacher probe) on n held-out points, and the true -log p_0 / D."""
@@ -117,7 +122,8 @@ def model_rows(model, device: torch.device, n: int | None = None, n_vlb: int = 5
     n_vlb samples where a chain applies, and the Gaussian baseline. Bits/dim for discrete data,
     nats/dim for continuous."""
     from ..training.loading import model_dataset
-    from ..vlb import ddpm_vlb_bits_per_dim
+    from ..models import learns_variance
+    from ..vlb import ddpm_vlb_bits_per_dim, decoder_rule
 
     cfg = model.info.config
     test = model_dataset(model, "test", data=data)
@@ -138,7 +144,9 @@ def model_rows(model, device: torch.device, n: int | None = None, n_vlb: int = 5
         t0 = time.perf_counter()
         vlb = ddpm_vlb_bits_per_dim(model, schedule, k[:n_vlb].to(device), levels=levels, data_range=DATA_RANGE,
                                     generator=torch.Generator(device).manual_seed(seed), max_batch=4096)
-        rows.append(row(sde_name, f"DDPM bound (T={schedule.T})", unit, vlb, time.perf_counter() - t0))
+        rule = "learned" if learns_variance(model) else decoder_rule("auto", levels)
+        rows.append(row(sde_name, f"DDPM bound (T={schedule.T}, decoder {DECODER_LABEL[rule]})", unit, vlb,
+                        time.perf_counter() - t0))
     train = model_dataset(model, "train", data=data)
     rows.append(row("-", "full-covariance Gaussian (baseline)", unit,
                     gaussian_bpd(train.x, k, levels, torch.Generator().manual_seed(seed)), 0.0))
