@@ -61,12 +61,9 @@ def _attempt(ctx: Context, x, t, hp, prev, t_end, eps_abs: float, eps_rel: float
 
 
 def _check(sde, steps, o):
-    if o["eps_abs"] is None and o["eps_rel"] is None:
-        return
-    for name in ("eps_abs", "eps_rel"):
-        if o[name] is None:
-            raise ValueError(f"give both eps_abs and eps_rel or neither (both then 1/steps); got only "
-                             f"{'eps_rel' if name == 'eps_abs' else 'eps_abs'}.")
+    if (o["eps_abs"] is None) != (o["eps_rel"] is None):
+        given = "eps_rel" if o["eps_abs"] is None else "eps_abs"
+        raise ValueError(f"give both eps_abs and eps_rel or neither (both then 1/steps); got only {given}.")
 
 
 @register("adaptive_sde", "sde", None, {"eps_abs": Option(None, checks.positive),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from sde_diffusion import checks
+from sde_diffusion.models.score_model import convert
 from sde_diffusion.reverse import reverse_coefs
 from sde_diffusion.schedule import learned_log_variance
 
@@ -52,7 +53,7 @@ def ancestral_step(ctx: Context, variance: str = "auto", clip: float | None = No
         if clip is None:
             mean = c1[i] * (x - c2[i] * eps)
         else:  # DDPMScheduler's clip_sample: the posterior mean at x0_hat clamped to [-clip, clip]
-            mean = cx0[i] * ((x - st[i] * eps) / mt[i]).clamp(-clip, clip) + cxt[i] * x
+            mean = cx0[i] * convert(eps, "eps", "x0", x, mt[i], st[i]).clamp(-clip, clip) + cxt[i] * x
         if i == last:
             return mean
         std = (0.5 * learned_log_variance(v, beta[i], bt[i], kind)).exp() if variance == "learned" else sigma[i]
