@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 from pathlib import Path
 
 import torch
-from scipy import stats
 
 import solvers
+from sde_diffusion.evaluation import summary
+from sde_diffusion.evaluation.provenance import provenance_line
 from sde_diffusion.evaluation.compare import Variant, analytic_target, model_target, run_compare
 
 BUDGETS = (10, 20, 50, 100, 200)
@@ -79,13 +79,9 @@ def steps_for(target, sde_name: str, v: Variant, budget: int, n: int, seed: int)
 
 
 def interval(values: list[float]) -> tuple[float, float]:
-    """(mean, half-width of the Student-t 95% interval, R - 1 dof)."""
-    r = len(values)
-    mean = sum(values) / r
-    if r < 2:
-        return mean, math.inf
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (r - 1))
-    return mean, float(stats.t.ppf(0.975, r - 1)) * sd / math.sqrt(r)
+    """(mean, half-width of the Student-t 95% interval, R - 1 dof): ``summary.interval``."""
+    mean, _, hw = summary.interval(values)
+    return mean, math.inf if math.isnan(hw) else hw
 
 
 def main(argv=None) -> None:
@@ -102,7 +98,7 @@ def main(argv=None) -> None:
     dev = torch.device(a.device)
     if ":" in a.target or Path(a.target).exists():
         from sde_diffusion import load
-        target = model_target(load(a.target, device=dev), dev, a.n, a.seed)
+        target = model_target(load(a.target, device=dev), dev, a.n, a.seed, repeats=a.repeats)
     else:
         target = analytic_target(a.target, a.sde, a.n, dev, a.seed)
     sde_name = next(iter(target.sdes))
@@ -110,8 +106,7 @@ def main(argv=None) -> None:
     variants = [v for v in (usable(target, sde_name, lab, notes) for lab in CANDIDATES) if v is not None]
     lines = [f"# SDE/ODE crossover on {target.name} ({sde_name}), metric {target.metric}/floor",
              "", f"R = {a.repeats} repeats of n = {target.n}; Student-t 95% intervals (R - 1 dof); "
-             f"torch {torch.__version__}, python {platform.python_version()}, sde-diffusion "
-             f"{__import__('importlib.metadata').metadata.version('sde-diffusion')}.", "",
+             f"{provenance_line(dev)}.", "",
              "| NFE | best SDE | ratio | best ODE | ratio | SDE - ODE | verdict |", "|---|---|---|---|---|---|---|"]
     detail = ["", "Every sampler; the last column is its wall time per NFE over euler_maruyama's (solver overhead).", "",
               "| NFE | sampler | kind | steps | nfe (largest of the repeats) | ratio | wall/NFE vs EM |", "|---|---|---|---|---|---|---|"]

@@ -98,7 +98,7 @@ def _data(args, model, seed: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import __version__
+    from ..evaluation.provenance import versions
     from ..evaluation.nll_table import mean_se, nll_per_sample
     from ..training.distributed import chunk_seed, setup
 
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
                      "batch_size": args.batch_size, "seed": seed, "batch_seeds": "seed + 1000003 * batch",
                      "dtype": args.dtype, "device": str(dev), "processes": world.size},
         "nfe_per_batch": nfe, "seconds_per_batch": secs, "seconds": time.perf_counter() - t_start,
-        "versions": {"sde_diffusion": __version__, "torch": torch.__version__},
+        "versions": versions(dev),
         "command": _command(args, seed),
     }
     if gm is not None:  # the analytic value at the same points

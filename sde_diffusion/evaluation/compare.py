@@ -5,12 +5,14 @@ samples (repeat r: seed ``sub_seed(seed, r, 0)``, the same prior noise for every
 them with the repeat's ``Scorer``, against held-out data of the target:
   vector data   SW2, the sliced 2-Wasserstein distance (``metrics.sliced_w2``), with its noise floor:
                 SW2 of n fresh true samples to a fresh held-out set of n (analytic models: what a
-                perfect sampler scores), or of a train subset to a test subset (data); for analytic
+                perfect sampler scores), or of n train points to n test points (data); for analytic
                 models also the mean true-NLL gap (``metrics.nll_gap``);
   images        FD, the Frechet distance in the features of the shipped digits classifier
                 (``features``; FD on raw pixels for images of another shape), with the floor FD
-                between a train subset and the test set.
-``ratio`` = quality / floor: 1 is as good as fresh data at this sample size. Every row also has the
+                between n train images and the test set.
+``ratio`` = quality / floor: 1 is as good as fresh data at this sample size. Where the data cannot give
+every repeat its own held-out set, one is shared (``Target.heldout`` says which) and each score also
+carries its figures on bootstrap resamples of it, from which ``summary`` counts the shared error. Every row also has the
 share of escaped samples (``metrics.escaped``), the wall seconds and the seconds inside the score
 (``TimedScore``); ``summary`` turns the repeats into means +- standard errors and rankings.
 Methods are registry names with options, ``name[:option=value[:option=value]]``, e.g. ``ode:solver=rk4``.
@@ -86,21 +88,50 @@ def parse_steps(text: str) -> list[int]:
 
 @dataclass(frozen=True)
 class Scorer:
-    """One repeat's yardstick: ``quality(x)`` -> (quality, nll_gap or NaN) against this repeat's
-    held-out set, and ``floor``, the quality of fresh data of the same size against that set."""
+    """One repeat's yardstick: ``score(x)`` -> {quality, nll_gap (NaN unless analytic)} against this
+    repeat's held-out set, and ``floor``, the quality of fresh data of the same size against that set.
+    Where every repeat shares one held-out set, ``score`` also gives ``boot_quality`` and ``boot_ratio``
+    and ``boot_floor`` holds the floor: the figures on BOOTSTRAP resamples of that set, the same
+    resamples in every repeat (their covariance across repeats is the shared error, ``summary``)."""
 
-    quality: Callable[[torch.Tensor], tuple[float, float]]
+    score: Callable[[torch.Tensor], dict]
     floor: float
+    boot_floor: torch.Tensor | None = None
+
+
+BOOTSTRAP = 20  # resamples of a shared held-out set
+
+
+def distance_scorer(distance: Callable, embed: Callable, fresh: torch.Tensor, held_out: torch.Tensor,
+                    shared_seed: int | None = None) -> Scorer:
+    """A ``Scorer`` from ``distance(embed(x), held_out)`` (sets of embedded points) and the floor
+    ``distance(fresh, held_out)``; with ``shared_seed`` (a held-out set shared by the repeats) also the
+    figures on BOOTSTRAP resamples of it with replacement, drawn from that seed."""
+    floor = float(distance(fresh, held_out))
+    if shared_seed is None:
+        return Scorer(lambda x: {"quality": float(distance(embed(x), held_out)), "nll_gap": math.nan}, floor)
+    g = torch.Generator().manual_seed(shared_seed)
+    picks = [torch.randint(len(held_out), (len(held_out),), generator=g).to(held_out.device)
+             for _ in range(BOOTSTRAP)]
+    floors = torch.tensor([float(distance(fresh, held_out[i])) for i in picks], dtype=torch.float64)
+
+    def score(x: torch.Tensor) -> dict:
+        e = embed(x)
+        qs = torch.tensor([float(distance(e, held_out[i])) for i in picks], dtype=torch.float64)
+        return {"quality": float(distance(e, held_out)), "nll_gap": math.nan, "boot_quality": qs,
+                "boot_ratio": qs / floors}
+    return Scorer(score, floor, floors)
 
 
 @dataclass
 class Target:
     """What the samplers are compared on: a score per SDE, the data shape, and per repeat r a
-    ``Scorer`` (``scorer(r)``: its own held-out set and floor, from seeds independent of every
-    other repeat). ``n`` is the sample size used (the one asked for, or capped: see ``notes``);
-    ``reference`` held-out samples (scatter plots, NLL); ``escape(x)`` -> (share escaped, largest
-    norm) (``metrics.escaped``); ``levels`` for discrete data; ``log_prob`` the true density of an
-    analytic model (else None); ``notes``: every change to what the user asked, said up front."""
+    ``Scorer`` (``scorer(r)``: its held-out set and floor, from seeds independent of every other
+    repeat). ``n`` is the sample size used (the one asked for, or capped: see ``notes``); ``heldout``
+    says whether each repeat has its own held-out set or all share one; ``reference`` held-out
+    samples (scatter plots, NLL); ``escape(x)`` -> (share escaped, largest norm) (``metrics.escaped``);
+    ``levels`` for discrete data; ``log_prob`` the true density of an analytic model (else None);
+    ``notes``: every change to what the user asked, said up front."""
 
     name: str
     sdes: dict[str, SDE]
@@ -111,6 +142,7 @@ class Target:
     reference: torch.Tensor
     n: int
     escape: Callable[[torch.Tensor], tuple[float, float]]
+    heldout: str = "a fresh held-out set for each repeat"
     levels: int | None = None
     log_prob: Callable | None = None
     notes: list[str] = field(default_factory=list)
@@ -119,6 +151,10 @@ class Target:
     def floor(self) -> float:
         """The floor of repeat 0."""
         return self.scorer(0).floor
+
+    @property
+    def shared(self) -> bool:
+        return self.heldout.startswith("one held-out set")
 
 
 def sub_seed(seed: int, repeat: int, stream: int) -> int:
@@ -145,12 +181,14 @@ def analytic_target(name: str, sde: str, n: int, device: torch.device, seed: int
         held_out, fresh = gm.sample(n, g, device=device), gm.sample(n, g, device=device)
         proj = lambda: torch.Generator(device).manual_seed(sub_seed(seed, r, 2))  # noqa: E731 - same directions
 
-        def quality(x: torch.Tensor) -> tuple[float, float]:
+        def score(x: torch.Tensor) -> dict:
             x = x.to(held_out.dtype)
-            return float(sliced_w2(x, held_out, generator=proj())), float(nll_gap(gm.log_prob, x, held_out))
-        return Scorer(quality, float(sliced_w2(fresh, held_out, generator=proj())))
+            return {"quality": float(sliced_w2(x, held_out, generator=proj())),
+                    "nll_gap": float(nll_gap(gm.log_prob, x, held_out))}
+        return Scorer(score, float(sliced_w2(fresh, held_out, generator=proj())))
     return Target(f"analytic:{name}", {s: get_sde(s) for s in sde_names(sde)}, gm.score, (gm.dim,), "SW2",
-                  functools.lru_cache(scorer), ref, n, escape_of(reference=ref), log_prob=gm.log_prob)
+                  functools.lru_cache(scorer), ref, n, escape_of(reference=ref),
+                  heldout=f"a fresh held-out set of {n} true samples for each repeat", log_prob=gm.log_prob)
 
 
 def escape_of(**where) -> Callable[[torch.Tensor], tuple[float, float]]:
@@ -159,10 +197,12 @@ def escape_of(**where) -> Callable[[torch.Tensor], tuple[float, float]]:
 
 
 def model_target(model, device: torch.device, n: int, seed: int = 0, name: str | None = None,
-                 data: str | None = None) -> Target:
+                 data: str | None = None, repeats: int = 10) -> Target:
     """A loaded model (``load``): SW2 (vectors) or classifier FD (images) against the test split of its
-    data (or of the .npy/.npz file ``data``); per repeat the floor from a fresh train subset of the same
-    size (and, for vectors smaller than the test split, a fresh test subset)."""
+    data (or of the .npy/.npz file ``data``), with n capped so that samples and floor have the same size.
+    Vectors: per repeat a fresh train subset for the floor and a disjoint test subset as the held-out
+    set when the test split holds ``repeats`` of them; otherwise (and for images, scored against the
+    whole test split) one held-out set shared by every repeat, its resampling variance in the s.e."""
     from ..dequantize import DATA_RANGE
     from ..training.loading import model_dataset
 
@@ -176,25 +216,38 @@ def model_target(model, device: torch.device, n: int, seed: int = 0, name: str |
         ref = test.x.to(device)
         f_ref = features(ref)
         m = min(n, len(train))
+        if m < n:
+            notes.append(f"n = {m} instead of {n}: the floor draws n fresh images from the train split, "
+                         f"which holds {m}.")
+        heldout = (f"one held-out set shared by every repeat: the whole test split ({len(test)} images, "
+                   f"FD's reference); the error this shares enters every s.e. ({BOOTSTRAP} resamples)")
 
         def scorer(r: int) -> Scorer:
-            return Scorer(lambda x: (float(frechet(features(quantize(x, test.levels)), f_ref)), math.nan),
-                          float(frechet(features(subset(train, m, r, 3)), f_ref)))
+            embed = lambda x: features(quantize(x, test.levels))  # noqa: E731
+            return distance_scorer(frechet, embed, features(subset(train, m, r, 3)), f_ref, sub_seed(seed, 0, 5))
         escape = escape_of(box=DATA_RANGE)
     else:
         metric, m = "SW2", min(n, len(test), len(train))
         if m < n:
             notes.append(f"n = {m} instead of {n}: SW2 pairs equal-size sets and the smaller split holds {m}.")
         ref = test.x[:m].to(device)
+        fresh = len(test) >= m * repeats
+        order = torch.randperm(len(test), generator=torch.Generator().manual_seed(sub_seed(seed, 0, 4)))
+        heldout = (f"a fresh held-out set of {m} test points for each repeat (disjoint, up to {repeats} repeats)"
+                   if fresh else f"one held-out set shared by every repeat: {m} of the {len(test)} test points "
+                   f"(fresh sets for {repeats} repeats would need {m * repeats}); the error this shares enters "
+                   f"every s.e. ({BOOTSTRAP} resamples)")
 
         def scorer(r: int) -> Scorer:
-            held_out = subset(test, m, r, 4)
+            held_out = test.x[order[r * m:(r + 1) * m] if fresh else order[:m]].to(device)
             proj = lambda: torch.Generator(device).manual_seed(sub_seed(seed, r, 2))  # noqa: E731
-            return Scorer(lambda x: (float(sliced_w2(x.to(held_out.dtype), held_out, generator=proj())), math.nan),
-                          float(sliced_w2(subset(train, m, r, 3), held_out, generator=proj())))
+            distance = lambda a, b: sliced_w2(a, b, generator=proj())  # noqa: E731 - the same directions
+            return distance_scorer(distance, lambda x: x.to(held_out.dtype), subset(train, m, r, 3), held_out,
+                                   None if fresh else sub_seed(seed, 0, 5))
         n, escape = m, escape_of(reference=test.x.to(device))
     return Target(name or model.info.source, {sde_name: model.sde}, lambda sde: model, test.shape, metric,
-                  functools.lru_cache(scorer), ref, n, escape, levels=test.levels, notes=notes)
+                  functools.lru_cache(scorer), ref, min(n, m), escape, heldout=heldout, levels=test.levels,
+                  notes=notes)
 
 
 def quantize(x: torch.Tensor, levels: int | None) -> torch.Tensor:
@@ -243,25 +296,65 @@ def plan(target: Target, variants: list[Variant], steps: list[int], explicit: bo
     return pairs
 
 
+@dataclass
+class AutoRepeats:
+    """``--repeats auto``: ``least`` repeats, then one more at a time until every step count's ranking
+    is decided (``summary.decided``: a best and no cell "not resolved"), ``most`` repeats are done, or
+    another repeat would pass ``budget_s`` seconds; ``run_compare`` writes which into ``stopped``."""
+
+    least: int = 3
+    most: int = 10
+    budget_s: float = 600.0
+    stopped: str = ""
+
+    def __post_init__(self):
+        checks.positive_int("least repeats", self.least)
+        if self.least < 2 or self.most < self.least:
+            raise ValueError(f"--repeats auto needs 2 <= least ({self.least}) <= most ({self.most}).")
+        if not self.budget_s > 0:
+            raise ValueError(f"--time-budget must be > 0 seconds, got {self.budget_s}.")
+
+    def done(self, rows: list[dict], repeats: int, elapsed: float) -> bool:
+        """Whether to stop after ``repeats`` repeats that took ``elapsed`` seconds (and why, in ``stopped``)."""
+        from .summary import INFORMATIVE, decided, summarise
+
+        if repeats < self.least:
+            return False
+        if decided(summarise(rows)):
+            self.stopped = (f"--repeats auto stopped at {repeats} repeats: every step count has a best cell and "
+                            f"each other cell is tied with it within +-{INFORMATIVE:.0%} or lies behind it.")
+        elif repeats >= self.most:
+            self.stopped = (f"--repeats auto stopped at its cap of {self.most} repeats (--max-repeats) with cells "
+                            f"still not resolved.")
+        elif elapsed * (repeats + 1) / repeats > self.budget_s:
+            self.stopped = (f"--repeats auto stopped at {repeats} repeats: another ({elapsed / repeats:.0f} s each) "
+                            f"would pass the time budget of {self.budget_s:g} s (--time-budget), with cells still "
+                            f"not resolved.")
+        return bool(self.stopped)
+
+
 def run_compare(target: Target, variants: list[Variant] | list[tuple[str, Variant]], steps: list[int],
-                n: int | None, device: torch.device, *, repeats: int = 1, seed: int = 0,
+                n: int | None, device: torch.device, *, repeats: int | AutoRepeats = 1, seed: int = 0,
                 show_steps: int | None = None, explicit: bool = False,
                 progress: bool = True) -> tuple[list[dict], dict[tuple[str, str], torch.Tensor]]:
     """Rows (dicts with ``FIELDS``), one per SDE x method x step count x repeat, and the samples of
     repeat 0 at ``show_steps`` (default: the largest count) keyed by (sde, label). ``variants`` may
     be the (sde, variant) pairs of ``plan`` (so its notes can be shown before the work starts).
     Repeat r draws its samples from seed ``sub_seed(seed, r, 0)`` (shared by every method) and is
-    scored by ``target.scorer(r)``; n defaults to ``target.n``."""
+    scored by ``target.scorer(r)``; n defaults to ``target.n``. ``repeats``: a count, or
+    ``AutoRepeats`` (its ``stopped`` then says why it stopped)."""
     import solvers
 
     n = target.n if n is None else min(n, target.n)
     checks.positive_int("n", n)
-    checks.positive_int("repeats", repeats)
+    auto = repeats if isinstance(repeats, AutoRepeats) else None
+    most = auto.most if auto else checks.positive_int("repeats", repeats)
     pairs = variants if variants and isinstance(variants[0], tuple) else plan(target, variants, steps, explicit)
     show = max(steps) if show_steps is None else show_steps
     rows, shown = [], {}
-    bar = tqdm(total=len(pairs) * len(steps) * repeats, desc=f"compare {target.name}", disable=not progress)
-    for r in range(repeats):
+    bar = tqdm(total=len(pairs) * len(steps) * most, desc=f"compare {target.name}", disable=not progress)
+    t_start = time.perf_counter()
+    for r in range(most):
         scorer = target.scorer(r)
         for sde_name, v in pairs:
             sde = target.sdes[sde_name]
@@ -277,14 +370,16 @@ def run_compare(target: Target, variants: list[Variant] | list[tuple[str, Varian
                 sync(device)
                 wall = time.perf_counter() - t0
                 finite = bool(torch.isfinite(res.x).all())
-                q, gap = scorer.quality(res.x) if finite else (math.inf, math.inf)
+                scored = scorer.score(res.x) if finite else {"quality": math.inf, "nll_gap": math.inf}
                 share, largest = target.escape(res.x) if finite else (1.0, math.inf)
                 rows.append({"sde": sde_name, "method": v.label, "kind": v.kind, "steps": s, "repeat": r,
-                             "nfe": res.nfe, "metric": target.metric, "quality": q, "floor": scorer.floor,
-                             "ratio": q / scorer.floor, "nll_gap": gap, "escaped": share, "max_norm": largest,
-                             "wall_s": wall, "score_s": score.seconds()})
+                             "nfe": res.nfe, "metric": target.metric, **scored, "floor": scorer.floor,
+                             "ratio": scored["quality"] / scorer.floor, "boot_floor": scorer.boot_floor,
+                             "escaped": share, "max_norm": largest, "wall_s": wall, "score_s": score.seconds()})
                 if s == show and r == 0:
                     shown[(sde_name, v.label)] = res.x.detach()
                 bar.update(1)
+        if auto and auto.done(rows, r + 1, time.perf_counter() - t_start):
+            break
     bar.close()
     return rows, shown

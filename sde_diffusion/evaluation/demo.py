@@ -6,7 +6,7 @@
 2. Samplers on the shipped VP model of the 8x8 digits (``shipped``): Frechet distance in the digits
    classifier's features against NFE, over repeats, and sample grids.
 3. Test-set bits/dim of that model: probability-flow ODE, DDPM bound, full-covariance Gaussian baseline.
-Headlines name a best sampler only when it separates from the runner-up (``summary.rank``).
+Headlines name a best sampler only when its 95% interval is clear of every other's (``summary.rank``).
 Everything lands in one folder with a short report.md embedding the plots.
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from . import compare, nll_table, report
+from .provenance import provenance_line
 from .summary import floor_text, rank, ranking_text
 
 ANALYTIC_METHODS = "ancestral,euler_maruyama,pc,ode:solver=rk4,ddim,heun,dpm_solver"
@@ -65,7 +66,7 @@ def run_demo(out: Path, *, model: str = "shipped:digits_vp", sizes: DemoSizes = 
     model = load(source, device=device)
     source = (f"the shipped model (`{COMMAND}`, {model.info.meta['step']} steps)" if source == "shipped:digits_vp"
               else f"model `{source}`")
-    digits = compare.model_target(model, device, sizes.digits_n, seed, name="digits")
+    digits = compare.model_target(model, device, sizes.digits_n, seed, name="digits", repeats=sizes.digits_repeats)
     rows_d, shown_d = compare.run_compare(digits, compare.parse_methods(DIGITS_METHODS),
                                           compare.parse_steps(sizes.digits_steps), None, device,
                                           repeats=sizes.digits_repeats, seed=seed, show_steps=sizes.show_steps,
@@ -77,7 +78,7 @@ def run_demo(out: Path, *, model: str = "shipped:digits_vp", sizes: DemoSizes = 
     cells_d, cells_a = files_d["cells"], files_a["cells"]
     best_d = rank([c for c in cells_d if c["steps"] == sizes.show_steps])
     best_a = rank([c for c in cells_a if c["nfe"] <= 50])
-    shown = best_d.winner or best_d.tied[0]
+    shown = best_d.best or best_d.ordered[0]
     grid = files_d["samples"].get((shown["sde"], shown["method"]))
     pf = next(r for r in nll if r["estimate"].startswith("PF-ODE"))
     gauss = next(r for r in nll if "Gaussian" in r["estimate"])
@@ -87,11 +88,14 @@ def run_demo(out: Path, *, model: str = "shipped:digits_vp", sizes: DemoSizes = 
     headline_a = f"At <= 50 NFE, {ranking_text(best_a)}."
     md = [
         "# sde-diffusion demo", "",
-        f"On {device.type}, {torch.get_num_threads()} threads, {wall:.0f} s. Digits: {source}. "
-        "Figures are mean +- standard error over independent repeats (each its own samples, held-out set and "
-        "floor); ratio = sample quality / noise floor (1 = as good as fresh data at this sample size); "
-        "solid curves are SDE samplers, dashed ones ODE samplers. A best sampler is named only when it "
-        "beats the runner-up by more than 2 combined standard errors; otherwise the tied set is listed.", "",
+        f"{wall:.0f} s with {provenance_line(device)}. Digits: {source}. "
+        "Figures are mean +- the half-width of the 95% Student-t interval over the repeats (R - 1 degrees of "
+        "freedom; each repeat its own samples and floor); ratio = sample quality / noise floor (1 = as good as "
+        "fresh data at this sample size); solid curves are SDE samplers, dashed ones ODE samplers. A best "
+        "sampler is named only when its interval is clear of every other's; otherwise the cells tied with it "
+        "(overlapping intervals, each within +-25% of its mean) are listed, then those not resolved and those "
+        "behind.", "",
+        f"Held-out data, digits: {digits.heldout}; {sizes.analytic}: {gm.heldout}.", "",
         f"## 8x8 digits, VP-SDE ({digits.metric}: Frechet distance in a digits classifier's features)", "",
         f"![digits sampled by {shown['method']} in {sizes.show_steps} steps; quality against NFE]({summary.name})", "",
         headline_d, "", floor_text(rows_d, cells_d), "", report.monotone_text(cells_d), "",

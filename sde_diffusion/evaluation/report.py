@@ -1,6 +1,6 @@
 """Reports of ``sde-diffusion compare`` and ``demo``: aligned text tables, results.csv (every repeat),
-summary.csv (mean and s.e. per cell), report.md, quality_vs_nfe.png (log-log with +-1 s.e. error
-bars; SDE samplers solid, ODE samplers dashed, as the registry declares their kind) and one sample
+summary.csv (mean, s.e. and 95% half-width per cell), report.md, quality_vs_nfe.png (log-log with 95%
+Student-t error bars; SDE samplers solid, ODE samplers dashed, as the registry declares their kind) and one sample
 figure per method (image grid, or a scatter over held-out data on axes from the data's quantiles)."""
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import torch
 
 from ..training.viz import try_plot
 from .compare import FIELDS, Target
-from .summary import SUMMARY_FIELDS, escape_warnings, floor_text, pm, rank, ranking_text, rises, summarise
+from .provenance import provenance_line
+from .summary import (LEVEL, PM, SUMMARY_FIELDS, below_floor_warnings, escape_warnings, floor_text, pm, rank,
+                      ranking_text, rises, summarise)
 
 NLL_COLUMNS = ["sde", "estimate", "value", "stderr", "unit", "n"]
-PM = ("quality", "floor", "ratio", "nll_gap")  # shown as mean +- s.e.
 
 
 def _fmt(v) -> str:
@@ -27,11 +28,11 @@ def _fmt(v) -> str:
 
 
 def _cell(r: dict, c: str) -> str:
-    return pm(r[c], r[f"{c}_se"]) if c in PM and f"{c}_se" in r else _fmt(r[c])
+    return pm(r[c], r[f"{c}_hw"]) if c in PM and f"{c}_hw" in r else _fmt(r[c])
 
 
 def text_table(rows: list[dict], columns: list[str]) -> str:
-    """Plain aligned columns (numbers right-aligned); quality, floor, ratio, nll_gap as mean +- s.e."""
+    """Plain aligned columns (numbers right-aligned); quality, floor, ratio, nll_gap as mean +- 95% half-width."""
     cells = [[_cell(r, c) for c in columns] for r in rows]
     widths = [max(len(c), *(len(x[i]) for x in cells)) if cells else len(c) for i, c in enumerate(columns)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths)),
@@ -48,10 +49,10 @@ def markdown_table(rows: list[dict], columns: list[str], headers: list[str] | No
 
 
 def compare_columns(cells: list[dict]) -> list[str]:
-    """The summary columns shown: no s.e. columns (they sit next to their means), no NLL gap where no
-    cell has one, no constant metric name or repeat count."""
-    drop = {"metric", "repeats"} | ({"nll_gap"} if all(math.isnan(r["nll_gap"]) for r in cells) else set())
-    return [c for c in SUMMARY_FIELDS if c not in drop and not c.endswith("_se")]
+    """The summary columns shown: no s.e. or half-width columns (the intervals sit next to their means),
+    no NLL gap where no cell has one, no constant metric name, held-out kind, repeat count or dof."""
+    drop = {"metric", "repeats", "dof", "heldout"} | ({"nll_gap"} if all(math.isnan(r["nll_gap"]) for r in cells) else set())
+    return [c for c in SUMMARY_FIELDS if c not in drop and not c.endswith(("_se", "_hw"))]
 
 
 def write_csv(rows: list[dict], path: Path, fields: list[str]) -> Path:
@@ -71,11 +72,12 @@ def _pyplot():
 
 
 def plot_title(target: Target, cells: list[dict]) -> str:
-    return f"{target.name}: n = {target.n} samples, {cells[0]['repeats']} repeats (error bars +-1 s.e.)"
+    return (f"{target.name}: n = {target.n} samples, {cells[0]['repeats']} repeats (error bars: {LEVEL:.0%} "
+            f"Student-t, {cells[0]['dof']} dof)")
 
 
 def plot_quality(cells: list[dict], path: Path, title: str) -> Path:
-    """ratio = quality / floor (mean +- 1 s.e.) against NFE on log-log axes, one panel per SDE, one
+    """ratio = quality / floor (mean and 95% Student-t interval) against NFE on log-log axes, one panel per SDE, one
     curve per method, one legend shared by the panels."""
     plt = _pyplot()
     from matplotlib import ticker
@@ -92,7 +94,7 @@ def plot_quality(cells: list[dict], path: Path, title: str) -> Path:
             rs = sorted((r for r in cells if r["sde"] == sde and r["method"] == label and math.isfinite(r["ratio"])),
                         key=lambda r: r["nfe"])
             if rs:
-                y, se = [r["ratio"] for r in rs], [0.0 if math.isnan(r["ratio_se"]) else r["ratio_se"] for r in rs]
+                y, se = [r["ratio"] for r in rs], [0.0 if math.isnan(r["ratio_hw"]) else r["ratio_hw"] for r in rs]
                 low = [min(e, 0.95 * v) for e, v in zip(se, y)]  # stay above 0 on the log axis
                 handles[label] = ax.errorbar([r["nfe"] for r in rs], y, yerr=[low, se], marker=".", capsize=2,
                                              label=f"{label} ({rs[0]['kind'].upper()})", color=colour[label],
@@ -190,20 +192,24 @@ def sample_figure(x: torch.Tensor, target: Target, path: Path, title: str) -> Pa
 def monotone_text(cells: list[dict]) -> str:
     """Whether every curve falls or stays level within noise as the steps grow (``summary.rises``)."""
     up = rises(cells)
-    return ("Every curve falls or stays level within 2 combined s.e. as the steps grow." if not up else
-            "Rising beyond 2 combined s.e. with more steps: " + "; ".join(up) + ".")
+    return (f"Every curve falls or stays level within noise ({LEVEL:.0%} intervals overlap) as the steps grow."
+            if not up else "Rising beyond noise (disjoint 95% intervals) with more steps: " + "; ".join(up) + ".")
 
 
-def summary_lines(target: Target, rows: list[dict], cells: list[dict]) -> list[str]:
-    """The floor's spread, the ranking at each step count (``summary.rank``) and escape warnings."""
-    lines = [floor_text(rows, cells)]
+def summary_lines(target: Target, rows: list[dict], cells: list[dict], stopped: str = "") -> list[str]:
+    """How the repeats stopped (``stopped``), the held-out sets, the floor's spread, the ranking at each
+    step count (``summary.rank``), escape and below-the-floor warnings."""
+    lines = [stopped] if stopped else []
+    lines += [f"Held-out data: {target.heldout}.", floor_text(rows, cells)]
     for s in sorted({c["steps"] for c in cells}):
-        lines.append(f"At {s} steps, {ranking_text(rank([c for c in cells if c['steps'] == s]))}")
-    return lines + [monotone_text(cells)] + [f"warning: {w}" for w in escape_warnings(cells)]
+        lines.append(f"At {s} steps, {ranking_text(rank([c for c in cells if c['steps'] == s]))}.")
+    pool = f"n = {target.n}, {'shared by' if target.shared else 'fresh for'} every repeat"
+    return (lines + [monotone_text(cells)] + [f"warning: {w}" for w in escape_warnings(cells)]
+            + [f"warning: {w}" for w in below_floor_warnings(cells, pool)])
 
 
 def write_compare(out: Path, target: Target, rows: list[dict], shown: dict, show_steps: int,
-                  nll_rows: list[dict] | None = None, heading: str = "Sampler comparison") -> dict:
+                  nll_rows: list[dict] | None = None, heading: str = "Sampler comparison", stopped: str = "") -> dict:
     """results.csv (every repeat), summary.csv, quality_vs_nfe.png, samples_<sde>_<method>.png,
     nll.csv (with ``nll_rows``) and report.md under ``out``; returns their paths (``samples``: a dict
     keyed by (sde, method)), the summary rows (``cells``) and the summary lines (``lines``)."""
@@ -219,14 +225,15 @@ def write_compare(out: Path, target: Target, rows: list[dict], shown: dict, show
                        f"{target.name} / {sde} / {label}, {show_steps} steps", what=f"samples_{sde}_{safe}.png")
         if png is not None:
             files["samples"][sde, label] = png
-    files["lines"] = summary_lines(target, rows, cells)
+    files["lines"] = summary_lines(target, rows, cells, stopped)
     unit = {"SW2": "sliced 2-Wasserstein distance to held-out data",
             "FD": "Frechet distance in the shipped digits classifier's features"}.get(target.metric, target.metric)
     md = [f"# {heading}: {target.name}", ""]
     if target.notes:
         md += ["Changes to what was asked:", ""] + [f"- {note}" for note in target.notes] + [""]
-    md += [f"n = {target.n} samples per cell, {cells[0]['repeats']} independent repeats (each its own samples, "
-           f"held-out set and floor); figures are mean +- standard error over the repeats. Quality: {target.metric} "
+    md += [f"n = {target.n} samples per cell, {cells[0]['repeats']} repeats (each its own samples and floor; "
+           f"held-out data: {target.heldout}); figures are mean +- the half-width of the {LEVEL:.0%} Student-t "
+           f"interval over the repeats ({cells[0]['dof']} degrees of freedom). Quality: {target.metric} "
            f"({unit}); the noise floor is the quality of fresh data at the same sample size; ratio = quality / "
            "floor: 1 is as good as fresh data (below 1 can mean over-concentrated samples). NFE counts score "
            "evaluations; wall_s is the median seconds per cell, score_share the part of it inside the score, "
@@ -237,6 +244,7 @@ def write_compare(out: Path, target: Target, rows: list[dict], shown: dict, show
     if not math.isnan(cells[0]["nll_gap"]):
         md += ["nll_gap: mean true NLL of the samples minus that of true samples (nats/sample; 0 is perfect).", ""]
     md += [f"- {line}" for line in files["lines"]] + [""]
+    md += [f"Produced by {provenance_line(target.reference.device)}.", ""]
     md += [markdown_table(cells, compare_columns(cells)), "", "![quality against NFE](quality_vs_nfe.png)", ""]
     if nll_rows:
         fields = list(nll_rows[0])
