@@ -288,14 +288,15 @@ def test_coverage_of_the_student_t_interval_at_three_repeats():
     assert 180 <= covered <= 198, covered
 
 
-@pytest.mark.slow  # 200 x 5 repeats with 20 resamples each (~1 min)
+@pytest.mark.slow  # 200 x 5 repeats with 20 resamples each (~40 s)
 def test_a_shared_held_out_set_counts_in_the_intervals():
     """A perfect sampler (fresh true samples of the ring) scored with ``distance_scorer`` against one
     held-out set of n = 100 shared by R = 5 repeats (floors from fresh train-like draws), 200 times
-    with a new held-out set each time: the truth is the mean over the 200. The 95% interval of the
-    ratio covers it in 90-99% of the draws and that of quality in at least 90% (the resampling
-    estimate of the shared part is conservative there: it covers all). Planted: the repeats' spread
-    alone (no shared term) covers quality in about 82%, and fails."""
+    with a new held-out set each time: the truth is the mean over the 200. The 95% intervals of
+    quality and ratio cover it in 90-99.5% of the draws (measured 98.5% and 96%; binomial s.d. at 95%:
+    1.5%). Planted: the repeats' spread alone (no shared term) covers quality in about 82%, and fails;
+    a bootstrap with replacement instead of random halves covers 100% (its duplicates shift every
+    repeat together), and fails the upper bound."""
     import statistics
 
     from sde_diffusion.evaluation.compare import distance_scorer
@@ -321,7 +322,7 @@ def test_a_shared_held_out_set_counts_in_the_intervals():
         truth = statistics.fmean(c[key] for c in cells[False])
         for shared, cs in cells.items():
             cover[key, shared] = sum(abs(c[key] - truth) <= c[f"{key}_hw"] for c in cs) / len(cs)
-    assert 0.90 <= cover["ratio", True] <= 0.99 and cover["quality", True] >= 0.90, cover
+    assert 0.90 <= cover["ratio", True] <= 0.995 and 0.90 <= cover["quality", True] <= 0.995, cover
     assert cover["quality", False] < 0.90, cover  # the planted error: shared error left out
 
 

@@ -71,6 +71,10 @@ def test_a_shared_held_out_set_adds_the_repeats_covariance_to_the_se():
     assert s["heldout"] == "shared"
     assert s["quality_se"] == pytest.approx(math.sqrt(0.35 / 12 + 10 / 12), rel=1e-12)
     assert s["ratio_hw"] == pytest.approx(3.1824463 * math.sqrt(0.35 / 12 + 10 / 12), rel=1e-7)
+    # rankings compare cells within the shared set (its error is common to them): 3.1824463 x 0.1707825
+    assert s["quality_within_hw"] == pytest.approx(0.5435062, abs=1e-7)
+    assert rank([s]).best is None  # 0.5435 / 1.35 = 40% > 25%: not informative
+    assert "within the shared held-out set" in ranking_text(rank([s]))
     # negative covariance is clamped to 0: a shared set cannot make the mean more precise
     anti = [torch.tensor([1.0, 2, 3]), torch.tensor([3.0, 2, 1])]
     (s,) = summarise([_row(r, q, boot_quality=b) for r, (q, b) in enumerate(zip([1.0, 1.2], anti))])
@@ -83,7 +87,7 @@ def test_overlap_boundary_is_inclusive_and_exact():
     a = _cell("a", 1.0, 0.25)
     tie = rank([_cell("b", 1.5, 0.25), a])
     assert tie.winner is None and tie.best is a and [c["method"] for c in tie.tied] == ["a", "b"]
-    assert ranking_text(tie).startswith("tied within noise (95% Student-t intervals, 3 dof overlap): a on vp")
+    assert ranking_text(tie).startswith("tied within noise (overlapping 95% Student-t intervals, 3 dof): a on vp")
     ahead = rank([_cell("b", 1.5 + EPS, 0.25), a])
     assert ahead.winner is a and ahead.tied == [a] and [c["method"] for c in ahead.behind] == ["b"]
     text = ranking_text(ahead)

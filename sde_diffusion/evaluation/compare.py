@@ -12,7 +12,7 @@ them with the repeat's ``Scorer``, against held-out data of the target:
                 between n train images and the test set.
 ``ratio`` = quality / floor: 1 is as good as fresh data at this sample size. Where the data cannot give
 every repeat its own held-out set, one is shared (``Target.heldout`` says which) and each score also
-carries its figures on bootstrap resamples of it, from which ``summary`` counts the shared error. Every row also has the
+carries its figures on random halves of it, from which ``summary`` counts the shared error. Every row also has the
 share of escaped samples (``metrics.escaped``), the wall seconds and the seconds inside the score
 (``TimedScore``); ``summary`` turns the repeats into means +- standard errors and rankings.
 Methods are registry names with options, ``name[:option=value[:option=value]]``, e.g. ``ode:solver=rk4``.
@@ -91,33 +91,41 @@ class Scorer:
     """One repeat's yardstick: ``score(x)`` -> {quality, nll_gap (NaN unless analytic)} against this
     repeat's held-out set, and ``floor``, the quality of fresh data of the same size against that set.
     Where every repeat shares one held-out set, ``score`` also gives ``boot_quality`` and ``boot_ratio``
-    and ``boot_floor`` holds the floor: the figures on BOOTSTRAP resamples of that set, the same
-    resamples in every repeat (their covariance across repeats is the shared error, ``summary``)."""
+    and ``boot_floor`` holds the floor: the figures on RESAMPLES random halves of that set, the same
+    halves in every repeat (their covariance across repeats is the shared error, ``summary``)."""
 
     score: Callable[[torch.Tensor], dict]
     floor: float
     boot_floor: torch.Tensor | None = None
 
 
-BOOTSTRAP = 20  # resamples of a shared held-out set
+RESAMPLES = 20  # random halves of a shared held-out set
 
 
 def distance_scorer(distance: Callable, embed: Callable, fresh: torch.Tensor, held_out: torch.Tensor,
                     shared_seed: int | None = None) -> Scorer:
     """A ``Scorer`` from ``distance(embed(x), held_out)`` (sets of embedded points) and the floor
     ``distance(fresh, held_out)``; with ``shared_seed`` (a held-out set shared by the repeats) also the
-    figures on BOOTSTRAP resamples of it with replacement, drawn from that seed."""
+    figures on RESAMPLES random halves of it, drawn without replacement from that seed. (Without
+    replacement: a bootstrap's duplicates shift every repeat's figure together, a common error of the
+    resampling itself. The spread of a statistic over random halves of a set is about its spread over
+    independent sets of the full size: for a mean, s^2 / (m/2) x (1 - 1/2) = s^2 / m.) A distance that
+    pairs sets of equal size gets the same half of the samples (the halves of x add no shared error)."""
     floor = float(distance(fresh, held_out))
     if shared_seed is None:
         return Scorer(lambda x: {"quality": float(distance(embed(x), held_out)), "nll_gap": math.nan}, floor)
     g = torch.Generator().manual_seed(shared_seed)
-    picks = [torch.randint(len(held_out), (len(held_out),), generator=g).to(held_out.device)
-             for _ in range(BOOTSTRAP)]
-    floors = torch.tensor([float(distance(fresh, held_out[i])) for i in picks], dtype=torch.float64)
+    m = len(held_out)
+    halves = [torch.randperm(m, generator=g)[: m // 2].to(held_out.device) for _ in range(RESAMPLES)]
+
+    def on_halves(e: torch.Tensor) -> torch.Tensor:
+        paired = len(e) == m
+        return torch.tensor([float(distance(e[i] if paired else e, held_out[i])) for i in halves], dtype=torch.float64)
+    floors = on_halves(fresh)
 
     def score(x: torch.Tensor) -> dict:
         e = embed(x)
-        qs = torch.tensor([float(distance(e, held_out[i])) for i in picks], dtype=torch.float64)
+        qs = on_halves(e)
         return {"quality": float(distance(e, held_out)), "nll_gap": math.nan, "boot_quality": qs,
                 "boot_ratio": qs / floors}
     return Scorer(score, floor, floors)
@@ -220,7 +228,7 @@ def model_target(model, device: torch.device, n: int, seed: int = 0, name: str |
             notes.append(f"n = {m} instead of {n}: the floor draws n fresh images from the train split, "
                          f"which holds {m}.")
         heldout = (f"one held-out set shared by every repeat: the whole test split ({len(test)} images, "
-                   f"FD's reference); the error this shares enters every s.e. ({BOOTSTRAP} resamples)")
+                   f"FD's reference); the error this shares enters every s.e. ({RESAMPLES} random halves)")
 
         def scorer(r: int) -> Scorer:
             embed = lambda x: features(quantize(x, test.levels))  # noqa: E731
@@ -236,7 +244,7 @@ def model_target(model, device: torch.device, n: int, seed: int = 0, name: str |
         heldout = (f"a fresh held-out set of {m} test points for each repeat (disjoint, up to {repeats} repeats)"
                    if fresh else f"one held-out set shared by every repeat: {m} of the {len(test)} test points "
                    f"(fresh sets for {repeats} repeats would need {m * repeats}); the error this shares enters "
-                   f"every s.e. ({BOOTSTRAP} resamples)")
+                   f"every s.e. ({RESAMPLES} random halves)")
 
         def scorer(r: int) -> Scorer:
             held_out = test.x[order[r * m:(r + 1) * m] if fresh else order[:m]].to(device)

@@ -33,10 +33,10 @@ class DemoSizes:
     analytic: str = "gmm64"
     analytic_n: int = 250
     analytic_steps: str = "10,20,50"
-    analytic_repeats: int = 4
+    analytic_repeats: int = 5
     digits_n: int = 200
     digits_steps: str = "10,20,50"
-    digits_repeats: int = 3
+    digits_repeats: int = 5
     nll_n: int | None = None      # test digits for the PF-ODE bits/dim (None: all 300)
     vlb_n: int = 50               # test digits for the DDPM bound (1000 steps each)
     nll_rtol: float = 1e-5        # PF-ODE tolerance (rtol = atol) of the bits/dim

@@ -200,7 +200,9 @@ def summary_lines(target: Target, rows: list[dict], cells: list[dict], stopped: 
     """How the repeats stopped (``stopped``), the held-out sets, the floor's spread, the ranking at each
     step count (``summary.rank``), escape and below-the-floor warnings."""
     lines = [stopped] if stopped else []
-    lines += [f"Held-out data: {target.heldout}.", floor_text(rows, cells)]
+    shared = (" Rankings compare cells within it (its error is common to every cell scored against it): their "
+              "intervals leave it out, the tables' include it.") if target.shared else ""
+    lines += [f"Held-out data: {target.heldout}.{shared}", floor_text(rows, cells)]
     for s in sorted({c["steps"] for c in cells}):
         lines.append(f"At {s} steps, {ranking_text(rank([c for c in cells if c['steps'] == s]))}.")
     pool = f"n = {target.n}, {'shared by' if target.shared else 'fresh for'} every repeat"

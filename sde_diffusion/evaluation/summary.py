@@ -12,8 +12,10 @@ different repeats' figures over the same B resamples of the shared set (``boot_*
 
     v_h = max(0, sum_{r != s} Cov_b(q_rb, q_sb) / (R (R - 1))).
 
-A cell is *informative* when its
-half-width is at most INFORMATIVE of its mean. At one step count (``rank``):
+Every cell of a ranking is scored against the same held-out sets, so the shared error is common to
+them and a ranking compares cells within it: ``quality_within_hw`` is quality's half-width without
+v_h (equal to ``quality_hw`` with fresh sets). A cell is *informative* when that half-width is at most
+INFORMATIVE of its mean. At one step count (``rank``):
 
   best        the informative cell of lowest mean;
   tied        informative cells whose interval overlaps the best's (the best among them);
@@ -41,7 +43,7 @@ ESCAPE_THRESHOLD = 0.01  # share of samples outside the data's range that trigge
 KEYS = ("sde", "method", "kind", "steps")
 PM = ("quality", "floor", "ratio", "nll_gap")  # the figures given with intervals
 SUMMARY_FIELDS = ["sde", "method", "kind", "steps", "repeats", "dof", "heldout", "nfe", "metric",
-                  *(f"{k}{s}" for k in PM for s in ("", "_se", "_hw")), "escaped", "max_norm", "wall_s",
+                  *(f"{k}{s}" for k in PM for s in ("", "_se", "_hw")), "quality_within_hw", "escaped", "max_norm", "wall_s",
                   "score_share", "ms_per_nfe"]
 
 
@@ -91,6 +93,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         for name in PM:
             hv = shared_variance([r.get(f"boot_{name}") for r in rs])
             s[name], s[f"{name}_se"], s[f"{name}_hw"] = interval([r[name] for r in rs], hv)
+        s["quality_within_hw"] = interval([r["quality"] for r in rs])[2]
         s["escaped"] = statistics.fmean(r["escaped"] for r in rs)
         s["max_norm"] = max(r["max_norm"] for r in rs)
         wall = statistics.median(r["wall_s"] for r in rs)
@@ -108,9 +111,14 @@ def pm(mean: float, half: float) -> str:
     return f"{mean:.4g}" if math.isnan(half) else f"{mean:.4g} +- {half:.2g}"
 
 
+def _half(c: dict, key: str) -> float:
+    """The half-width a ranking uses: within the held-out data where the cell has one, else the whole."""
+    return c.get(f"{key}_within_hw", c[f"{key}_hw"])
+
+
 def bounds(c: dict, key: str = "quality") -> tuple[float, float]:
-    """The cell's LEVEL interval (-inf, inf without one; (inf, inf) for a failed cell)."""
-    q, hw = c[key], c[f"{key}_hw"]
+    """The cell's LEVEL interval as rankings use it (-inf, inf without one; (inf, inf) for a failed cell)."""
+    q, hw = c[key], _half(c, key)
     if math.isinf(q):
         return math.inf, math.inf
     return (-math.inf, math.inf) if math.isnan(hw) else (q - hw, q + hw)
@@ -118,7 +126,7 @@ def bounds(c: dict, key: str = "quality") -> tuple[float, float]:
 
 def informative(c: dict, key: str = "quality") -> bool:
     """Finite, with an interval no wider than INFORMATIVE of the mean on either side."""
-    q, hw = c[key], c[f"{key}_hw"]
+    q, hw = c[key], _half(c, key)
     return math.isfinite(q) and q != 0 and math.isfinite(hw) and hw <= INFORMATIVE * abs(q)
 
 
@@ -140,7 +148,7 @@ class Ranking:
 
 
 def rank(cells: list[dict], key: str = "quality") -> Ranking:
-    """Rank summary rows by ``key`` (lower is better) with their LEVEL intervals (``key_hw``)."""
+    """Rank summary rows by ``key`` (lower is better) with their LEVEL intervals (``bounds``)."""
     if not cells:
         raise ValueError("rank needs at least one summary row.")
     ordered = sorted(cells, key=lambda c: c[key])
@@ -168,11 +176,13 @@ def _dof(cells: list[dict]) -> str:
 
 def ranking_text(ranking: Ranking, key: str = "quality", label: str | None = None) -> str:
     """One line naming every cell's verdict: 'best: X (q +- hw), its 95% interval clear of every
-    other's' or 'tied within noise (95% intervals overlap): ...', then 'not resolved (...)' and
+    other's' or 'tied within noise (overlapping 95% intervals ...): ...', then 'not resolved (...)' and
     'behind: ...', with the degrees of freedom."""
     label = label or ranking.ordered[0]["metric"]
-    fig = lambda c: f"{cell_name(c)}: {label} {pm(c[key], c[key + '_hw'])}"  # noqa: E731
-    level = f"{LEVEL:.0%} Student-t intervals, {_dof(ranking.ordered)}"
+    fig = lambda c: f"{cell_name(c)}: {label} {pm(c[key], _half(c, key))}"  # noqa: E731
+    within = any(c.get("heldout") == "shared" for c in ranking.ordered) and f"{key}_within_hw" in ranking.ordered[0]
+    level = (f"{LEVEL:.0%} Student-t intervals, {_dof(ranking.ordered)}"
+             + (", within the shared held-out set" if within else ""))
     parts = []
     if ranking.best is None:
         parts.append(f"no cell resolved ({level}; every interval is wider than +-{INFORMATIVE:.0%} of its mean, "
@@ -181,7 +191,7 @@ def ranking_text(ranking: Ranking, key: str = "quality", label: str | None = Non
         parts.append(f"only {fig(ranking.winner)} ({level})" if len(ranking.ordered) == 1 else
                      f"best: {fig(ranking.winner)}, its interval clear of every other cell's ({level})")
     else:
-        parts.append(f"tied within noise ({level} overlap): " + "; ".join(fig(c) for c in ranking.tied))
+        parts.append(f"tied within noise (overlapping {level}): " + "; ".join(fig(c) for c in ranking.tied))
     if ranking.best is not None and ranking.unresolved:
         parts.append(f"not resolved (interval wider than +-{INFORMATIVE:.0%} of the mean, reaching the best's): "
                      + "; ".join(fig(c) for c in ranking.unresolved))
@@ -254,8 +264,8 @@ def floor_text(rows: list[dict], cells: list[dict]) -> str:
         more = f", about {repeats_needed(values, need)} repeats" if values and not shared else ""
         return f"too large to separate methods that differ by 10% (that needs below {need:.0%}{more})"
     rel = hw / f
-    cell_rel = statistics.median([c["quality_hw"] / c["quality"] for c in cells if math.isfinite(c["quality"])
-                                  and c["quality"] > 0 and math.isfinite(c["quality_hw"])] or [math.nan])
+    cell_rel = statistics.median([_half(c, "quality") / c["quality"] for c in cells if math.isfinite(c["quality"])
+                                  and c["quality"] > 0 and math.isfinite(_half(c, "quality"))] or [math.nan])
     return (f"Noise floor {pm(f, hw)} over {len(floors)} repeats ({LEVEL:.0%} Student-t, {len(floors) - 1} dof), "
             f"relative half-width {rel:.1%} (the ratio's interval includes it): {verdict(rel, floors)}. The cells' "
             f"quality has a median relative half-width of {cell_rel:.1%} (the rankings use it): {verdict(cell_rel)}.")
