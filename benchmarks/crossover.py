@@ -3,7 +3,8 @@
 For each NFE budget B and each candidate sampler, the largest step count whose NFE is at most B in every
 repeat (NFE is read from dry runs and from the repeats, never assumed; ``adaptive_sde``'s depends on the
 draws); R repeats of ``compare`` (repeat r: the same prior seed for every
-sampler, its own held-out set); per sampler the mean ratio quality/floor with a Student-t 95% interval
+sampler, its own held-out set where the data allow, else one shared set whose error enters every interval,
+``summary.shared_variance``); per sampler the mean ratio quality/floor with a Student-t 95% interval
 (R - 1 degrees of freedom). The best SDE and the best ODE sampler are those of lowest mean ratio; the
 verdict comes from the paired difference of their ratios over the repeats (same seeds, same held-out
 sets): "SDE ahead" or "ODE ahead" when its t interval excludes 0, else "not resolved".
@@ -78,9 +79,10 @@ def steps_for(target, sde_name: str, v: Variant, budget: int, n: int, seed: int)
     return k if k >= 1 and nfe(k) <= budget else None
 
 
-def interval(values: list[float]) -> tuple[float, float]:
-    """(mean, half-width of the Student-t 95% interval, R - 1 dof): ``summary.interval``."""
-    mean, _, hw = summary.interval(values)
+def interval(values: list[float], boots: list | None = None) -> tuple[float, float]:
+    """(mean, half-width of the Student-t 95% interval, R - 1 dof): ``summary.interval``, with the
+    error of a held-out set shared by the repeats (``summary.shared_variance`` of ``boots``)."""
+    mean, _, hw = summary.interval(values, summary.shared_variance(boots or []))
     return mean, math.inf if math.isnan(hw) else hw
 
 
@@ -111,7 +113,7 @@ def main(argv=None) -> None:
     detail = ["", "Every sampler; the last column is its wall time per NFE over euler_maruyama's (solver overhead).", "",
               "| NFE | sampler | kind | steps | nfe (largest of the repeats) | ratio | wall/NFE vs EM |", "|---|---|---|---|---|---|---|"]
     for budget in a.budgets:
-        per: dict[str, tuple[str, list[float], int, int]] = {}
+        per: dict[str, tuple[str, list[float], int, int, list]] = {}
         wall: dict[str, float] = {}  # wall seconds per score evaluation, mean over repeats
         for v in variants:
             k = steps_for(target, sde_name, v, budget, target.n, a.seed)
@@ -125,24 +127,27 @@ def main(argv=None) -> None:
                                       progress=False)
             if max(r["nfe"] for r in rows) > budget:
                 continue
-            per[v.label] = (v.kind, [r["ratio"] for r in rows], k, max(r["nfe"] for r in rows))
+            per[v.label] = (v.kind, [r["ratio"] for r in rows], k, max(r["nfe"] for r in rows),
+                            [r.get("boot_ratio") for r in rows])
             wall[v.label] = sum(r["wall_s"] / r["nfe"] for r in rows) / len(rows)
-        for label, (kind, ratios, k, nfe) in per.items():
-            m, hw = interval(ratios)
+        for label, (kind, ratios, k, nfe, boots) in per.items():
+            m, hw = interval(ratios, boots)
             rel = wall[label] / wall["euler_maruyama"] if "euler_maruyama" in wall else math.nan
             detail.append(f"| {budget} | {label} | {kind} | {k} | {nfe} | {m:.3f} ± {hw:.3f} | {rel:.2f} |")
         best = {}
         for side in ("sde", "ode"):
-            cands = [(interval(r)[0], lab) for lab, (kind, r, _, _) in per.items() if kind == side]
+            cands = [(interval(r)[0], lab) for lab, (kind, r, *_) in per.items() if kind == side]
             best[side] = min(cands)[1] if cands else None
         if None in best.values():
             lines.append(f"| {budget} | {best['sde']} | | {best['ode']} | | | not resolved (one side missing) |")
             continue
-        rs, ro = per[best["sde"]][1], per[best["ode"]][1]
-        d, hw = interval([x - y for x, y in zip(rs, ro)])
+        (_, rs, _, _, bs), (_, ro, _, _, bo) = per[best["sde"]], per[best["ode"]]
+        diff_boots = None if None in bs + bo else [x - y for x, y in zip(bs, bo)]
+        d, hw = interval([x - y for x, y in zip(rs, ro)], diff_boots)
         verdict = "SDE ahead" if d + hw < 0 else "ODE ahead" if d - hw > 0 else "not resolved"
-        fmt = lambda r: "%.3f ± %.3f" % interval(r)  # noqa: E731
-        lines.append(f"| {budget} | {best['sde']} | {fmt(rs)} | {best['ode']} | {fmt(ro)} | {d:+.3f} ± {hw:.3f} | {verdict} |")
+        fmt = lambda r, b: "%.3f ± %.3f" % interval(r, b)  # noqa: E731
+        lines.append(f"| {budget} | {best['sde']} | {fmt(rs, bs)} | {best['ode']} | {fmt(ro, bo)} | {d:+.3f} ± {hw:.3f} "
+                     f"| {verdict} |")
     text = "\n".join(lines + detail + ([""] + [f"- {n}" for n in notes] if notes else [])) + "\n"
     print(text)
     if a.out is not None:
