@@ -37,7 +37,8 @@ from . import checks
 from .models.score_model import ScoreModel, learns_variance, variance_kind
 from .schedule import DDPMSchedule
 from .sde import SDE
-from .vlb import chain_prediction, decoder_nll, decoder_rule, prior_kl, reverse_log_variance, step_kl
+from .vlb import (bins_rule, chain_prediction, decoder_nll, decoder_rule, prior_kl, reverse_log_variance,
+                  step_kl)
 
 WEIGHTINGS = ("sigma2", "likelihood", "none", "edm")
 OBJECTIVES = ("simple", "mean_mse", "vlb", "hybrid")
@@ -134,7 +135,7 @@ def ddpm_loss(model: ScoreModel | Callable, schedule: DDPMSchedule, x0: torch.Te
               y: torch.Tensor | None = None, generator: torch.Generator | None = None,
               reduction: str = "mean", objective: str = "simple", vlb_weight: float = 0.001,
               levels: int | None = None, data_range: tuple[float, float] = (-1.0, 1.0),
-              decoder: str = "auto") -> torch.Tensor:
+              decoder: str = "auto", bins: str = "auto") -> torch.Tensor:
     """A DDPM objective (see the module) at i ~ U{1..T}, z ~ N(0, I), x_i = sqrt(abar_i) x_0 + sqrt(1 - abar_i) z.
 
     ``objective``: ``simple`` (L_simple of DDPM Algorithm 1), ``mean_mse``, ``vlb`` or ``hybrid``
@@ -142,7 +143,8 @@ def ddpm_loss(model: ScoreModel | Callable, schedule: DDPMSchedule, x0: torch.Te
     bound's terms use the model's learned variance when it has one, else sigma_i^2 = beta_i (the fixed
     isotropic Sigma); its decoder is discretized to ``levels`` bins of ``data_range`` (x_0 at their
     centres) or, with ``levels`` None, a Gaussian density, its sigma_1^2 by ``decoder``
-    (``vlb.decoder_rule``: DDPM's beta_tilde_2 at 256 levels by default). ``model`` is a score_fn(x, t[, y]), read as
+    (``vlb.decoder_rule``: DDPM's beta_tilde_2 at 256 levels by default) and its bins by ``bins``
+    (``vlb.bins_rule``: DDPM's x_0 +- 1/255 with the tanh CDF at 256 levels by default). ``model`` is a score_fn(x, t[, y]), read as
     eps = -sqrt(1 - abar_i) score (``vlb.chain_prediction``): for a ScoreModel on the chain's
     ``embedding()`` that is its own eps.
     """
@@ -178,7 +180,8 @@ def ddpm_loss(model: ScoreModel | Callable, schedule: DDPMSchedule, x0: torch.Te
     log_var = reverse_log_variance(schedule, i, "learned" if learned else "beta", v, xi, variance_kind(model),
                                    decoder_rule(decoder, levels))
     first = i == 1
-    term = torch.where(first, decoder_nll(schedule, xi, mean, log_var, x0, levels, data_range),
+    term = torch.where(first, decoder_nll(schedule, xi, mean, log_var, x0, levels, data_range,
+                                          bins_rule(bins, levels)),
                        step_kl(schedule, i.clamp_min(2), mean, z, log_var))
     vlb = (prior_kl(schedule, x0) + schedule.T * term) / (x0[0].numel() * math.log(2))
     return _reduce(vlb if objective == "vlb" else simple + vlb_weight * vlb, reduction)

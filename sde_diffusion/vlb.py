@@ -1,6 +1,6 @@
 """The DDPM variational bound in bits per dimension (Ho et al. 2020, eq. 5), for discrete-time models.
 
-For discrete data k with x_0 = lo + (k + 1/2) w (the bin centres of ``data.py``'s level map),
+For discrete data k with x_0 on the grid of the bin convention (``bins_rule``),
     -log p(x_0) <= L_T + sum_{i=2}^T L_{i-1} + L_0,
     L_T     = KL(q(x_T | x_0) || N(0, I)),
     L_{i-1} = E_q KL(q(x_{i-1} | x_i, x_0) || p(x_{i-1} | x_i)),   p(x_{i-1} | x_i) = N(mu_i, Sigma_i),
@@ -17,6 +17,11 @@ the decoder, as DDPM's and improved DDPM's code do, and by default at 256 levels
 ``decoder_rule``). The decoder p(x_0 | x_1) is DDPM's discretized
 Gaussian, generalised to ``levels`` bins: the mass of N(mu_1, sigma_1^2) over the bin of level k, the
 first and last bins extended to -inf and +inf (a Gaussian density for continuous data, ``levels`` None).
+Two bin conventions (``bins``): ``exact``, x_0 = lo + (k + 1/2) w at the bin centres of width
+w = (hi - lo) / L (``dequantize``'s level map) and the exact Normal CDF; ``ddpm``, DDPM's and improved
+DDPM's code generalised to L levels: x_0 = lo + k (hi - lo) / (L - 1) (k / 127.5 - 1 at 256), the bin
+x_0 +- (hi - lo) / (2 (L - 1)) (+-1/255), the CDF approximated as 1/2 (1 + tanh(sqrt(2 / pi) (y + 0.044715 y^3)))
+and every probability clamped at 1e-12 before its log.
 Any ``DiscreteSchedule`` works, a respaced one included (its model times t_i = tau_i / T).
 """
 
@@ -33,6 +38,44 @@ from .sde import ScoreFn
 
 VARIANCES = ("auto", "beta", "beta_tilde", "learned")
 DECODERS = ("auto", "ddpm", "step")
+BINS = ("auto", "ddpm", "exact")
+
+
+def bins_rule(bins: str, levels: int | None) -> str:
+    """The bin convention (module docstring): ``auto`` is the papers' ``ddpm`` for their 256 levels,
+    else ``exact``; continuous data (``levels`` None) have no bins."""
+    checks.one_of("bins", bins, BINS)
+    return ("ddpm" if levels == 256 else "exact") if bins == "auto" else bins
+
+
+def levels_to_data(k: torch.Tensor, levels: int, data_range: tuple[float, float], bins: str,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """x_0 of levels k under a bin convention: bin centres (``exact``) or DDPM's grid lo + k (hi - lo) / (L - 1)."""
+    if bins == "exact":
+        return levels_to_continuous(k, levels, data_range, 0.5, dtype)
+    lo, hi = float(data_range[0]), float(data_range[1])
+    return lo + k.to(dtype) * ((hi - lo) / (levels - 1))
+
+
+def _approx_cdf(y: torch.Tensor) -> torch.Tensor:
+    """DDPM's approximation of the standard Normal CDF: 1/2 (1 + tanh(sqrt(2 / pi) (y + 0.044715 y^3)))."""
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (y + 0.044715 * y.pow(3))))
+
+
+def _ddpm_decoder_log_prob(x0: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, levels: int,
+                           data_range: tuple[float, float]) -> torch.Tensor:
+    """DDPM's discretized_gaussian_log_likelihood at L levels, summed over dims: log of the approximate
+    CDF mass over x_0 +- h, h = (hi - lo) / (2 (L - 1)), the first bin from -inf and the last to +inf
+    (x_0 below lo + h / 2 or above hi - h / 2: DDPM's -0.999 and 0.999 at 256 levels)."""
+    lo, hi = float(data_range[0]), float(data_range[1])
+    h = (hi - lo) / (2 * (levels - 1))
+    std = checks.bcast(std, mean)
+    plus, minus = _approx_cdf((x0 - mean + h) / std), _approx_cdf((x0 - mean - h) / std)
+    tiny = 1e-12
+    log_p = torch.where(x0 < lo + h / 2, plus.clamp_min(tiny).log(),
+                        torch.where(x0 > hi - h / 2, (1 - minus).clamp_min(tiny).log(),
+                                    (plus - minus).clamp_min(tiny).log()))
+    return log_p.flatten(1).sum(1)
 
 
 def decoder_rule(decoder: str, levels: int | None) -> str:
@@ -109,15 +152,19 @@ def step_kl(schedule: DiscreteSchedule, i: torch.Tensor, eps: torch.Tensor, z: t
 
 
 def decoder_nll(schedule: DiscreteSchedule, x1: torch.Tensor, eps: torch.Tensor, log_var: torch.Tensor,
-                x0: torch.Tensor, levels: int | None, data_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+                x0: torch.Tensor, levels: int | None, data_range: tuple[float, float] = (-1.0, 1.0),
+                bins: str = "exact") -> torch.Tensor:
     """L_0 = -log p(x_0 | x_1) per sample in nats, p = N(mu_1, sigma_1^2) discretized to ``levels`` bins
-    (x_0 the bin centres of the levels) or, with ``levels`` None, its density at x_0."""
+    of the convention ``bins`` (``exact``: x_0 in the bin of its level, exact CDF; ``ddpm``: DDPM's
+    x_0 +- h with the tanh CDF) or, with ``levels`` None, its density at x_0."""
     one = torch.ones(x1.shape[0], dtype=torch.long, device=x1.device)
     b, a = (checks.bcast(schedule.take(t, one, x1), x1) for t in (schedule.betas, schedule.alphas_cumprod))
     mean = (x1 - b / (1 - a).sqrt() * eps) / (1 - b).sqrt()
     log_var = log_var.expand_as(mean)
     if levels is None:
         return 0.5 * (log_var + math.log(2 * math.pi) + (x0 - mean).square() * torch.exp(-log_var)).flatten(1).sum(1)
+    if bins == "ddpm":
+        return -_ddpm_decoder_log_prob(x0, mean, torch.exp(0.5 * log_var), levels, data_range)
     k = continuous_to_levels(x0, levels, data_range)
     return -_decoder_log_prob(k, mean, torch.exp(0.5 * log_var), levels, data_range)
 
@@ -140,7 +187,8 @@ def _variance(score_fn, variance: str) -> str:
 @torch.no_grad()  # inference: the model (e.g. a ScoreModel with trainable weights) records no graph
 def ddpm_vlb_terms(score_fn: ScoreFn, schedule: DiscreteSchedule, x_discrete: torch.Tensor, *,
                    levels: int = 256, data_range: tuple[float, float] = (-1.0, 1.0),
-                   variance: str = "auto", decoder: str = "auto", generator: torch.Generator | None = None,
+                   variance: str = "auto", decoder: str = "auto", bins: str = "auto",
+                   generator: torch.Generator | None = None,
                    dtype: torch.dtype = torch.float32,
                    max_batch: int = 8192) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(L_T, sum_{i=2}^T L_{i-1}, L_0) in nats per sample, each of shape (N,); see the module.
@@ -153,7 +201,10 @@ def ddpm_vlb_terms(score_fn: ScoreFn, schedule: DiscreteSchedule, x_discrete: to
     the model states (a diffusers scheduler's ``variance_type``), else ``beta``.
     ``decoder``: the decoder's sigma_1^2 for fixed variances (``decoder_rule``): the papers' beta_tilde_2
     (``ddpm``, the default at 256 levels) or the step's own, beta_1 for ``beta`` (``step``, the default
-    otherwise); beta_tilde_2 for ``beta_tilde`` either way (beta_tilde_1 = 0). The sum over steps is exact (all T steps, evaluated in chunks of at most
+    otherwise); beta_tilde_2 for ``beta_tilde`` either way (beta_tilde_1 = 0).
+    ``bins``: where the levels sit and how the decoder integrates (``bins_rule``): DDPM's grid, bins and
+    tanh CDF (``ddpm``, the default at 256 levels) or bin centres with the exact CDF (``exact``, the
+    default otherwise). The sum over steps is exact (all T steps, evaluated in chunks of at most
     ``max_batch`` rows); each term uses one draw x_i ~ q(x_i | x_0) per sample, so the result is an
     unbiased single-draw estimate of each sample's bound.
     """
@@ -171,7 +222,9 @@ def ddpm_vlb_terms(score_fn: ScoreFn, schedule: DiscreteSchedule, x_discrete: to
     checks.positive_int("max_batch", max_batch)
     if levels < 2:
         raise ValueError(f"levels must be >= 2 for the discretized decoder, got {levels}.")
-    x0 = levels_to_continuous(x_discrete, levels, data_range, 0.5, dtype)
+    grid = bins_rule(bins, levels)
+    levels_to_continuous(x_discrete, levels, data_range, 0.5, dtype)  # the levels' checks
+    x0 = levels_to_data(x_discrete, levels, data_range, grid, dtype)
     n, steps = x0.shape[0], schedule.T
     prior = prior_kl(schedule, x0)
     kl, decoder = torch.zeros_like(prior), torch.zeros_like(prior)
@@ -187,7 +240,7 @@ def ddpm_vlb_terms(score_fn: ScoreFn, schedule: DiscreteSchedule, x_discrete: to
         later = idx > 1
         kl = kl + torch.where(later, step_kl(schedule, idx.clamp_min(2), eps, z, log_var), 0).reshape(len(i), n).sum(0)
         if start == 0:
-            decoder = decoder_nll(schedule, xi[:n], eps[:n], log_var[:n], x0, levels, data_range)
+            decoder = decoder_nll(schedule, xi[:n], eps[:n], log_var[:n], x0, levels, data_range, grid)
     return prior, kl, decoder
 
 

@@ -134,8 +134,9 @@ VLB_AT_256 = [35.7640860552, 34.0966708188, 36.5829689510, 34.3100529014, 37.539
 
 @pytest.mark.parametrize("levels", [17, 256])
 def test_vlb_objective_decoder_at_17_and_256_levels(levels):
-    """ddpm_loss(objective='vlb', levels=L) at i = 1: (L_T + T L_0) / (D ln 2) with L_0 the
-    discretized Gaussian N(mu_1, sigma_1^2) over the L bins (scipy), sigma_1^2 = beta_1 at 17 levels and
+    """ddpm_loss(objective='vlb', levels=L, bins='exact') at i = 1: (L_T + T L_0) / (D ln 2) with L_0 the
+    discretized Gaussian N(mu_1, sigma_1^2) over the L bins (scipy's exact CDF; DDPM's own bins and tanh CDF,
+    the default at 256 levels, are tests/test_ddpm_conventions.py's), sigma_1^2 = beta_1 at 17 levels and
     DDPM's beta_tilde_2 at 256 (its code's log(append(posterior_variance[1], betas[1:]))), for the same
     batch; the values are also written out (VLB_AT_17, VLB_AT_256)."""
     beta, alpha, abar, _, bt = tables()
@@ -144,7 +145,7 @@ def test_vlb_objective_decoder_at_17_and_256_levels(levels):
     n, d = x0.shape
     score_fn = lambda x, t: -_eps_fn(x, t) / (1 - abar[torch.round(t * T).long() - 1, None]).sqrt()  # noqa: E731
     got = ddpm_loss(score_fn, sched, x0, i=torch.ones(n, dtype=torch.long), noise=z, objective="vlb",
-                    reduction="none", levels=levels)
+                    reduction="none", levels=levels, bins="exact")
     x1 = abar[0].sqrt() * x0 + (1 - abar[0]).sqrt() * z
     mean = (x1 - beta[0] / (1 - abar[0]).sqrt() * _eps_fn(x1, torch.full((n,), 1 / T, dtype=F64))) / alpha[0].sqrt()
     sigma1 = (beta[0] if levels == 17 else bt[1]).sqrt()
@@ -176,7 +177,7 @@ def test_hybrid_objective_first_step_has_the_clipped_learned_decoder(levels):
     x0, z = _first_step_batch()
     n, d = x0.shape
     got = ddpm_loss(model, sched, x0, i=torch.ones(n, dtype=torch.long), noise=z, objective="hybrid",
-                    reduction="none", levels=levels)
+                    reduction="none", levels=levels, bins="exact")
     assert bool(got.isfinite().all())
     x1 = abar[0].sqrt() * x0 + (1 - abar[0]).sqrt() * z
     out = net(x1, torch.full((n,), 1 / T, dtype=F64))
@@ -348,7 +349,8 @@ def test_posterior_variance_clipped_is_beta_tilde_with_step_1_from_step_2():
 @pytest.mark.parametrize("levels", [17, 256])
 def test_vlb_decoder_with_a_learned_variance_uses_the_clipped_beta_tilde(levels):
     """ddpm_vlb_terms' L_0 for a learned-variance model on images (N, C, H, W): the discretized
-    N(mu_1, exp(v log beta_1 + (1 - v) log beta_tilde_2)) over the L bins (scipy), finite for v < 1."""
+    N(mu_1, exp(v log beta_1 + (1 - v) log beta_tilde_2)) over the L bins (scipy, the bin-centre convention),
+    finite for v < 1."""
     beta, alpha, abar, _, bt = tables()
     sched = DDPMSchedule(T, B1, BT)
     net = _LearnedNet()
@@ -357,7 +359,7 @@ def test_vlb_decoder_with_a_learned_variance_uses_the_clipped_beta_tilde(levels)
     kdat = torch.randint(levels, (n, *shape), generator=torch.Generator().manual_seed(6))
     x0 = -1 + (kdat.to(F64) + 0.5) * 2 / levels
     _, _, dec = ddpm_vlb_terms(model, sched, kdat, levels=levels, generator=torch.Generator().manual_seed(7),
-                               dtype=F64)
+                               dtype=F64, bins="exact")
     assert bool(dec.isfinite().all())
     z1 = torch.randn((T * n, *shape), generator=torch.Generator().manual_seed(7), dtype=F64)[:n]  # step 1 first
     x1 = abar[0].sqrt() * x0 + (1 - abar[0]).sqrt() * z1

@@ -98,10 +98,15 @@ def test_decoder_matches_the_direct_formula_in_the_bulk():
 def test_prior_term_and_the_chains_embedding():
     sch = _schedule(100)
     k = continuous_to_levels(GM.sample(5, _gen(0), dtype=F64), LEVELS)
-    prior, _, _ = ddpm_vlb_terms(GM.score(sch.embedding()), sch, k, dtype=F64)
+    prior, _, _ = ddpm_vlb_terms(GM.score(sch.embedding()), sch, k, dtype=F64, bins="exact")
     x0 = -1 + (k.to(F64) + 0.5) * bin_width(LEVELS)
     ab = sch.alphas_cumprod[-1]
     q = torch.distributions.Normal(ab.sqrt() * x0, (1 - ab).sqrt())
+    expected = torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 1.0)).sum(1)
+    assert torch.allclose(prior, expected, rtol=1e-10, atol=1e-15)
+    # DDPM's grid at 256 levels, the default there: x_0 = k / 127.5 - 1
+    prior, _, _ = ddpm_vlb_terms(GM.score(sch.embedding()), sch, k, dtype=F64)
+    q = torch.distributions.Normal(ab.sqrt() * (k.to(F64) / 127.5 - 1), (1 - ab).sqrt())
     expected = torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 1.0)).sum(1)
     assert torch.allclose(prior, expected, rtol=1e-10, atol=1e-15)
     i = torch.tensor([1, 37, 100])

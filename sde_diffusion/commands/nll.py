@@ -154,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
         "error_budget": _budget(se, se_probe, pilot),
         "settings": {"divergence": args.divergence, "probes": args.probes, "method": solver, **SOLVER,
                      "rtol": rtol, "atol": atol, "error_control": args.error_control,
-                     "dequantization": "uniform, one draw per point" if ds.levels else None,
+                     "dequantization": ("uniform over each level's bin [lo + k w, lo + (k + 1) w], w = (hi - lo) / "
+                                        "levels, one draw per point") if ds.levels else None,
                      "batch_size": args.batch_size, "seed": seed, "batch_seeds": "seed + 1000003 * batch",
                      "dtype": args.dtype, "device": str(dev), "processes": world.size},
         "nfe_per_batch": nfe, "seconds_per_batch": secs, "seconds": time.perf_counter() - t_start,

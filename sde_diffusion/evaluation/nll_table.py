@@ -60,6 +60,8 @@ def ddpm_chain(cfg, sde) -> DDPMSchedule | None:
 # the convention behind each bound's decoder L_0 (``vlb.decoder_rule``), said in the row
 DECODER_LABEL = {"ddpm": "sigma_1^2 = beta_tilde_2, DDPM's code", "step": "sigma_1^2 = beta_1",
                  "learned": "the learned sigma_1^2"}
+# the bin convention (``vlb.bins_rule``)
+BINS_LABEL = {"ddpm": "bins x +- 1/(L-1), tanh CDF, DDPM's code", "exact": "bin centres, exact CDF"}
 
 
 def analytic_rows(target, n: int, device: torch.device, seed: int = 0) -> list[dict]:
@@ -123,7 +125,7 @@ def model_rows(model, device: torch.device, n: int | None = None, n_vlb: int = 5
     nats/dim for continuous."""
     from ..training.loading import model_dataset
     from ..models import learns_variance
-    from ..vlb import ddpm_vlb_bits_per_dim, decoder_rule
+    from ..vlb import bins_rule, ddpm_vlb_bits_per_dim, decoder_rule
 
     cfg = model.info.config
     test = model_dataset(model, "test", data=data)
@@ -145,7 +147,8 @@ def model_rows(model, device: torch.device, n: int | None = None, n_vlb: int = 5
         vlb = ddpm_vlb_bits_per_dim(model, schedule, k[:n_vlb].to(device), levels=levels, data_range=DATA_RANGE,
                                     generator=torch.Generator(device).manual_seed(seed), max_batch=4096)
         rule = "learned" if learns_variance(model) else decoder_rule("auto", levels)
-        rows.append(row(sde_name, f"DDPM bound (T={schedule.T}, decoder {DECODER_LABEL[rule]})", unit, vlb,
+        rows.append(row(sde_name, f"DDPM bound (T={schedule.T}, decoder {DECODER_LABEL[rule]}; "
+                        f"{BINS_LABEL[bins_rule('auto', levels)]})", unit, vlb,
                         time.perf_counter() - t0))
     train = model_dataset(model, "train", data=data)
     rows.append(row("-", "full-covariance Gaussian (baseline)", unit,
