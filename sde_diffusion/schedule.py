@@ -201,7 +201,8 @@ class DDPMSchedule(DiscreteSchedule):
             count = checks.positive_int(f"{spacing}K's K", _int(K[len(spacing):], K))
             if count > self.T:
                 raise ValueError(f"respace({K!r}): K must lie in 1..T = 1..{self.T}.")
-            return RespacedSchedule(self, tuple(sorted(int(j) + 1 for j in _diffusers_timesteps(spacing, self.T, count))))
+            return RespacedSchedule(self, tuple(sorted(int(j) + 1 for j in _diffusers_timesteps(spacing, self.T, count))),
+                                    spacing)
         if isinstance(K, str) and K.startswith("ddim"):
             count = checks.positive_int("ddimK's K", _int(K[4:], K))
             stride = next((c for c in range(1, self.T) if len(range(0, self.T, c)) == count), None)
@@ -247,10 +248,12 @@ class RespacedSchedule(DiscreteSchedule):
     """The chain of a ``base`` schedule observed at its steps ``keep`` = (tau_1 < ... < tau_K <= T):
         alpha'_k = prod_{j = tau_{k-1}+1}^{tau_k} alpha_j = abar_{tau_k} / abar_{tau_{k-1}},  beta'_k = 1 - alpha'_k,
     (tau_0 = 0; a block of one step keeps that step's own beta_j and alpha_j, so ``keep`` = 1..T is the base
-    chain table for table), abar'_k = abar_{tau_k}, and the model times t_k = tau_k / T. ``T`` is K."""
+    chain table for table), abar'_k = abar_{tau_k}, and the model times t_k = tau_k / T. ``T`` is K.
+    ``spacing``: the diffusers ``timestep_spacing`` the steps came from (``respace("leadingK")`` ...), else None."""
 
     base: DDPMSchedule
     keep: tuple[int, ...]
+    spacing: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.base, DDPMSchedule):
@@ -263,6 +266,22 @@ class RespacedSchedule(DiscreteSchedule):
     @property
     def T(self) -> int:
         return len(self.keep)
+
+    def ddim_scheduler_mismatch(self) -> str | None:
+        """Why diffusers' ``DDIMScheduler`` does not run this chain, or None. Its step from timestep j goes
+        to prev = j - N // K (N = T_base; the data past 0), which is the next kept timestep only when they
+        lie N // K apart; otherwise it lands between them and evaluates the model at a level it is not at."""
+        if self.spacing is None:
+            return None
+        stride, steps = self.base.T // self.T, [k - 1 for k in reversed(self.keep)]
+        for j, nxt in zip(steps, steps[1:] + [None]):
+            prev = j - stride
+            if (nxt is None and prev >= 0) or (nxt is not None and prev != nxt):
+                where = "the data" if nxt is None else f"timestep {nxt}"
+                return (f"diffusers' DDIMScheduler with timestep_spacing={self.spacing!r} and {self.T} of "
+                        f"{self.base.T} steps does not chain: its step from timestep {j} goes to {j} - {self.base.T}"
+                        f" // {self.T} = {prev}, not to {where}")
+        return None
 
     @cached_property
     def betas(self) -> torch.Tensor:

@@ -58,7 +58,7 @@ def sample(score_fn: ScoreFn, sde: SDE | None = None, shape: Sequence[int] | int
     ``inpaint = (mask, x_known)`` holds the known part (mask True or 1) by its forward marginal at
     every step and returns it exactly (``solvers.inpaint``; every method: ``ode`` and ``sde`` then
     integrate one grid interval per call).
-    ``schedule``, a ``DDPMSchedule`` or its ``.respace(K)`` (methods that declare ``chain``: ancestral),
+    ``schedule``, a ``DDPMSchedule`` or its ``.respace(K)`` (methods that declare ``chain``: ancestral, ddim),
     runs the discrete chain itself: ``steps`` = its T (K), the grid its model times t = tau_K/T, ...,
     tau_1/T and then 0, and ``sde`` the chain's ``embedding()`` (a chain-trained model's ``model.sde``;
     its marginals at those times are checked to be the chain's). The last step lands on the data:
@@ -89,13 +89,19 @@ def sample(score_fn: ScoreFn, sde: SDE | None = None, shape: Sequence[int] | int
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype (float32 or float64), got {dtype!r}.")
     opts = spec.bind(sde, steps, options)
+    grid_kind, rho = opts.pop("grid", "uniform"), opts.pop("rho", 7.0)
     if schedule is None:
-        grid64 = time_grid(sde, steps, eps, opts.pop("grid", "uniform"), opts.pop("rho", 7.0))
+        grid64 = time_grid(sde, steps, eps, grid_kind, rho)
+    elif {"grid", "rho"} & set(options):
+        raise ValueError("grid= and rho= shape the time grid of a continuous run; with schedule= the grid is the "
+                         "chain's own times. Give one or the other.")
     elif not spec.chain:
         raise ValueError(f"schedule= runs a discrete chain; method {method!r} does not (methods that do: "
                          f"{', '.join(n for n, m in METHODS.items() if m.chain)}).")
     else:
         grid64 = chain_grid(sde, steps, schedule)
+        if callable(spec.chain):
+            spec.chain(schedule)
     counter = CountingScore(score_fn)
     if device is None:
         device = generator.device if generator is not None else (x_T.device if x_T is not None else "cpu")

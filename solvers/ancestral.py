@@ -110,22 +110,41 @@ def reverse_diffusion(ctx: Context, x: torch.Tensor) -> torch.Tensor:
     return ctx.run(x, reverse_diffusion_step(ctx))
 
 
-@register("ddim", "ode", 1, {"eta": Option(0.0, unit_interval), **grid_options()}, vp_only=True,
-          noisy=lambda o: o["eta"] > 0)
-def ddim(ctx: Context, x: torch.Tensor, eta: float) -> torch.Tensor:
+def _ddim_chain_check(schedule) -> None:
+    """A chain from diffusers' spacings must be one DDIMScheduler runs (``ddim_scheduler_mismatch``)."""
+    why = getattr(schedule, "ddim_scheduler_mismatch", lambda: None)()
+    if why is not None:
+        raise ValueError(f"ddim on this chain would not reproduce DDIMScheduler: {why}. Use 'leadingK' (its "
+                         f"default), 'trailingK' with K dividing the steps, or respace(K) for a consistent chain.")
+
+
+@register("ddim", "ode", 1, {"eta": Option(0.0, unit_interval), "clip": Option(None, checks.positive),
+                             **grid_options()}, vp_only=True, noisy=lambda o: o["eta"] > 0, chain=_ddim_chain_check)
+def ddim(ctx: Context, x: torch.Tensor, eta: float, clip: float | None) -> torch.Tensor:
     """DDIM (Song, Meng & Ermon 2021, eq. 12) with x0_hat = (x_t + s_t^2 score)/m_t, eps_hat = -s_t score:
         x_s = m_s x0_hat + sqrt(s_s^2 - sigma^2) eps_hat + sigma z,  sigma = eta sqrt(G^2 s_s^2 / s_t^2),
     i.e. x_s = A x_t + B score + sigma z. eta = 0 is deterministic; eta = 1 is ancestral (beta_tilde).
+    ``clip`` c (diffusers' clip_sample): x0_hat clamped to [-c, c] in the first term, eps_hat unclamped
+    (DDIMScheduler's use_clipped_model_output=False). On a chain's grid (``sample(..., schedule=...)``)
+    the last step lands on the data, s = 0: x0_hat itself (DDIMScheduler's final alpha_cumprod 1);
+    a chain of diffusers' spacings that DDIMScheduler cannot run is refused (``_ddim_chain_check``).
     Draws: one z per step when eta > 0, none at eta = 0.
     Weak order 1 (tests/test_solvers_weak_order.py) when eta > 0."""
-    _, s = ctx.marginals()
+    m, s = ctx.marginals()
     a, G = ctx.sde.transition(ctx.grid64[1:], ctx.grid64[:-1])
     sigma = eta * G * s[1:] / s[:-1]
+    direction = (s[1:].square() - sigma.square()).clamp_min(0).sqrt()
     A = 1 / a
-    B = A * s[:-1].square() - (s[1:].square() - sigma.square()).clamp_min(0).sqrt() * s[:-1]
+    B = A * s[:-1].square() - direction * s[:-1]
     A, B, sigma = ctx.cast(A), ctx.cast(B), ctx.cast(sigma)
+    m_t, s_t, m_s, direction = (ctx.cast(c) for c in (m[:-1], s[:-1], m[1:], direction))
 
     def step(x, i, t, s):
-        x = A[i] * x + B[i] * ctx.score_at(x, t)
+        if clip is None:
+            x = A[i] * x + B[i] * ctx.score_at(x, t)
+        else:
+            score = ctx.score_at(x, t)
+            x0 = ((x + s_t[i].square() * score) / m_t[i]).clamp(-clip, clip)
+            x = m_s[i] * x0 - direction[i] * s_t[i] * score
         return x + sigma[i] * ctx.noise(x) if eta > 0 else x
     return ctx.run(x, step)

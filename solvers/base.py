@@ -126,7 +126,8 @@ class Method:
     order: int | None                          # nominal order in the step size, None if adaptive
     options: Mapping[str, Option] = field(default_factory=dict)
     vp_only: bool = False                      # needs a VP-type SDE (``vp_type``)
-    chain: bool = False                        # runs a discrete chain's grid to t = 0 (``sample(schedule=...)``)
+    chain: bool | Callable = False             # runs a discrete chain's grid to t = 0 (``sample(schedule=...)``);
+                                               # a callable: also checks the chain (schedule -> None or ValueError)
     check: Callable[[SDE, int, dict], None] | None = None  # cross-option checks
     own_noise: bool = False                    # draws its noise itself (a Brownian path), not by ``Context.noise``
     noisy: Callable[[dict], bool] | None = None  # for a kind "ode" method: whether these options add noise
@@ -166,7 +167,8 @@ METHODS: dict[str, Method] = {}
 
 
 def register(name: str, kind: str, order: int | None, options: Mapping[str, Option] | None = None,
-             vp_only: bool = False, chain: bool = False, check: Callable[[SDE, int, dict], None] | None = None,
+             vp_only: bool = False, chain: bool | Callable = False,
+             check: Callable[[SDE, int, dict], None] | None = None,
              own_noise: bool = False, noisy: Callable[[dict], bool] | None = None):
     """Decorator registering ``fn(ctx, x, **options) -> x`` as sampler ``name``; ``noisy(options)``
     tells for a kind "ode" method which options make it stochastic."""

@@ -211,6 +211,52 @@ def test_ddim_is_the_ddim_scheduler(unet, eta):
     assert relative_gap(ours.x, x) < 1e-11
 
 
+@pytest.mark.parametrize("spacing, clip, eta", [("leading", True, 0.0), ("leading", True, 1.0), ("leading", False, 0.0),
+                                                ("trailing", False, 0.0), ("trailing", True, 1.0)])
+def test_ddim_on_a_respaced_chain_is_the_ddim_scheduler_with_its_timestep_spacing(unet, spacing, clip, eta):
+    """DDIMScheduler(timestep_spacing=...) with 10 of N = 100 steps (linear table; clip_sample, its default,
+    clamps x0_hat to [-1, 1]; set_alpha_to_one, its default, makes the last step return x0_hat) and our
+    ``ddim`` on DDPMSchedule(N).respace(spacing + "10") with ``clip=1`` for clip_sample, same x_T and noise:
+    1e-10. ("leading" with clip is DDIMScheduler at its defaults: timesteps 90, 80, .., 0, so the chain
+    starts at step 91, not at N.)"""
+    n, k = 100, 10
+    sched = diffusers.DDIMScheduler(num_train_timesteps=n, beta_start=1e-3, beta_end=0.2, clip_sample=clip,
+                                    timestep_spacing=spacing)
+    model = from_diffusers(unet, sched)
+    float64_tables(sched, model.sde)
+    sched.set_timesteps(k)
+    chain = DDPMSchedule(T=n, beta_1=1e-3, beta_T=0.2).respace(f"{spacing}{k}")
+    assert [j + 1 for j in sched.timesteps.tolist()] == list(chain.keep)[::-1]
+    x_T = torch.randn(2, 1, 8, 8, dtype=F64, generator=torch.Generator().manual_seed(1))
+    x, gen = x_T, torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for j in sched.timesteps:
+            x = sched.step(unet(x, j).sample, j, x, eta=eta, generator=gen).prev_sample
+        ours = solvers.sample(model, model.sde, x_T.shape, "ddim", k, schedule=chain, x_T=x_T, dtype=F64, eta=eta,
+                              generator=torch.Generator().manual_seed(2), **({"clip": 1.0} if clip else {}))
+    assert ours.nfe == k
+    assert relative_gap(ours.x, x) < 1e-10
+    if clip:  # the clamp acted: without it the random UNet's samples differ
+        with torch.no_grad():
+            free = solvers.sample(model, model.sde, x_T.shape, "ddim", k, schedule=chain, x_T=x_T, dtype=F64,
+                                  eta=eta, generator=torch.Generator().manual_seed(2))
+        assert relative_gap(free.x, x) > 1e-3
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("linspace10", "its step from timestep 99 goes to 99 - 100 // 10 = 89, not to timestep 88"),
+    ("trailing7", "its step from timestep 85 goes to 85 - 100 // 7 = 71, not to timestep 70"),
+])
+def test_ddim_refuses_a_spacing_ddim_scheduler_does_not_chain(unet, spec, message):
+    """DDIMScheduler steps from timestep j to j - N // K: with "linspace" (99, 88, ..) or "trailing" for
+    K not dividing N (99, 85, 70, ..) the next timestep is elsewhere, so its loop is not a DDIM chain and ddim says so
+    before any compute (ancestral runs these chains: DDPMScheduler steps to the previous timestep)."""
+    model = from_diffusers(unet, diffusers.DDIMScheduler(num_train_timesteps=100, beta_start=1e-3, beta_end=0.2))
+    chain = DDPMSchedule(T=100, beta_1=1e-3, beta_T=0.2).respace(spec)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        solvers.sample(model, model.sde, (1, 1, 8, 8), "ddim", chain.T, schedule=chain)
+
+
 # -- loading, timesteps, predictions, labels ----------------------------------------------------------
 def test_folders_and_objects_give_the_same_model(unet, tmp_path):
     """A pipeline folder (unet/ + scheduler/), a bare UNet folder (DDPMScheduler()'s defaults) and
