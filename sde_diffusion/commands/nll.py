@@ -41,9 +41,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="dopri5", metavar="NAME[:rtol=R:atol=A]",
                    help=f"the adaptive torchdiffeq solver of the probability-flow ODE, with its tolerances as "
                         f"options (one of {', '.join(ADAPTIVE_METHODS)}; default dopri5)")
-    p.add_argument("--divergence", default="exact", choices=("exact", "hutchinson"),
-                   help="exact trace of the score's Jacobian, or the Hutchinson estimate")
-    p.add_argument("--probes", type=int, default=1, help="Hutchinson probes per sample (default 1)")
+    p.add_argument("--divergence", default=None, choices=("exact", "hutchinson"),
+                   help="exact trace of the score's Jacobian (default), or the Hutchinson estimate")
+    p.add_argument("--probes", type=int, default=None, help="Hutchinson probes per sample (default 1)")
+    p.add_argument("--target-se", type=float, default=None, metavar="S",
+                   help="score the data's mean to a total standard error S at the least cost: a pilot batch picks "
+                        "the divergence, probes and tolerance (probe noise and solver error each <= S/3), batches "
+                        "are scored until S is met; --rtol/--atol set the pilot's tolerance")
     p.add_argument("--no-solver-pilot", dest="solver_pilot", action="store_false",
                    help="skip the solver-error estimate (the first batch solved again at 10x tighter rtol/atol)")
     p.add_argument("--error-control", default="sample", choices=("sample", "batch"),
@@ -106,12 +110,22 @@ def run(args: argparse.Namespace) -> int:
 
     positive(args, "batch_size", "probes", "num_points")
     solver, rtol, atol = parse_solver(args)
+    if args.target_se is not None:
+        if args.divergence is not None or args.probes is not None:
+            raise ValueError("--target-se chooses the divergence and probes itself; drop --divergence/--probes.")
+        if not args.target_se > 0:
+            raise ValueError(f"--target-se must be > 0, got {args.target_se:g}.")
+    args.divergence, args.probes = args.divergence or "exact", args.probes or 1
     if args.probes != 1 and args.divergence != "hutchinson":
         raise ValueError(f"--probes applies to --divergence hutchinson; got --probes {args.probes} with exact.")
     (world, dev), seed, dtype = setup(device(args.device)), args.seed or 0, DTYPES[args.dtype]
     model = load(args.model, sde=args.sde, device=dev, kind="score model").to(dtype)
     gm = model.info.mixture
     ds = _data(args, model, seed)
+    if args.target_se is not None:
+        if world.size > 1:
+            raise ValueError("--target-se scores batches in sequence in one process; run it without torchrun.")
+        return _run_target(args, model, ds, dev, dtype, seed, solver, rtol)
     chunks = world.chunks(len(ds), args.batch_size)
     parts, t_start = [], time.perf_counter()
     bar = tqdm(chunks, desc="nll", unit="batch",  # on a terminal only, so errors stay one line
@@ -163,11 +177,56 @@ def run(args: argparse.Namespace) -> int:
         "command": _command(args, seed),
     }
     if gm is not None:  # the analytic value at the same points
-        summary["true_mean"], summary["true_stderr"] = mean_se(-gm.log_prob(ds.x.double()) / ds.dim)
+        summary["true_mean"], summary["true_stderr"] = mean_of_truth(gm, ds.x)
     _print_table(summary, ds)
     if args.out:
         _write(Path(args.out), summary, values, probe_se, args.batch_size, unit)
     return 0
+
+
+def _run_target(args, model, ds, dev, dtype, seed: int, solver: str, rtol: float) -> int:
+    """--target-se: ``precision.at_target_se`` on the data in order; prints and writes its choice and cost."""
+    from ..evaluation.precision import at_target_se
+    from ..evaluation.provenance import versions
+
+    r = at_target_se(model, ds.x.to(dev, dtype), ds.levels, args.target_se, seed=seed, batch_size=args.batch_size,
+                     rtol=rtol, method=solver, error_control=args.error_control, **SOLVER)
+    unit = "bits/dim" if ds.levels else "nats/dim"
+    c = r.choice
+    div = c["divergence"] + (f", {c['probes']} probes" if c["probes"] else "")
+    summary = {"model": args.model, "dataset": ds.name, "source": ds.source, "n": len(r.values), "available": len(ds),
+               "levels": ds.levels, "unit": unit, "mean": r.mean, "stderr": r.se, "target_se": args.target_se,
+               "error_budget": {"data_se": r.data_se, "probe_se": r.probe_se, "solver_error": r.solver_error},
+               "choice": c, "pilot": r.pilot, "stopped": r.stopped,
+               "cost": {"nfe": sum(r.nfe) + sum(r.pilot["nfe"]), "nfe_per_batch": r.nfe,
+                        "pilot_nfe": r.pilot["nfe"], "seconds": r.seconds},
+               "settings": {"method": solver, "error_control": args.error_control, "batch_size": args.batch_size,
+                            "seed": seed, "dtype": args.dtype, **SOLVER},
+               "versions": versions(dev)}
+    gm = model.info.mixture
+    if gm is not None:
+        summary["true_mean"], summary["true_stderr"] = mean_of_truth(gm, ds.x[:len(r.values)])
+    print(f"nll of {args.model} on {ds.source or ds.name} to a target s.e. of {args.target_se:g} {unit}: "
+          f"{r.mean:.4f} +- {r.se:.4f} from {len(r.values)} of {len(ds)} points ({r.stopped}).\n"
+          f"choice: {div}, {solver} rtol = atol = {c['rtol']:.2g} (pilot: {r.pilot['points']} points, "
+          f"{r.pilot['probes']} probes at rtol {r.pilot['rtol']:g} and /10); cost {summary['cost']['nfe']} NFE "
+          f"(pilot {sum(r.pilot['nfe'])}), {r.seconds:.1f} s\n"
+          f"budget: data {r.data_se:.2g}, probes {r.probe_se:.2g}, solver {r.solver_error:.2g} (each part <= "
+          f"{args.target_se / 3:.2g} beyond the data's)")
+    if "true_mean" in summary:
+        print(f"analytic -log p_0 / D at the same points: {summary['true_mean']:.4f}")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"wrote {out / 'summary.json'}")
+    return 0
+
+
+def mean_of_truth(gm, x: torch.Tensor) -> tuple[float, float]:
+    """(mean, s.e.) of the analytic -log p_0(x) / D."""
+    from ..evaluation.nll_table import mean_se
+    return mean_se(-gm.log_prob(x.double()) / x[0].numel())
 
 
 def _budget(se: float, se_probe: float, pilot: dict | None) -> dict:
