@@ -17,6 +17,12 @@ and Hutchinson with 1 and 10 probes; then the wall time to the bits/dim of the 3
 its NFE and cost per NFE.
 
     OMP_NUM_THREADS=1 python benchmarks/likelihood.py --models --device cpu
+
+``--target-se``: side by side, the time and NFE to the mean NLL at a target s.e. (gmm64 0.01 nats/dim,
+the digits' test bits/dim 0.015) by ``precision.at_target_se`` and by the reference procedure, the split
+of the budget and the speed ratio.
+
+    OMP_NUM_THREADS=1 python benchmarks/likelihood.py --target-se --device cpu
 """
 
 from __future__ import annotations
@@ -196,6 +202,67 @@ def digits_bpd(device, costs: list[dict], probes: int) -> None:
         print(f"  {method}: about {nfe * unet[method]:.0f} s at the same NFE (extrapolated: NFE x cost per NFE)")
 
 
+def reference_to_target(model, x: torch.Tensor, levels: int | None, target: float, batch: int = 100) -> dict:
+    """The reference procedure to a target s.e.: ``scipy_reference`` (RK45 on the host, 1 Rademacher
+    probe, rtol = atol = 1e-5) on batches in order (dequantized as ``nll_per_sample`` for discrete data)
+    until the s.e. over the values, sd / sqrt(n), is at most ``target`` (its solver error taken as 0)."""
+    from sde_diffusion.dequantize import DATA_RANGE, continuous_to_levels
+    from sde_diffusion.likelihood import bits_from_log_prob, dequantize
+    from sde_diffusion.evaluation.nll_table import mean_se
+
+    start, values, nfe, dim = time.perf_counter(), [], 0, x[0].numel()
+    for b, chunk in enumerate(x.split(batch)):
+        gen = torch.Generator(x.device).manual_seed(b)
+        if levels:
+            chunk = dequantize(continuous_to_levels(chunk, levels, DATA_RANGE), levels=levels, data_range=DATA_RANGE,
+                               generator=gen, dtype=x.dtype)
+        delta, x_T, k = scipy_reference(model, model.sde, chunk, divergence="hutchinson", rtol=1e-5, atol=1e-5,
+                                        generator=gen)
+        log_p = delta + model.sde.prior_log_prob(x_T).double()
+        values.append(bits_from_log_prob(log_p, dim, levels, DATA_RANGE) if levels else -log_p / dim)
+        nfe += k
+        v = torch.cat(values).double()
+        if len(v) >= 2 * batch and mean_se(v)[1] <= target:
+            break
+    mean, se = mean_se(v)
+    return {"points": len(v), "nfe": nfe, "seconds": time.perf_counter() - start, "mean": mean, "se": se}
+
+
+def target_table(device, gmm_target: float = 0.01, digits_target: float = 0.015) -> str:
+    """Side by side to a target s.e.: ``precision.at_target_se`` against ``reference_to_target`` on the
+    analytic 64-D mixture (exact score, VP, 3000 draws; truth known) and the shipped digits U-Net
+    (its 300 test digits, bits/dim)."""
+    from sde_diffusion import load, model_dataset
+    from sde_diffusion.evaluation.precision import at_target_se
+
+    cases = []
+    gmm = load("analytic:gmm64", device=device)
+    cases.append(("gmm64 (exact score)", gmm, gmm.info.mixture.sample(3000, torch.Generator().manual_seed(0)).to(device),
+                  None, gmm_target))
+    digits = load("shipped:digits_vp", device=device)
+    test = model_dataset(digits, "test")
+    cases.append(("digits U-Net (300 test digits)", digits, test.x.to(device), test.levels, digits_target))
+    lines = ["| case | target | procedure | points | NFE | seconds | mean +- s.e. | data / probe / solver | speed |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, model, x, levels, target in cases:
+        ref = reference_to_target(model, x, levels, target)
+        try:
+            r = at_target_se(model, x, levels, target)
+        except ValueError as e:
+            lines.append(f"| {name} | {target:g} | at_target_se | refused: {e} | | | | | |")
+            continue
+        c = r.choice
+        choice = c["divergence"] + (f" {c['probes']} probes" if c["probes"] else "") + f", rtol {c['rtol']:.1g}"
+        nfe = sum(r.nfe) + sum(r.pilot["nfe"])
+        lines.append(f"| {name} | {target:g} | at_target_se ({choice}) | {len(r.values)} | {nfe} | {r.seconds:.1f} | "
+                     f"{r.mean:.4f} +- {r.se:.4f} | {r.data_se:.4f} / {r.probe_se:.4f} / {r.solver_error:.1g} | "
+                     f"{ref['seconds'] / r.seconds:.2f}x |")
+        lines.append(f"| {name} | {target:g} | reference (scipy RK45, 1 probe, 1e-5) | {ref['points']} | {ref['nfe']} | "
+                     f"{ref['seconds']:.1f} | {ref['mean']:.4f} +- {ref['se']:.4f} | (not separated) | 1 |")
+        print(lines[-2] + "\n" + lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -208,7 +275,14 @@ def main():
     p.add_argument("--models", action="store_true", help="seconds per NFE on the toy MLP and digits U-Net, "
                                                          "and the time to the test digits' bits/dim")
     p.add_argument("--digits-probes", type=int, default=1, help="Hutchinson probes for the test digits (--models)")
+    p.add_argument("--target-se", action="store_true", help="time and NFE to a target s.e. (gmm64 0.01, digits "
+                                                            "0.015 bits/dim) against the reference procedure")
     args = p.parse_args()
+    if args.target_se:
+        device = torch.device(args.device)
+        print(f"device={device}, threads={torch.get_num_threads()}\n")
+        print(target_table(device))
+        return
     if args.models:
         device = torch.device(args.device)
         print(f"device={device}, threads={torch.get_num_threads()}, batch 100: seconds per NFE\n")

@@ -50,9 +50,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "are scored until S is met; --rtol/--atol set the pilot's tolerance")
     p.add_argument("--no-solver-pilot", dest="solver_pilot", action="store_false",
                    help="skip the solver-error estimate (the first batch solved again at 10x tighter rtol/atol)")
-    p.add_argument("--error-control", default="sample", choices=("sample", "batch"),
+    p.add_argument("--error-control", default=None, choices=("sample", "batch"),
                    help="the ODE's rtol/atol hold for every sample (default) or for the RMS of the whole batch "
-                        "(the score-SDE reference code's control: fewer steps, for the data set's mean)")
+                        "(the score-SDE reference code's control: fewer steps, for the data set's mean; the "
+                        "default with --target-se)")
     p.add_argument("--num-points", type=int, help="a seeded subset of this many data points (default: all; "
                                                   "analytic: 1000 draws)")
     p.add_argument("--batch-size", type=int, default=100,
@@ -116,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.target_se > 0:
             raise ValueError(f"--target-se must be > 0, got {args.target_se:g}.")
     args.divergence, args.probes = args.divergence or "exact", args.probes or 1
+    args.error_control = args.error_control or ("batch" if args.target_se is not None else "sample")
     if args.probes != 1 and args.divergence != "hutchinson":
         raise ValueError(f"--probes applies to --divergence hutchinson; got --probes {args.probes} with exact.")
     (world, dev), seed, dtype = setup(device(args.device)), args.seed or 0, DTYPES[args.dtype]
@@ -209,7 +211,7 @@ def _run_target(args, model, ds, dev, dtype, seed: int, solver: str, rtol: float
     print(f"nll of {args.model} on {ds.source or ds.name} to a target s.e. of {args.target_se:g} {unit}: "
           f"{r.mean:.4f} +- {r.se:.4f} from {len(r.values)} of {len(ds)} points ({r.stopped}).\n"
           f"choice: {div}, {solver} rtol = atol = {c['rtol']:.2g} (pilot: {r.pilot['points']} points, "
-          f"{r.pilot['probes']} probes at rtol {r.pilot['rtol']:g} and /10); cost {summary['cost']['nfe']} NFE "
+          f"{r.pilot['probes']} probes at rtol {r.pilot['rtol']:g} and x10); cost {summary['cost']['nfe']} NFE "
           f"(pilot {sum(r.pilot['nfe'])}), {r.seconds:.1f} s\n"
           f"budget: data {r.data_se:.2g}, probes {r.probe_se:.2g}, solver {r.solver_error:.2g} (each part <= "
           f"{args.target_se / 3:.2g} beyond the data's)")

@@ -6,8 +6,9 @@ The s.e. of the mean of n per-sample PF-ODE values has three parts (``nll``'s er
 
 sd_data the data's own spread, v_probe the variance of a one-probe Hutchinson estimate (0 for the exact
 divergence), P probes, e_solver the solver's error of the mean at tolerance rtol. A pilot batch scored
-twice (Hutchinson with PILOT_PROBES probes at rtol0, then at rtol0 / 10 with the same dequantization and
-probes) estimates sd_data, v_probe and e_solver(rtol0). Then, for a target S and share f (default 1/3):
+twice (Hutchinson with PILOT_PROBES probes at rtol0, then at LOOSER x rtol0 with the same dequantization
+and probes) estimates sd_data, v_probe and e_solver(rtol0) = |difference| / LOOSER (the error taken as
+proportional to the tolerance). Then, for a target S and share f (default 1/3):
 
     n       = ceil(sd_data^2 / ((1 - 2 f^2) S^2))                 the data part gets what is left
     P       = ceil(v_probe / (n (f S)^2))                         probe part <= f S
@@ -15,7 +16,10 @@ probes) estimates sd_data, v_probe and e_solver(rtol0). Then, for a target S and
     rtol    = rtol0 (f S / e_solver) / 2, within [rtol0 / 100, 10 rtol0]   (e_solver ~ rtol; margin 2)
 
 and batches are scored in order until n points are in and the running s.e. (over the values, which
-carry the probe noise) with the solver part meets S, or the data run out. When the data's spread alone
+carry the probe noise) with the solver part meets S, or the data run out. The pilot's rtol0 run counts as
+the first batch where it is at least as accurate as the choice (Hutchinson with at most PILOT_PROBES
+probes, rtol >= rtol0). The error control defaults to ``batch``: the tolerance then holds for the RMS of
+the batch's joint state (the reference code's control, fewer steps for a data set's mean). When the data's spread alone
 needs more points than there are, the target cannot be met: a ValueError says so before the main work.
 """
 
@@ -30,7 +34,7 @@ import torch
 from .nll_table import mean_se, nll_per_sample
 
 PILOT_PROBES = 2
-TIGHTEN = 10.0
+LOOSER = 10.0
 
 
 @dataclass
@@ -74,8 +78,8 @@ def plan(pilot_values: torch.Tensor, pilot_probe_se: torch.Tensor, solver_error:
                          f"best {best:.3g}); give a larger target or more data.")
     probes = max(1, math.ceil(v_probe / (n * (fraction * target_se) ** 2)))
     exact = dim <= probes
-    scale = 0.5 * fraction * target_se / solver_error if solver_error > 0 else TIGHTEN
-    new_rtol = rtol * min(max(scale, 1 / 100), TIGHTEN)
+    scale = 0.5 * fraction * target_se / solver_error if solver_error > 0 else LOOSER
+    new_rtol = rtol * min(max(scale, 1 / 100), LOOSER)
     return {"divergence": "exact" if exact else "hutchinson", "probes": None if exact else probes, "rtol": new_rtol,
             "atol": new_rtol, "points": n, "fraction": fraction,
             "predicted": {"data_se": math.sqrt(var_data / n),
@@ -85,7 +89,7 @@ def plan(pilot_values: torch.Tensor, pilot_probe_se: torch.Tensor, solver_error:
 
 def at_target_se(model, x: torch.Tensor, levels: int | None, target_se: float, *, seed: int = 0,
                  batch_size: int = 100, fraction: float = 1 / 3, rtol: float = 1e-5, method: str = "dopri5",
-                 error_control: str = "sample", **kwargs) -> TargetResult:
+                 error_control: str = "batch", **kwargs) -> TargetResult:
     """Score x (its continuous values; levels for discrete data, dequantized as ``nll_per_sample``)
     to ``target_se`` (module docstring); batch b draws its dequantization and probes from seed + b.
     ``kwargs`` go to ``log_likelihood`` (e.g. ``eps``)."""
@@ -97,19 +101,21 @@ def at_target_se(model, x: torch.Tensor, levels: int | None, target_se: float, *
         return nll_per_sample(model, x[a:a + batch_size], levels, batch_size=batch_size,
                               generator=torch.Generator(x.device).manual_seed(seed + b), divergence=divergence,
                               method=method, rtol=tol, atol=tol, error_control=error_control, **extra, **kwargs)
-    loose = score(0, "hutchinson", PILOT_PROBES, rtol)
-    tight = score(0, "hutchinson", PILOT_PROBES, rtol / TIGHTEN)
-    err = abs(float(loose.values.double().mean() - tight.values.double().mean()))
-    pilot = {"points": len(loose.values), "probes": PILOT_PROBES, "rtol": rtol, "solver_error": err,
-             "nfe": loose.nfe + tight.nfe}
-    choice = plan(loose.values, loose.probe_se, err, target_se, len(x), dim, rtol, fraction)
+    first = score(0, "hutchinson", PILOT_PROBES, rtol)
+    loose = score(0, "hutchinson", PILOT_PROBES, rtol * LOOSER)
+    err = abs(float(first.values.double().mean() - loose.values.double().mean())) / LOOSER
+    pilot = {"points": len(first.values), "probes": PILOT_PROBES, "rtol": rtol, "looser": rtol * LOOSER,
+             "solver_error": err, "nfe": first.nfe + loose.nfe}
+    choice = plan(first.values, first.probe_se, err, target_se, len(x), dim, rtol, fraction)
+    reuse = choice["divergence"] == "hutchinson" and choice["probes"] <= PILOT_PROBES and choice["rtol"] >= rtol
+    pilot["reused_as_batch_0"] = reuse
     values, probe_se, nfe, batches = [], [], [], math.ceil(len(x) / batch_size)
     stopped = f"the data ran out ({len(x)} points) before the target was met"
     for b in range(batches):
-        r = score(b, choice["divergence"], choice["probes"], choice["rtol"])
+        r = first if b == 0 and reuse else score(b, choice["divergence"], choice["probes"], choice["rtol"])
         values.append(r.values.double())
         probe_se.append(r.probe_se.double())
-        nfe += r.nfe
+        nfe += [] if r is first else r.nfe
         v = torch.cat(values)
         if len(v) >= choice["points"]:
             _, se = mean_se(v)
