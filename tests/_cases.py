@@ -61,6 +61,7 @@ def supports(name: str, sde: SDE) -> bool:
 # A value may be a callable ``steps -> value`` (a schedule has to match the step count).
 VALUES: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("ddim", "eta"): [{"eta": 1.0}],
+    ("ddim", "clip"): [{"clip": 1.0}],                          # diffusers' clip_sample
     ("ddim", "rho"): [{"grid": "edm", "rho": 3.0}],        # rho shapes the edm grid only
     ("dpm_solver", "rho"): [{"grid": "edm", "rho": 3.0}],
     ("dpm_solver_sde", "eta"): [{"eta": 0.5}],

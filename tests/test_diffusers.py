@@ -159,18 +159,12 @@ def test_variance_type_and_channels_are_checked_on_load(variance_type, out_chann
         from_diffusers(unet, config)
 
 
-@pytest.mark.parametrize("spacing, clip", [("leading", True), ("leading", False), ("trailing", False),
-                                           ("linspace", False), ("linspace", True)])
-def test_ancestral_on_a_respaced_chain_is_the_ddpm_scheduler_with_its_timestep_spacing(unet, spacing, clip):
-    """DDPMScheduler(timestep_spacing=...) with 10 of N = 100 steps (linear table, fixed_small; with
-    clip_sample, its default, x0_hat clamped to [-1, 1]) and our ``ancestral`` on
-    DDPMSchedule(N).respace(spacing + "10"), the chain of the same timesteps (its variances recomputed, as
-    diffusers' previous_timestep does), with ``clip=1`` for clip_sample, same x_T and noise: 1e-10.
-    ("leading" with clip is DDPMScheduler at its defaults. The trailing run's last diffusers step adds
-    noise of std 1e-10, its clamped zero variance.)"""
-    n, k = 100, 10
-    sched = diffusers.DDPMScheduler(num_train_timesteps=n, beta_start=1e-3, beta_end=0.2, clip_sample=clip,
-                                    timestep_spacing=spacing)
+def _scheduler_loop(unet, scheduler, spacing: str, clip: bool, k: int, **step):
+    """(model, chain, x_T, x): diffusers' ``scheduler`` (N = 100 steps, linear table 1e-3..0.2) with
+    ``timestep_spacing`` and ``clip_sample``, its loop of k steps from x_T with noise seed 2, the model on
+    its float64 table and DDPMSchedule(N).respace(spacing + k), checked to keep the scheduler's timesteps."""
+    n = 100
+    sched = scheduler(num_train_timesteps=n, beta_start=1e-3, beta_end=0.2, clip_sample=clip, timestep_spacing=spacing)
     model = from_diffusers(unet, sched)
     float64_tables(sched, model.sde)
     sched.set_timesteps(k)
@@ -180,7 +174,22 @@ def test_ancestral_on_a_respaced_chain_is_the_ddpm_scheduler_with_its_timestep_s
     x, gen = x_T, torch.Generator().manual_seed(2)
     with torch.no_grad():
         for j in sched.timesteps:
-            x = sched.step(unet(x, j).sample, j, x, generator=gen).prev_sample
+            x = sched.step(unet(x, j).sample, j, x, generator=gen, **step).prev_sample
+    return model, chain, x_T, x
+
+
+@pytest.mark.parametrize("spacing, clip", [("leading", True), ("leading", False), ("trailing", False),
+                                           ("linspace", False), ("linspace", True)])
+def test_ancestral_on_a_respaced_chain_is_the_ddpm_scheduler_with_its_timestep_spacing(unet, spacing, clip):
+    """DDPMScheduler(timestep_spacing=...) with 10 of N = 100 steps (linear table, fixed_small; with
+    clip_sample, its default, x0_hat clamped to [-1, 1]) and our ``ancestral`` on
+    DDPMSchedule(N).respace(spacing + "10"), the chain of the same timesteps (its variances recomputed, as
+    diffusers' previous_timestep does), with ``clip=1`` for clip_sample, same x_T and noise: 1e-10.
+    ("leading" with clip is DDPMScheduler at its defaults. The trailing run's last diffusers step adds
+    noise of std 1e-10, its clamped zero variance.)"""
+    k = 10
+    model, chain, x_T, x = _scheduler_loop(unet, diffusers.DDPMScheduler, spacing, clip, k)
+    with torch.no_grad():
         ours = solvers.sample(model, model.sde, x_T.shape, "ancestral", k, schedule=chain, x_T=x_T, dtype=F64,
                               generator=torch.Generator().manual_seed(2), **({"clip": 1.0} if clip else {}))
     assert ours.nfe == k
@@ -219,19 +228,9 @@ def test_ddim_on_a_respaced_chain_is_the_ddim_scheduler_with_its_timestep_spacin
     ``ddim`` on DDPMSchedule(N).respace(spacing + "10") with ``clip=1`` for clip_sample, same x_T and noise:
     1e-10. ("leading" with clip is DDIMScheduler at its defaults: timesteps 90, 80, .., 0, so the chain
     starts at step 91, not at N.)"""
-    n, k = 100, 10
-    sched = diffusers.DDIMScheduler(num_train_timesteps=n, beta_start=1e-3, beta_end=0.2, clip_sample=clip,
-                                    timestep_spacing=spacing)
-    model = from_diffusers(unet, sched)
-    float64_tables(sched, model.sde)
-    sched.set_timesteps(k)
-    chain = DDPMSchedule(T=n, beta_1=1e-3, beta_T=0.2).respace(f"{spacing}{k}")
-    assert [j + 1 for j in sched.timesteps.tolist()] == list(chain.keep)[::-1]
-    x_T = torch.randn(2, 1, 8, 8, dtype=F64, generator=torch.Generator().manual_seed(1))
-    x, gen = x_T, torch.Generator().manual_seed(2)
+    k = 10
+    model, chain, x_T, x = _scheduler_loop(unet, diffusers.DDIMScheduler, spacing, clip, k, eta=eta)
     with torch.no_grad():
-        for j in sched.timesteps:
-            x = sched.step(unet(x, j).sample, j, x, eta=eta, generator=gen).prev_sample
         ours = solvers.sample(model, model.sde, x_T.shape, "ddim", k, schedule=chain, x_T=x_T, dtype=F64, eta=eta,
                               generator=torch.Generator().manual_seed(2), **({"clip": 1.0} if clip else {}))
     assert ours.nfe == k
