@@ -113,18 +113,60 @@ def _score_and_trace_func(score_fn: ScoreFn, x: torch.Tensor,
     return s.detach(), jac.reshape(n, d, d).diagonal(dim1=1, dim2=2).sum(-1).detach()[None]
 
 
+_FASTEST: dict[tuple, str] = {}  # ``fastest_jacobian``'s measurements, per process
+
+
+def _timed(fn, device: torch.device) -> float:
+    import time
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def fastest_jacobian(score_fn: ScoreFn, x: torch.Tensor, t: torch.Tensor) -> str:
+    """"loop" or "func", whichever computes the exact trace of this score on x at times t faster: each
+    run once to warm up and once timed (the better of the two kept), once per process for each kind of
+    score (its class and its backbone's), data shape, batch size, device and dtype; "loop" where
+    torch.func rejects the score."""
+    key = (type(score_fn), getattr(score_fn, "__qualname__", None), type(getattr(score_fn, "net", None)),
+           tuple(x.shape), x.device, x.dtype)
+    if key not in _FASTEST:
+        def func():
+            return _score_and_trace_func(score_fn, x, t)
+        try:
+            func()
+            cost = {"func": _timed(func, x.device)}
+        except (RuntimeError, NotImplementedError, TypeError):
+            cost = {"func": math.inf}
+        loop = lambda: _score_and_quadratic_forms(score_fn, x, t, None)  # noqa: E731
+        loop()
+        cost["loop"] = _timed(loop, x.device)
+        _FASTEST[key] = min(cost, key=cost.get)
+    return _FASTEST[key]
+
+
 class _Divergence:
     """The right-hand side's (s, q) of ``log_likelihood``: the exact trace by torch.func where the
-    score allows it (``jacobian`` "func", or "auto" off the CPU), else by the VJP loop; Hutchinson
+    score allows it (``jacobian`` "func", or "auto" where ``fastest_jacobian`` measured it faster),
+    else by the VJP loop; Hutchinson
     quadratic forms by P VJPs. A score that torch.func rejects (data-dependent branches,
     non-functional code) switches to the loop for the rest of the solve; ``used`` says which ran.
     The first evaluation always runs the loop: it checks that the score has a graph to x (torch.func
     would silently return a zero Jacobian for a detached score)."""
 
-    def __init__(self, score_fn: ScoreFn, probes: torch.Tensor | None, jacobian: str, device: torch.device):
+    def __init__(self, score_fn: ScoreFn, probes: torch.Tensor | None, jacobian: str, x: torch.Tensor,
+                 t: torch.Tensor):
         self.score_fn, self.probes = score_fn, probes
-        func = jacobian == "func" or (jacobian == "auto" and device.type != "cpu")
-        self.used = "func" if probes is None and func else "loop"
+        if probes is not None:
+            jacobian = "loop"
+        elif jacobian == "auto":
+            jacobian = fastest_jacobian(score_fn, x, t)
+        self.used = jacobian
         self.checked = False
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,9 +229,9 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE | None = None, x: torch.Tensor | 
     evaluations, memory of one graph); "func", torch.func vmap over samples of jacrev (one forward
     pass, one backward pass batched over the D basis vectors, memory N D^2 for the Jacobian), falling
     back to the loop for a score it rejects (``LikelihoodResult.jacobian`` says which ran);
-    "auto" (default): the loop on the CPU, torch.func elsewhere (batched kernels; not yet measured
-    on a GPU). Fine for D up to a few hundred; which is faster depends on the model, D and the device
-    (``benchmarks/likelihood.py --models`` times them).
+    "auto" (default): whichever ``fastest_jacobian`` measures faster for this kind of score, shape,
+    device and dtype (timed once per process at t = T/2, before the solve). Fine for D up to a few
+    hundred; ``benchmarks/likelihood.py --models`` times both on the shipped architectures.
     ``divergence="hutchinson"``: the Skilling-Hutchinson estimate tr J = E[v^T J v] with
     ``probes`` Rademacher or Gaussian vectors drawn once and held fixed along the trajectory,
     P backward passes per right-hand side; each probe is an independent estimate of delta, the
@@ -207,7 +249,8 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE | None = None, x: torch.Tensor | 
                            jacobian, error_control)
     n, dim = x.shape[0], x[0].numel()
     v = None if divergence == "exact" else _draw_probes(noise, probes, x, generator)
-    div = _Divergence(score_fn, v, jacobian, x.device)
+    div = _Divergence(score_fn, v, jacobian, x, checks.time(torch.tensor(0.5 * sde.T, dtype=x.dtype,
+                                                                         device=x.device), sde.T, batch=n, like=x))
     nfe, bar = 0, tqdm(desc="log-likelihood ODE", unit="nfe", disable=not progress)
     seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (t, probe(s), probe(q)) per call
 

@@ -75,6 +75,29 @@ def test_detached_score_is_refused_on_the_func_path():
         log_likelihood(lambda x, t: -x.detach(), SDE, torch.randn(4, 2, dtype=F64), jacobian="func")
 
 
+def test_auto_jacobian_takes_the_faster_measured_and_remembers(monkeypatch):
+    """``fastest_jacobian`` keeps whichever of torch.func and the loop its timer reports faster (the
+    timer replaced here by fixed costs: a timed assert would test the machine), once per kind of score
+    and shape; a score torch.func rejects gets the loop; ``log_likelihood(jacobian="auto")`` runs it."""
+    from sde_diffusion import likelihood
+
+    x, t = torch.randn(4, 3, dtype=F64), torch.full((4,), 0.5, dtype=F64)
+    for faster, costs in (("func", iter([1.0, 2.0])), ("loop", iter([2.0, 1.0]))):
+        monkeypatch.setattr(likelihood, "_FASTEST", {})
+        monkeypatch.setattr(likelihood, "_timed", lambda fn, device, c=costs: (fn(), next(c))[1])  # func first
+        gm_score = random_mixture(3, 2, seed=1).score(SDE)
+        assert likelihood.fastest_jacobian(gm_score, x, t) == faster
+        assert likelihood.fastest_jacobian(gm_score, x, t) == faster   # remembered: no third timing
+        r = log_likelihood(gm_score, SDE, x, jacobian="auto")
+        assert r.jacobian == faster
+    monkeypatch.setattr(likelihood, "_FASTEST", {})
+    monkeypatch.setattr(likelihood, "_timed", lambda fn, device: (fn(), 1.0)[1])
+
+    def branchy(x, t):
+        return -x if bool(x.sum() > -1e9) else x
+    assert likelihood.fastest_jacobian(branchy, x, t) == "loop"
+
+
 def test_unknown_jacobian_is_refused():
     with pytest.raises(ValueError, match="unknown jacobian 'fast'; allowed: auto, func, loop"):
         log_likelihood(lambda x, t: -x, SDE, torch.randn(4, 2), jacobian="fast")

@@ -69,7 +69,7 @@ def test_nfe_counts_score_calls():
         calls.append(1)
         return gm.score_at(x, t, sde)
 
-    r = log_likelihood(score, sde, gm.sample(4, _gen(0), dtype=F64))
+    r = log_likelihood(score, sde, gm.sample(4, _gen(0), dtype=F64), jacobian="loop")
     assert r.nfe == len(calls) > 0
 
 
