@@ -169,6 +169,11 @@ def test_a_checkpoint_must_match_the_requested_sde(trained, tmp_path, capsys):
     assert note < next(i for i, line in enumerate(printed) if line.lstrip().startswith("sde  method"))
     cap = int(printed[note].split("note: n = ")[1].split()[0])
     assert 0 < cap < 100000 and printed[note].endswith(f"the smaller split holds {cap}.")
+    # the test split cannot give 2 repeats fresh held-out sets of n: one shared set, said and counted
+    summary = _rows(tmp_path / "c" / "summary.csv")
+    assert {r["heldout"] for r in summary} == {"shared"}
+    assert all(float(r["quality_hw"]) >= float(r["quality_within_hw"]) > 0 for r in summary)
+    assert "Held-out data: one held-out set shared by every repeat" in (tmp_path / "c" / "report.md").read_text()
     head = (tmp_path / "c" / "report.md").read_text().split("| sde |")[0]
     assert "Changes to what was asked" in head and printed[note][len("note: "):] in head
     assert f"n = {cap} samples" in head

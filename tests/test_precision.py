@@ -70,3 +70,15 @@ def test_nll_target_se_cli_writes_its_choice_and_refuses_conflicts(tmp_path, cap
     assert main(["nll", "--model", "analytic:gmm64", "--target-se", "0.02", "--divergence", "exact",
                  "--no-progress"]) == 2
     assert "--target-se chooses the divergence and probes itself" in capsys.readouterr().err
+
+
+def test_target_se_on_a_briefly_trained_model(trained, tmp_path, capsys):
+    """The session's tiny trained VP run on the toy ring (not an analytic score): nll --target-se 0.2 on
+    its test split ends with a total s.e. at most 0.2 from fewer points than the split holds, and its
+    choice and budget in summary.json."""
+    run = trained("toy_vp", "train.steps=8", tiny=True).out
+    assert main(["nll", "--model", str(run), "--target-se", "0.2", "--rtol", "1e-3", "--atol", "1e-3",
+                 "--batch-size", "50", "--out", str(tmp_path / "t"), "--no-progress"]) == 0
+    s = json.loads((tmp_path / "t" / "summary.json").read_text())
+    assert s["stderr"] <= 0.2 and s["n"] <= s["available"] and "target was met" in s["stopped"]
+    assert s["error_budget"]["solver_error"] <= 0.2 / 3 and s["choice"]["points"] <= s["n"]
