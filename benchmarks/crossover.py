@@ -79,10 +79,10 @@ def steps_for(target, sde_name: str, v: Variant, budget: int, n: int, seed: int)
     return k if k >= 1 and nfe(k) <= budget else None
 
 
-def interval(values: list[float], boots: list | None = None) -> tuple[float, float]:
+def interval(values: list[float], halves: list | None = None) -> tuple[float, float]:
     """(mean, half-width of the Student-t 95% interval, R - 1 dof): ``summary.interval``, with the
-    error of a held-out set shared by the repeats (``summary.shared_variance`` of ``boots``)."""
-    mean, _, hw = summary.interval(values, summary.shared_variance(boots or []))
+    error of a held-out set shared by the repeats (``summary.shared_variance`` of ``halves``)."""
+    mean, _, hw = summary.interval(values, summary.shared_variance(halves or []))
     return mean, math.inf if math.isnan(hw) else hw
 
 
@@ -128,10 +128,10 @@ def main(argv=None) -> None:
             if max(r["nfe"] for r in rows) > budget:
                 continue
             per[v.label] = (v.kind, [r["ratio"] for r in rows], k, max(r["nfe"] for r in rows),
-                            [r.get("boot_ratio") for r in rows])
+                            [r.get("halves_ratio") for r in rows])
             wall[v.label] = sum(r["wall_s"] / r["nfe"] for r in rows) / len(rows)
-        for label, (kind, ratios, k, nfe, boots) in per.items():
-            m, hw = interval(ratios, boots)
+        for label, (kind, ratios, k, nfe, halves) in per.items():
+            m, hw = interval(ratios, halves)
             rel = wall[label] / wall["euler_maruyama"] if "euler_maruyama" in wall else math.nan
             detail.append(f"| {budget} | {label} | {kind} | {k} | {nfe} | {m:.3f} ± {hw:.3f} | {rel:.2f} |")
         best = {}
@@ -142,8 +142,8 @@ def main(argv=None) -> None:
             lines.append(f"| {budget} | {best['sde']} | | {best['ode']} | | | not resolved (one side missing) |")
             continue
         (_, rs, _, _, bs), (_, ro, _, _, bo) = per[best["sde"]], per[best["ode"]]
-        diff_boots = None if None in bs + bo else [x - y for x, y in zip(bs, bo)]
-        d, hw = interval([x - y for x, y in zip(rs, ro)], diff_boots)
+        diff_halves = None if None in bs + bo else [x - y for x, y in zip(bs, bo)]
+        d, hw = interval([x - y for x, y in zip(rs, ro)], diff_halves)
         verdict = "SDE ahead" if d + hw < 0 else "ODE ahead" if d - hw > 0 else "not resolved"
         fmt = lambda r, b: "%.3f ± %.3f" % interval(r, b)  # noqa: E731
         lines.append(f"| {budget} | {best['sde']} | {fmt(rs, bs)} | {best['ode']} | {fmt(ro, bo)} | {d:+.3f} ± {hw:.3f} "

@@ -317,10 +317,10 @@ def test_a_shared_held_out_set_counts_in_the_intervals():
             sc = distance_scorer(dist, lambda x: x, ring.sample(100, g), held_out, trial)
             d = sc.score(ring.sample(100, g))
             rows.append(dict(sde="vp", method="m", kind="sde", steps=1, repeat=r, nfe=1, metric="SW2", **d,
-                             floor=sc.floor, ratio=d["quality"] / sc.floor, boot_floor=sc.boot_floor, escaped=0.0,
+                             floor=sc.floor, ratio=d["quality"] / sc.floor, halves_floor=sc.halves_floor, escaped=0.0,
                              max_norm=1.0, wall_s=1.0, score_s=1.0))
         cells[True].append(summarise(rows)[0])
-        cells[False].append(summarise([{k: v for k, v in r.items() if not k.startswith("boot")} for r in rows])[0])
+        cells[False].append(summarise([{k: v for k, v in r.items() if not k.startswith("halves")} for r in rows])[0])
     assert all(c["heldout"] == "shared" for c in cells[True]) and cells[False][0]["heldout"] == "fresh"
     cover = {}
     for key in ("quality", "ratio"):

@@ -65,7 +65,7 @@ def test_a_shared_held_out_set_adds_the_repeats_covariance_to_the_se():
     import torch
 
     boots = [torch.tensor(v, dtype=torch.float64) for v in ([1, 2, 3], [2, 4, 6], [3, 3, 3], [1, 2, 3])]
-    rows = [_row(r, q, boot_quality=b, boot_ratio=b, boot_floor=b)
+    rows = [_row(r, q, halves_quality=b, halves_ratio=b, halves_floor=b)
             for r, (q, b) in enumerate(zip([1.0, 1.2, 1.4, 1.8], boots))]
     (s,) = summarise(rows)
     assert s["heldout"] == "shared"
@@ -77,7 +77,7 @@ def test_a_shared_held_out_set_adds_the_repeats_covariance_to_the_se():
     assert "within the shared held-out set" in ranking_text(rank([s]))
     # negative covariance is clamped to 0: a shared set cannot make the mean more precise
     anti = [torch.tensor([1.0, 2, 3]), torch.tensor([3.0, 2, 1])]
-    (s,) = summarise([_row(r, q, boot_quality=b) for r, (q, b) in enumerate(zip([1.0, 1.2], anti))])
+    (s,) = summarise([_row(r, q, halves_quality=b) for r, (q, b) in enumerate(zip([1.0, 1.2], anti))])
     assert s["quality_se"] == pytest.approx(0.1, rel=1e-12)
 
 

@@ -90,13 +90,13 @@ def parse_steps(text: str) -> list[int]:
 class Scorer:
     """One repeat's yardstick: ``score(x)`` -> {quality, nll_gap (NaN unless analytic)} against this
     repeat's held-out set, and ``floor``, the quality of fresh data of the same size against that set.
-    Where every repeat shares one held-out set, ``score`` also gives ``boot_quality`` and ``boot_ratio``
-    and ``boot_floor`` holds the floor: the figures on RESAMPLES random halves of that set, the same
+    Where every repeat shares one held-out set, ``score`` also gives ``halves_quality`` and ``halves_ratio``
+    and ``halves_floor`` holds the floor: the figures on RESAMPLES random halves of that set, the same
     halves in every repeat (their covariance across repeats is the shared error, ``summary``)."""
 
     score: Callable[[torch.Tensor], dict]
     floor: float
-    boot_floor: torch.Tensor | None = None
+    halves_floor: torch.Tensor | None = None
 
 
 RESAMPLES = 20  # random halves of a shared held-out set
@@ -126,8 +126,8 @@ def distance_scorer(distance: Callable, embed: Callable, fresh: torch.Tensor, he
     def score(x: torch.Tensor) -> dict:
         e = embed(x)
         qs = on_halves(e)
-        return {"quality": float(distance(e, held_out)), "nll_gap": math.nan, "boot_quality": qs,
-                "boot_ratio": qs / floors}
+        return {"quality": float(distance(e, held_out)), "nll_gap": math.nan, "halves_quality": qs,
+                "halves_ratio": qs / floors}
     return Scorer(score, floor, floors)
 
 
@@ -382,7 +382,7 @@ def run_compare(target: Target, variants: list[Variant] | list[tuple[str, Varian
                 share, largest = target.escape(res.x) if finite else (1.0, math.inf)
                 rows.append({"sde": sde_name, "method": v.label, "kind": v.kind, "steps": s, "repeat": r,
                              "nfe": res.nfe, "metric": target.metric, **scored, "floor": scorer.floor,
-                             "ratio": scored["quality"] / scorer.floor, "boot_floor": scorer.boot_floor,
+                             "ratio": scored["quality"] / scorer.floor, "halves_floor": scorer.halves_floor,
                              "escaped": share, "max_norm": largest, "wall_s": wall, "score_s": score.seconds()})
                 if s == show and r == 0:
                     shown[(sde_name, v.label)] = res.x.detach()

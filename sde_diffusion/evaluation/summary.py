@@ -8,7 +8,7 @@ standard error se = sqrt(sd(q_r)^2 / R + v_h) and the 95% Student-t interval
 
 where v_h is 0 when every repeat has its own held-out set. When all repeats share one, their errors
 share a part that averaging cannot remove: v_h is its estimate, the mean covariance between two
-different repeats' figures over the same B resamples of the shared set (``boot_*`` of the rows),
+different repeats' figures over the same B random halves of the shared set (``halves_*`` of the rows),
 
     v_h = max(0, sum_{r != s} Cov_b(q_rb, q_sb) / (R (R - 1))).
 
@@ -52,13 +52,13 @@ def t_factor(dof: int) -> float:
     return float(stats.t.ppf(0.5 + LEVEL / 2, dof)) if dof >= 1 else math.nan
 
 
-def shared_variance(boots: list) -> float:
-    """v_h from the repeats' figures on the same resamples (R tensors of B values; module docstring);
+def shared_variance(halves: list) -> float:
+    """v_h from the repeats' figures on the same random halves (R tensors of B values; module docstring);
     0 when there are none or fewer than two repeats."""
-    if len(boots) < 2 or any(b is None for b in boots):
+    if len(halves) < 2 or any(b is None for b in halves):
         return 0.0
-    c = torch.cov(torch.stack([torch.as_tensor(b, dtype=torch.float64) for b in boots]))
-    r = len(boots)
+    c = torch.cov(torch.stack([torch.as_tensor(b, dtype=torch.float64) for b in halves]))
+    r = len(halves)
     return max(0.0, float((c.sum() - c.diagonal().sum()) / (r * (r - 1))))
 
 
@@ -87,11 +87,11 @@ def summarise(rows: list[dict]) -> list[dict]:
         cells.setdefault(tuple(r[k] for k in KEYS), []).append(r)
     out = []
     for key, rs in cells.items():
-        shared = any(r.get("boot_quality") is not None for r in rs)
+        shared = any(r.get("halves_quality") is not None for r in rs)
         s = dict(zip(KEYS, key), repeats=len(rs), dof=len(rs) - 1, heldout="shared" if shared else "fresh",
                  metric=rs[0]["metric"], nfe=int(statistics.median(r["nfe"] for r in rs)))
         for name in PM:
-            hv = shared_variance([r.get(f"boot_{name}") for r in rs])
+            hv = shared_variance([r.get(f"halves_{name}") for r in rs])
             s[name], s[f"{name}_se"], s[f"{name}_hw"] = interval([r[name] for r in rs], hv)
         s["quality_within_hw"] = interval([r["quality"] for r in rs])[2]
         s["escaped"] = statistics.fmean(r["escaped"] for r in rs)
@@ -252,7 +252,7 @@ def floor_text(rows: list[dict], cells: list[dict]) -> str:
     quality (what the rankings use), each said to resolve a 10% difference or not."""
     per_repeat = {r["repeat"]: r for r in rows}
     floors = [r["floor"] for r in per_repeat.values()]
-    shared = shared_variance([r.get("boot_floor") for r in per_repeat.values()])
+    shared = shared_variance([r.get("halves_floor") for r in per_repeat.values()])
     f, _, hw = interval(floors, shared)
     if math.isnan(hw):
         return f"Noise floor {f:.4g} (one repeat: no interval; use --repeats >= 2)."
