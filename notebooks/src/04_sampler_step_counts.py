@@ -355,13 +355,13 @@ assert crossover["gmm64"][20][2] == "ODE ahead" and all(crossover["gmm64"][b][2]
 assert all(sde < ode for sde, ode, _ in crossover["shipped_digits_vp"].values())
 assert all(v == "not resolved" for _, _, v in crossover["shipped_digits_vp"].values())
 assert all(ode < min(1.0, sde) for sde, ode, _ in crossover["toy_vp"].values())
-assert [b for b, (_, _, v) in crossover["toy_vp"].items() if v == "ODE ahead"] == [10, 20]
+assert all(v == "not resolved" for _, _, v in crossover["toy_vp"].values())
 
 # %% [markdown]
 # **The measured answer.** With second-order solvers on both sides the SDE never loses by much, and "the ODE
-# needs fewer steps" holds only at 10-20 NFE: with the exact score (gmm64) the ODE is ahead at 20 NFE and the
+# needs fewer steps" is resolved only once: with the exact score (gmm64) the ODE is ahead at 20 NFE and the
 # two sides are level from 50 NFE on. On the digits network the best SDE sampler reads lower than the best
 # ODE sampler at every budget, as the contraction argument predicts, but 5 repeats do not resolve it. On the
-# toy ring the ODE reads lower (ahead at 10 and 20 NFE), and below the noise floor: there the held-out pool is shared across repeats,
-# so the ratios carry the floor's own error. Stochasticity is a tool for imperfect scores at moderate NFE, not
+# toy ring the ODE reads lower, and below the noise floor, but nothing is resolved: there one held-out set
+# is shared by the repeats, and its error, which every interval now counts, is as large as the gap. Stochasticity is a tool for imperfect scores at moderate NFE, not
 # a free win; only intervals that separate can say which side wins on your model.
