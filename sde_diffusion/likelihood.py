@@ -130,22 +130,21 @@ def _timed(fn, device: torch.device) -> float:
 
 def fastest_jacobian(score_fn: ScoreFn, x: torch.Tensor, t: torch.Tensor) -> str:
     """"loop" or "func", whichever computes the exact trace of this score on x at times t faster: each
-    run once to warm up and once timed (the better of the two kept), once per process for each kind of
+    run once to warm up (the loop first: it checks the score) and once timed, once per process for each kind of
     score (its class and its backbone's), data shape, batch size, device and dtype; "loop" where
     torch.func rejects the score."""
     key = (type(score_fn), getattr(score_fn, "__qualname__", None), type(getattr(score_fn, "net", None)),
            tuple(x.shape), x.device, x.dtype)
     if key not in _FASTEST:
-        def func():
-            return _score_and_trace_func(score_fn, x, t)
+        loop = lambda: _score_and_quadratic_forms(score_fn, x, t, None)  # noqa: E731
+        loop()  # first: it checks the score's shape and graph with the caller's batch
+        cost = {"loop": _timed(loop, x.device)}
+        func = lambda: _score_and_trace_func(score_fn, x, t)  # noqa: E731
         try:
             func()
-            cost = {"func": _timed(func, x.device)}
-        except (RuntimeError, NotImplementedError, TypeError):
-            cost = {"func": math.inf}
-        loop = lambda: _score_and_quadratic_forms(score_fn, x, t, None)  # noqa: E731
-        loop()
-        cost["loop"] = _timed(loop, x.device)
+            cost["func"] = _timed(func, x.device)
+        except (RuntimeError, NotImplementedError, TypeError, ValueError):
+            cost["func"] = math.inf
         _FASTEST[key] = min(cost, key=cost.get)
     return _FASTEST[key]
 

@@ -82,9 +82,9 @@ def test_auto_jacobian_takes_the_faster_measured_and_remembers(monkeypatch):
     from sde_diffusion import likelihood
 
     x, t = torch.randn(4, 3, dtype=F64), torch.full((4,), 0.5, dtype=F64)
-    for faster, costs in (("func", iter([1.0, 2.0])), ("loop", iter([2.0, 1.0]))):
+    for faster, costs in (("func", iter([2.0, 1.0])), ("loop", iter([1.0, 2.0]))):
         monkeypatch.setattr(likelihood, "_FASTEST", {})
-        monkeypatch.setattr(likelihood, "_timed", lambda fn, device, c=costs: (fn(), next(c))[1])  # func first
+        monkeypatch.setattr(likelihood, "_timed", lambda fn, device, c=costs: (fn(), next(c))[1])  # loop first
         gm_score = random_mixture(3, 2, seed=1).score(SDE)
         assert likelihood.fastest_jacobian(gm_score, x, t) == faster
         assert likelihood.fastest_jacobian(gm_score, x, t) == faster   # remembered: no third timing
