@@ -22,7 +22,7 @@ its NFE and cost per NFE.
 the digits' test bits/dim 0.015) by ``precision.at_target_se`` and by the reference procedure, the split
 of the budget and the speed ratio.
 
-    OMP_NUM_THREADS=1 python benchmarks/likelihood.py --target-se --device cpu
+    OMP_NUM_THREADS=1 python benchmarks/likelihood.py --target-se --device cpu --toy runs/toy_vp
 """
 
 from __future__ import annotations
@@ -228,9 +228,10 @@ def reference_to_target(model, x: torch.Tensor, levels: int | None, target: floa
     return {"points": len(v), "nfe": nfe, "seconds": time.perf_counter() - start, "mean": mean, "se": se}
 
 
-def target_table(device, gmm_target: float = 0.01, digits_target: float = 0.015) -> str:
+def target_table(device, gmm_target: float = 0.01, digits_target: float = 0.015, toy: str | None = None) -> str:
     """Side by side to a target s.e.: ``precision.at_target_se`` against ``reference_to_target`` on the
-    analytic 64-D mixture (exact score, VP, 3000 draws; truth known) and the shipped digits U-Net
+    analytic 64-D mixture (exact score, VP, 3000 draws; truth known), the toy MLP of the run ``toy`` (its
+    test split of the ring, nats/dim, target ``gmm_target``) where given, and the shipped digits U-Net
     (its 300 test digits, bits/dim)."""
     from sde_diffusion import load, model_dataset
     from sde_diffusion.evaluation.precision import at_target_se
@@ -239,6 +240,10 @@ def target_table(device, gmm_target: float = 0.01, digits_target: float = 0.015)
     gmm = load("analytic:gmm64", device=device)
     cases.append(("gmm64 (exact score)", gmm, gmm.info.mixture.sample(3000, torch.Generator().manual_seed(0)).to(device),
                   None, gmm_target))
+    if toy is not None:
+        mlp = load(toy, device=device)
+        points = model_dataset(mlp, "test").x.to(device)
+        cases.append((f"toy MLP ({toy}, {len(points)} test points)", mlp, points, None, gmm_target))
     digits = load("shipped:digits_vp", device=device)
     test = model_dataset(digits, "test")
     cases.append(("digits U-Net (300 test digits)", digits, test.x.to(device), test.levels, digits_target))
@@ -277,11 +282,13 @@ def main():
     p.add_argument("--digits-probes", type=int, default=1, help="Hutchinson probes for the test digits (--models)")
     p.add_argument("--target-se", action="store_true", help="time and NFE to a target s.e. (gmm64 0.01, digits "
                                                             "0.015 bits/dim) against the reference procedure")
+    p.add_argument("--toy", default=None, help="with --target-se: a trained toy run (sde-diffusion train --config "
+                                               "configs/toy_vp.yaml --out runs/toy_vp) to add as a case")
     args = p.parse_args()
     if args.target_se:
         device = torch.device(args.device)
         print(f"device={device}, threads={torch.get_num_threads()}\n")
-        print(target_table(device))
+        print(target_table(device, toy=args.toy))
         return
     if args.models:
         device = torch.device(args.device)
