@@ -144,7 +144,7 @@ def ddim(ctx: Context, x: torch.Tensor, eta: float, clip: float | None) -> torch
             x = A[i] * x + B[i] * ctx.score_at(x, t)
         else:
             score = ctx.score_at(x, t)
-            x0 = ((x + s_t[i].square() * score) / m_t[i]).clamp(-clip, clip)
+            x0 = convert(score, "score", "x0", x, m_t[i], s_t[i]).clamp(-clip, clip)
             x = m_s[i] * x0 - direction[i] * s_t[i] * score
         return x + sigma[i] * ctx.noise(x) if eta > 0 else x
     return ctx.run(x, step)

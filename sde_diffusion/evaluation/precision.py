@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import checks
 from .nll_table import mean_se, nll_per_sample
 
 PILOT_PROBES = 2
@@ -57,15 +58,19 @@ class TargetResult:
     stopped: str = ""
 
 
+def _check_target(target_se: float, fraction: float) -> None:
+    if not (isinstance(target_se, (int, float)) and math.isfinite(target_se) and target_se > 0):
+        raise ValueError(f"target_se must be a finite number > 0, got {target_se!r}.")
+    if not 0 < fraction < 1 / math.sqrt(2):
+        raise ValueError(f"fraction must lie in (0, 1/sqrt 2), got {fraction!r}.")
+
+
 def plan(pilot_values: torch.Tensor, pilot_probe_se: torch.Tensor, solver_error: float, target_se: float,
          available: int, dim: int, rtol: float, fraction: float = 1 / 3) -> dict:
     """The choice (module docstring) from a pilot's per-sample values and probe s.e.'s (with
     PILOT_PROBES probes), its solver error at ``rtol`` and the target; ValueError when the data's
     spread alone cannot reach the target with ``available`` points."""
-    if not (isinstance(target_se, (int, float)) and math.isfinite(target_se) and target_se > 0):
-        raise ValueError(f"target_se must be a finite number > 0, got {target_se!r}.")
-    if not 0 < fraction < 1 / math.sqrt(2):
-        raise ValueError(f"fraction must lie in (0, 1/sqrt 2), got {fraction!r}.")
+    _check_target(target_se, fraction)
     v = pilot_values.double()
     v_probe = PILOT_PROBES * float(pilot_probe_se.double().square().mean())  # one probe's variance
     var_data = max(float(v.var()) - v_probe / PILOT_PROBES, 0.0)
@@ -93,6 +98,12 @@ def at_target_se(model, x: torch.Tensor, levels: int | None, target_se: float, *
     """Score x (its continuous values; levels for discrete data, dequantized as ``nll_per_sample``)
     to ``target_se`` (module docstring); batch b draws its dequantization and probes from seed + b.
     ``kwargs`` go to ``log_likelihood`` (e.g. ``eps``)."""
+    checks.float_tensor("x", x)
+    checks.positive_int("batch_size", batch_size)
+    checks.positive("rtol", rtol)
+    if x.ndim < 2 or len(x) < 2:
+        raise ValueError(f"x must hold at least 2 points, shape (N, D) or (N, C, H, W); got {tuple(x.shape)}.")
+    _check_target(target_se, fraction)
     dim, t0 = x[0].numel(), time.perf_counter()
 
     def score(b: int, divergence: str, probes: int | None, tol: float):
